@@ -1,0 +1,420 @@
+"""The engine: a never-mutated baseline pipeline, a bounded LRU of compressed UNets, and same-seed pairs.
+
+`generate_pair` draws the baseline and the compressed model from the same prompt, seed, steps, guidance and
+size. How it keeps the comparison honest:
+
+- the baseline pipeline is never touched: a compressed UNet is a deep copy, pruned then quantized; the variant
+  pipeline is built from the baseline's components with that UNet (text encoder, VAE, tokenizer are shared,
+  read-only);
+- each image gets its own deep copy of the scheduler (diffusers schedulers keep per-run state) and its own
+  `torch.Generator("cpu").manual_seed(seed)` (a used generator has advanced);
+- the prompt is encoded once and handed to both sides, and the denoising loop is timed alone (text encoding
+  and VAE decoding are the same work on both sides and would dilute the difference);
+- non-finite latents or pixels are reported (`compressed_nonfinite`) instead of silently becoming a black
+  image.
+
+Caches: compressed UNets by (model, spec), at most `cache_size` (an SD 1.5 UNet is 3.4 GB in fp32), and
+baseline images by (model, prompt, negative prompt, seed, steps, guidance, height, width), so moving a
+compression slider never redraws the baseline. Both are LRU and guarded by one lock; generation itself runs
+outside the lock (modules are only read, schedulers and generators are per call).
+
+Example:
+    >>> pipe, info = load_pipeline("tiny-shapes")
+    >>> engine = Engine(pipe, info.name)
+    >>> result = engine.generate_pair("a red circle on the left on a white background", seed=0, steps=20,
+    ...                               guidance=5.0, spec=CompressionSpec(prune_amount=0.3))
+    >>> result.compressed_image.save("pruned.png"); result.compressed_cost.sparsity
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import math
+import numbers
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .cost import ModuleCost, module_cost
+from .pruning import PruneReport, apply_pruning_
+from .quantization import apply_quantization_
+from .spec import CompressionSpec
+
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MIN_SIZE, MAX_SIZE = 8, 1024  # pixels; 1024x1024 on an SD 1.5 UNet is already past what a CPU can draw
+MAX_SEED = 2**32 - 1
+BASELINE_CACHE_SIZE = 64
+
+# progress(fraction in [0, 1], description)
+Progress = Callable[[float, str], None]
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _tensor_bytes_for_digest(t: torch.Tensor) -> bytes:
+    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return b"".join(_tensor_bytes_for_digest(getattr(t, n)) for n in names if getattr(t, n, None) is not None)
+    t = t.detach().cpu().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def state_dict_digest(module: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a module's state_dict (proves "never mutated")."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes_for_digest(t))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CompressedUNet:
+    """A cache entry: the compressed UNet and what making it cost.
+
+    Args:
+        unet (`nn.Module`): the compressed copy (the baseline's own UNet for an identity spec).
+        spec (`CompressionSpec`): what was applied.
+        prune_report (`PruneReport`, *optional*): measured pruning over the scope (None when nothing pruned).
+        seconds (`float`): copy + prune + quantize wall time.
+        cost (`ModuleCost`): bytes, parameters, sparsity of the result.
+    """
+
+    unet: nn.Module
+    spec: CompressionSpec
+    prune_report: PruneReport | None
+    seconds: float
+    cost: ModuleCost
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    image: Image.Image
+    seconds: float  # denoising loop only
+    nonfinite: bool
+    nsfw: bool
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """What `Engine.generate_pair` returns.
+
+    Args:
+        baseline_image, compressed_image (`PIL.Image.Image`): the two drawings (same prompt, seed, settings).
+        spec (`CompressionSpec`): the spec that was applied.
+        compression_seconds (`float`): time to build the compressed UNet; 0.0 when it came from the cache.
+        compression_cached (`bool`): whether the compressed UNet came from the cache.
+        baseline_seconds, compressed_seconds (`float`): denoising-loop latency of each side. A cached
+            baseline reports the latency measured when it was drawn.
+        baseline_cached (`bool`): the baseline image came from the cache (not redrawn).
+        baseline_cost, compressed_cost (`ModuleCost`): UNet bytes, parameters, measured sparsity.
+        prune_report (`PruneReport`, *optional*): measured sparsity over the pruning scope.
+        prompt_truncated, negative_prompt_truncated (`bool`): the text was longer than the tokenizer's
+            limit (77 CLIP tokens) and its tail was ignored by the model.
+        compressed_nonfinite (`bool`): the compressed latents or image held NaN/inf (shown as black).
+        baseline_nonfinite (`bool`): same for the baseline.
+        baseline_nsfw, compressed_nsfw (`bool`): the pipeline's safety checker blanked the image.
+        steps, guidance, seed, height, width: the settings used (height/width resolved from the model).
+    """
+
+    baseline_image: Image.Image
+    compressed_image: Image.Image
+    spec: CompressionSpec
+    compression_seconds: float
+    compression_cached: bool
+    baseline_seconds: float
+    compressed_seconds: float
+    baseline_cached: bool
+    baseline_cost: ModuleCost
+    compressed_cost: ModuleCost
+    prune_report: PruneReport | None
+    prompt_truncated: bool
+    negative_prompt_truncated: bool
+    baseline_nonfinite: bool
+    compressed_nonfinite: bool
+    baseline_nsfw: bool
+    compressed_nsfw: bool
+    steps: int
+    guidance: float
+    seed: int
+    height: int
+    width: int
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+class Engine:
+    """Baseline pipeline + bounded cache of compressed UNets; draws same-seed baseline/compressed pairs.
+
+    Args:
+        pipeline (`StableDiffusionPipeline`): the baseline. Never mutated; keep no other reference that
+            mutates it either.
+        model_name (`str`): part of every cache key (one engine per model; the name keeps keys distinct in
+            logs and shared caches).
+        cache_size (`int`, defaults to 3): compressed UNets kept (0 keeps none).
+        baseline_cache_size (`int`, defaults to 64): baseline images kept.
+    """
+
+    def __init__(self, pipeline, model_name: str, cache_size: int = 3, baseline_cache_size: int = BASELINE_CACHE_SIZE):
+        for arg, value in (("cache_size", cache_size), ("baseline_cache_size", baseline_cache_size)):
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{arg} must be an integer >= 0, got {_short(value)}")
+        self.pipeline = pipeline
+        self.model_name = model_name
+        self.cache_size = cache_size
+        self.baseline_cache_size = baseline_cache_size
+        self._unets: OrderedDict[tuple[str, CompressionSpec], CompressedUNet] = OrderedDict()
+        self._baselines: OrderedDict[tuple, _Drawn] = OrderedDict()
+        self._lock = threading.RLock()
+        self._baseline_cost: ModuleCost | None = None
+
+    # ------------------------------------------------------------------------------------------- state
+
+    @property
+    def device(self) -> torch.device:
+        """Where the baseline UNet runs."""
+        return next(self.pipeline.unet.parameters()).device
+
+    @property
+    def baseline_cost(self) -> ModuleCost:
+        """Bytes, parameters and sparsity of the baseline UNet (measured once)."""
+        with self._lock:
+            if self._baseline_cost is None:
+                self._baseline_cost = module_cost(self.pipeline.unet)
+            return self._baseline_cost
+
+    def cached_specs(self) -> list[CompressionSpec]:
+        """Specs whose compressed UNet is cached, least recently used first."""
+        with self._lock:
+            return [spec for _, spec in self._unets]
+
+    def clear_cache(self) -> None:
+        """Drop every cached UNet and baseline image."""
+        with self._lock:
+            self._unets.clear()
+            self._baselines.clear()
+
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) the pipeline draws when none is given: UNet sample size x VAE scale factor."""
+        pipe = self.pipeline
+        side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        return side, side
+
+    # ------------------------------------------------------------------------------------- compression
+
+    def compress(self, spec: CompressionSpec, progress: Progress | None = None) -> tuple[CompressedUNet, bool]:
+        """The compressed UNet for `spec`, from the cache or built now.
+
+        Returns:
+            `(entry, cached)`: cached is True when no compression work was done.
+        """
+        if not isinstance(spec, CompressionSpec):
+            raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
+        key = (self.model_name, spec)
+        with self._lock:
+            if key in self._unets:
+                self._unets.move_to_end(key)
+                return self._unets[key], True
+            if spec.is_identity:
+                # Nothing to change: use the baseline's own UNet (read-only), no 3.4 GB copy for SD 1.5.
+                return CompressedUNet(self.pipeline.unet, spec, None, 0.0, self.baseline_cost), True
+            if progress:
+                progress(0.0, f"compressing: {spec.label}")
+            start = time.perf_counter()
+            unet = copy.deepcopy(self.pipeline.unet)
+            report = None
+            if spec.prunes:
+                report = apply_pruning_(unet, spec.prune_method, spec.prune_amount, spec.prune_scope, spec.seed)
+            unet = apply_quantization_(unet, spec.quant_mode, spec.bits)
+            unet.eval().requires_grad_(False)
+            seconds = time.perf_counter() - start
+            entry = CompressedUNet(unet, spec, report, seconds, module_cost(unet))
+            if self.cache_size > 0:
+                self._unets[key] = entry
+                while len(self._unets) > self.cache_size:
+                    self._unets.popitem(last=False)  # the evicted UNet is freed once no result holds it
+            return entry, False
+
+    # --------------------------------------------------------------------------------------- drawing
+
+    def _variant(self, unet: nn.Module):
+        """A pipeline over the baseline's components with `unet` and a fresh copy of the scheduler."""
+        base = self.pipeline
+        components = {**base.components, "unet": unet, "scheduler": copy.deepcopy(base.scheduler)}
+        params = inspect.signature(type(base).__init__).parameters
+        extra = {k: base.config[k] for k in params if k not in components and k in base.config}
+        pipe = type(base)(**components, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _truncated(self, text: str) -> bool:
+        tok = self.pipeline.tokenizer
+        return len(tok(text, truncation=False).input_ids) > tok.model_max_length
+
+    @torch.no_grad()
+    def _draw(self, unet: nn.Module, embeds, seed: int, steps: int, guidance: float, height: int, width: int,
+              progress: Progress | None, span: tuple[float, float], what: str) -> _Drawn:
+        pipe = self._variant(unet)
+        prompt_embeds, negative_embeds = embeds
+        lo, hi = span
+
+        def on_step(p, i, t, kwargs):
+            if progress:
+                progress(lo + (hi - lo) * (i + 1) / steps, f"{what}: step {i + 1}/{steps}")
+            return {}
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        latents = pipe(
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=height,
+            width=width,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="latent",
+            callback_on_step_end=on_step,
+        ).images
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+
+        nonfinite = not bool(torch.isfinite(latents).all())
+        vae = pipe.vae
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        image, nsfw = pipe.run_safety_checker(image, self.device, prompt_embeds.dtype)
+        nsfw_flag = bool(nsfw[0]) if nsfw is not None else False
+        array = pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[not nsfw_flag])[0]
+        nonfinite = nonfinite or not bool(np.isfinite(array).all())
+        # NaN would become 0 (black) in the uint8 conversion anyway; make it explicit and report it.
+        array = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0)
+        pil = Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
+        return _Drawn(pil, seconds, nonfinite, nsfw_flag)
+
+    def validate(self, prompt, seed, steps, guidance, negative_prompt, height, width) -> tuple[int, int]:
+        """Check `generate_pair`'s arguments; returns the resolved (height, width).
+
+        Raises:
+            ValueError: naming the valid range of the first bad argument.
+        """
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
+        if not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be text, got {type(negative_prompt).__name__}")
+        if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
+        if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {_short(steps)}")
+        if not _is_real(guidance) or not math.isfinite(guidance) or not 0.0 <= guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be a finite number from 0 to {MAX_GUIDANCE:g}, got {_short(guidance)}")
+        dh, dw = self.default_size()
+        height = dh if height is None else height
+        width = dw if width is None else width
+        for name, v in (("height", height), ("width", width)):
+            if not _is_int(v) or not MIN_SIZE <= v <= MAX_SIZE or v % 8:
+                raise ValueError(
+                    f"{name} must be a multiple of 8 from {MIN_SIZE} to {MAX_SIZE} pixels, got {_short(v)}"
+                )
+        return int(height), int(width)
+
+    def generate_pair(
+        self,
+        prompt: str,
+        seed: int,
+        steps: int,
+        guidance: float,
+        spec: CompressionSpec,
+        negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
+        progress: Progress | None = None,
+    ) -> PairResult:
+        """Draw the baseline and the compressed model with the same prompt, seed and settings.
+
+        Args:
+            prompt (`str`): the text prompt (longer than 77 CLIP tokens: truncated, and reported).
+            seed (`int`): 0 to 2**32-1; each side gets a fresh CPU generator seeded with it.
+            steps (`int`): denoising steps, 1 to 150.
+            guidance (`float`): classifier-free guidance scale, 0 to 30 (<= 1 turns guidance off).
+            spec (`CompressionSpec`): what to do to the UNet.
+            negative_prompt (`str`, defaults to `""`): used only when guidance > 1.
+            height, width (`int`, *optional*): multiples of 8 from 8 to 1024; default the model's native size.
+            progress (`Callable[[float, str], None]`, *optional*): called with (fraction, description).
+
+        Returns:
+            `PairResult`.
+
+        Raises:
+            ValueError: an argument out of range (the message names the range).
+        """
+        height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
+        if not isinstance(spec, CompressionSpec):
+            raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
+        seed, steps, guidance = int(seed), int(steps), float(guidance)
+
+        entry, compression_cached = self.compress(spec, progress)
+        base_key = (self.model_name, prompt, negative_prompt, seed, steps, guidance, height, width)
+        with self._lock:
+            baseline = self._baselines.get(base_key)
+            if baseline is not None:
+                self._baselines.move_to_end(base_key)
+
+        pipe = self.pipeline
+        with torch.no_grad():
+            embeds = pipe.encode_prompt(prompt, self.device, 1, guidance > 1.0, negative_prompt or None)
+        baseline_cached = baseline is not None
+        if baseline is None:
+            baseline = self._draw(pipe.unet, embeds, seed, steps, guidance, height, width, progress, (0.0, 0.5),
+                                  "baseline")
+            with self._lock:
+                if self.baseline_cache_size > 0:
+                    self._baselines[base_key] = baseline
+                    while len(self._baselines) > self.baseline_cache_size:
+                        self._baselines.popitem(last=False)
+        compressed = self._draw(entry.unet, embeds, seed, steps, guidance, height, width, progress,
+                                (0.5 if not baseline_cached else 0.0, 1.0), spec.label)
+        return PairResult(
+            baseline_image=baseline.image.copy(),  # callers may draw on images; the cached one stays clean
+            compressed_image=compressed.image,
+            spec=spec,
+            compression_seconds=0.0 if compression_cached else entry.seconds,
+            compression_cached=compression_cached,
+            baseline_seconds=baseline.seconds,
+            compressed_seconds=compressed.seconds,
+            baseline_cached=baseline_cached,
+            baseline_cost=self.baseline_cost,
+            compressed_cost=entry.cost,
+            prune_report=entry.prune_report,
+            prompt_truncated=self._truncated(prompt),
+            negative_prompt_truncated=self._truncated(negative_prompt),
+            baseline_nonfinite=baseline.nonfinite,
+            compressed_nonfinite=compressed.nonfinite,
+            baseline_nsfw=baseline.nsfw,
+            compressed_nsfw=compressed.nsfw,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            height=height,
+            width=width,
+        )

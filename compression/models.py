@@ -1,0 +1,190 @@
+"""The model catalog and the one loader for every pipeline, local or from the hub.
+
+`CATALOG` maps a short name to a local folder or a hub id. The embedded "tiny-shapes" model lives in `assets/`
+and loads through exactly the same `DiffusionPipeline.from_pretrained` call as a hub model, so tests of the
+local path cover the hub path's code too. Safety rules, whatever the source:
+
+- `use_safetensors=True` and never remote code: a folder holding only pickles (.ckpt, .bin, .pt, .pth), which
+  can run arbitrary code when loaded, is refused with a clear error;
+- names outside the catalog are refused unless `ALLOW_ANY_MODEL=1` is set (a public Space should not load
+  whatever a visitor types).
+
+Device and dtype policy: CPU runs fp32 (fp16 on this CPU is ~50x slower, bf16 is offered as a compression
+mode); CUDA runs fp16, the usual setting for SD 1.x. The environment variable `MODEL_ID` picks the model
+(a catalog name, or with `ALLOW_ANY_MODEL=1` any hub id or folder); the default is "tiny-shapes".
+
+Example:
+    >>> pipe, info = load_pipeline("tiny-shapes")
+    >>> info.name, info.device, info.dtype
+    ('tiny-shapes', 'cpu', torch.float32)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A pipeline the lab knows.
+
+    Args:
+        name (`str`): short name (the UI and `MODEL_ID` use it).
+        source (`str`): a local folder (absolute) or a hub id.
+        description (`str`): one line for the UI.
+        local (`bool`): True when `source` is a folder shipped with the repo (works offline).
+        tiny (`bool`): True for the embedded toy model (no safety checker: it only draws coloured shapes).
+    """
+
+    name: str
+    source: str
+    description: str
+    local: bool
+    tiny: bool = False
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    e.name: e
+    for e in (
+        CatalogEntry(
+            "tiny-shapes",
+            str(REPO_ROOT / "assets" / "tiny-shapes-sd"),
+            "Embedded tiny latent diffusion model trained on the 'shapes' world (64x64, runs on CPU).",
+            local=True,
+            tiny=True,
+        ),
+        CatalogEntry(
+            "sd-1.5",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "Stable Diffusion 1.5 from the hub (needs network and a few GB; a GPU for interactive speed).",
+            local=False,
+        ),
+    )
+}
+DEFAULT_MODEL = "tiny-shapes"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `load_pipeline` loaded and how.
+
+    Args:
+        name (`str`): catalog name, or the raw id/path when `ALLOW_ANY_MODEL=1` let it through.
+        source (`str`): the folder or hub id passed to `from_pretrained`.
+        device (`str`): "cpu" or "cuda".
+        dtype (`torch.dtype`): the pipeline's dtype.
+    """
+
+    name: str
+    source: str
+    device: str
+    dtype: torch.dtype
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _any_model_allowed() -> bool:
+    return os.environ.get("ALLOW_ANY_MODEL", "").strip().lower() in ("1", "true", "yes")
+
+
+def resolve_model(name: str | None = None) -> CatalogEntry:
+    """The catalog entry for `name` (default: env `MODEL_ID`, else "tiny-shapes").
+
+    Outside the catalog, only with `ALLOW_ANY_MODEL=1`: an existing folder is taken as local, anything else as
+    a hub id.
+
+    Raises:
+        ValueError: unknown name (listing the catalog) while `ALLOW_ANY_MODEL` is not set.
+    """
+    name = name or os.environ.get("MODEL_ID") or DEFAULT_MODEL
+    if name in CATALOG:
+        return CATALOG[name]
+    if not _any_model_allowed():
+        raise ValueError(
+            f"unknown model {_short(name)}; known: {', '.join(CATALOG)} "
+            "(set ALLOW_ANY_MODEL=1 to load another hub id or folder)"
+        )
+    local = Path(name).expanduser().is_dir()
+    source = str(Path(name).expanduser().resolve()) if local else name
+    return CatalogEntry(name, source, "a model outside the catalog (ALLOW_ANY_MODEL=1)", local=local)
+
+
+def default_device() -> str:
+    """ "cuda" when a GPU is visible, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp16 on CUDA (the usual SD setting), fp32 on CPU (CPU fp16 kernels are ~50x slower)."""
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def check_local_folder(folder: str | Path) -> Path:
+    """Refuse a missing folder, or one whose weights are only pickles.
+
+    Raises:
+        FileNotFoundError: the folder or its `model_index.json` does not exist.
+        ValueError: the folder holds pickled weights and no .safetensors file.
+    """
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"no diffusers pipeline at {folder} (model_index.json missing). The embedded model is built by the "
+            "repo's training script; or pick another model with MODEL_ID."
+        )
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not any(p.suffix == ".safetensors" for p in files):
+        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+        what = f"only pickled weights ({', '.join(sorted(pickles)[:3])})" if pickles else "no .safetensors weights"
+        raise ValueError(
+            f"refusing {folder.name}: it has {what}. Pickles can run code when loaded; convert them to "
+            "safetensors first."
+        )
+    return folder
+
+
+def load_pipeline(name: str | None = None, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load a catalog pipeline with the safety rules and the device/dtype policy.
+
+    Args:
+        name (`str`, *optional*): catalog name; default env `MODEL_ID`, else "tiny-shapes".
+        device (`str`, *optional*): "cpu" or "cuda"; default: CUDA when available.
+        dtype (`torch.dtype`, *optional*): default fp32 on CPU, fp16 on CUDA.
+
+    Returns:
+        `(pipeline, ModelInfo)`; the pipeline's progress bar is off and its modules are in eval mode.
+
+    Raises:
+        ValueError: unknown name, pickle-only folder.
+        FileNotFoundError: a local model that has not been built.
+    """
+    from diffusers import DiffusionPipeline  # heavy import, kept out of `import compression.models`
+
+    entry = resolve_model(name)
+    if entry.local:
+        check_local_folder(entry.source)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    kwargs = {}
+    if entry.tiny:
+        # The toy model only draws coloured shapes: no NSFW filter to run (and none was trained for it).
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    pipe = DiffusionPipeline.from_pretrained(
+        entry.source, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs
+    )
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval().requires_grad_(False)
+    return pipe, ModelInfo(entry.name, entry.source, device, dtype)

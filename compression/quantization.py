@@ -1,0 +1,373 @@
+"""Quantization registry: mode name -> a function that quantizes a (copied) module in place and returns it.
+
+| mode          | what it does                                               | backend                        | where      |
+|---------------|------------------------------------------------------------|--------------------------------|------------|
+| fp32          | nothing: the baseline's own dtype                          | -                              | anywhere   |
+| bf16          | weights and compute in bfloat16                            | torch                          | CPU, CUDA  |
+| fp16          | weights and compute in float16                             | torch                          | CUDA only  |
+| fp8           | float8 dynamic activations x float8 weights, Linear only   | torchao Float8DynamicAct...    | CUDA sm89+ |
+| int8-weight   | int8 weights (per output channel), Linear AND Conv2d       | optimum-quanto qint8           | CPU, CUDA  |
+| int8-dynamic  | int8 dynamic activations x int8 weights, Linear only       | torchao Int8DynamicAct...      | CPU, CUDA  |
+| int4-weight   | int4 weights (groups of 128), Linear AND Conv2d            | optimum-quanto qint4           | CPU, CUDA  |
+| simulated-int | N-bit (2..8) fake-quantized weights stored back as float   | own code (see `_fake_quant_`)  | anywhere   |
+
+Why these backends (checked on torch 2.13 CPU, torchao 0.18, quanto 0.2.7): torchao's int8 configs give an
+`Int8Tensor` that has no `aten.convolution` kernel, so they can only take Linear layers (31% of SD 1.5 UNet
+weights); quanto converts Conv2d too, which is what lets int8 weights shrink a whole UNet to about a quarter.
+torchao's `Int4WeightOnlyConfig` needs the `mslk` kernels (not on CPU) and `IntxWeightOnlyConfig(int4)` stores
+int4 unpacked in int8 (no memory gain), so int4 also goes through quanto, which packs two values a byte.
+
+Modes that change the compute dtype (bf16, fp16, fp8) cast the UNet's floating inputs to that dtype and its
+outputs back, with a forward pre-hook and a forward hook, so the rest of the pipeline (text encoder, VAE,
+scheduler) keeps its own precision: fp16 VAEs and schedulers are where NaN/black images come from.
+
+Example:
+    >>> unet = apply_quantization_(copy.deepcopy(pipe.unet), "int8-weight")
+    >>> QUANT_MODES["fp16"].available("cpu")
+    (False, 'offered on CUDA only: ~50x slower than fp32 on CPU')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@contextlib.contextmanager
+def _quiet_backend_import():
+    # Importing torchao on a CPU-only torch logs that its CUDA kernels (mxfp8, cutlass) failed to load, and
+    # torch logs a deprecation about torchao's enums: noise about kernels that CPU runs never use.
+    names = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+# ------------------------------------------------------------------------------------- availability
+
+
+def _everywhere(device: torch.device) -> tuple[bool, str]:
+    return True, ""
+
+
+def _needs(package: str, pip_name: str) -> Callable[[torch.device], tuple[bool, str]]:
+    def check(device: torch.device) -> tuple[bool, str]:
+        if importlib.util.find_spec(package) is None:
+            return False, f"needs {pip_name}: pip install -r requirements.txt"
+        return True, ""
+
+    return check
+
+
+def _bf16_check(device: torch.device) -> tuple[bool, str]:
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return False, "this GPU has no bfloat16 support"
+    return True, ""
+
+
+def _fp16_check(device: torch.device) -> tuple[bool, str]:
+    if device.type != "cuda":
+        return False, "offered on CUDA only: ~50x slower than fp32 on CPU"
+    return True, ""
+
+
+def _fp8_check(device: torch.device) -> tuple[bool, str]:
+    if device.type != "cuda":
+        return False, "needs a CUDA GPU of compute capability 8.9+ (Ada, Hopper); none here"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    if (major, minor) < (8, 9):
+        return False, f"needs CUDA compute capability 8.9+ (this GPU is sm{major}{minor})"
+    return _needs("torchao", "torchao")(device)
+
+
+# ------------------------------------------------------------------------------------------ dtype casting
+
+
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
+    if type(obj) is dict:  # a caller's dict (e.g. added_cond_kwargs): copy, never change it
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    if isinstance(obj, dict):  # diffusers' BaseOutput, a fresh output object: set in place to keep its type
+        for key in list(obj.keys()):
+            obj[key] = _cast(obj[key], dtype)
+        return obj
+    if isinstance(obj, tuple):
+        return type(obj)(_cast(o, dtype) for o in obj)
+    if isinstance(obj, list):
+        return [_cast(o, dtype) for o in obj]
+    return obj
+
+
+def cast_io_(
+    module: nn.Module, compute_dtype: torch.dtype, io_dtype: torch.dtype, keep: tuple[str, ...] = ("timestep",)
+) -> nn.Module:
+    """Hook `module` so that floating inputs are cast to `compute_dtype` and floating outputs to `io_dtype`.
+
+    Args:
+        module (`nn.Module`): changed in place (two hooks) and returned.
+        compute_dtype (`torch.dtype`): the dtype the module's weights are in.
+        io_dtype (`torch.dtype`): the dtype the caller hands in and expects back.
+        keep (`tuple[str, ...]`, defaults to `("timestep",)`): forward arguments left as they are. A float
+            timestep such as 999.0 is not exactly representable in bf16 (it would become 1000); the UNet
+            embeds it in fp32 itself.
+
+    The hooks keep no per-call state, so one module can serve several threads.
+    """
+    names = list(inspect.signature(module.forward).parameters)
+    keep_positions = {names.index(k) for k in keep if k in names}
+
+    def pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        args = tuple(a if i in keep_positions else _cast(a, compute_dtype) for i, a in enumerate(args))
+        kwargs = {k: v if k in keep else _cast(v, compute_dtype) for k, v in kwargs.items()}
+        return args, kwargs
+
+    def post(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        return _cast(output, io_dtype)
+
+    module.register_forward_pre_hook(pre, with_kwargs=True)
+    module.register_forward_hook(post, with_kwargs=True)
+    return module
+
+
+def _to_dtype_(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    io_dtype = _module_dtype(module)
+    if io_dtype == dtype:
+        return module
+    if getattr(module, "_keep_in_fp32_modules", None):
+        module.to(dtype)  # diffusers' ModelMixin.to keeps those modules in fp32
+    else:
+        # diffusers 0.42's ModelMixin.to warns about "modules that should be kept in float32: []" on every
+        # dtype cast, even when there are none; nn.Module.to does the same cast without the false alarm.
+        nn.Module.to(module, dtype)
+    return cast_io_(module, dtype, io_dtype)
+
+
+# ---------------------------------------------------------------------------------------------- the modes
+
+
+def _none_(module: nn.Module, bits: int | None) -> nn.Module:
+    return module
+
+
+def _bf16_(module: nn.Module, bits: int | None) -> nn.Module:
+    return _to_dtype_(module, torch.bfloat16)
+
+
+def _fp16_(module: nn.Module, bits: int | None) -> nn.Module:
+    return _to_dtype_(module, torch.float16)
+
+
+def _quanto_(module: nn.Module, qtype_name: str) -> nn.Module:
+    with _quiet_backend_import():
+        from optimum.quanto import freeze, qint4, qint8, quantize
+    # quantize() swaps Linear/Conv2d (and norms, which it leaves alone without activation quantization) for
+    # QLinear/QConv2d; freeze() replaces the float weights by packed int tensors + scales: the memory gain.
+    quantize(module, weights={"qint8": qint8, "qint4": qint4}[qtype_name])
+    freeze(module)
+    return module
+
+
+def _int8_weight_(module: nn.Module, bits: int | None) -> nn.Module:
+    return _quanto_(module, "qint8")
+
+
+def _int4_weight_(module: nn.Module, bits: int | None) -> nn.Module:
+    return _quanto_(module, "qint4")
+
+
+def _int8_dynamic_(module: nn.Module, bits: int | None) -> nn.Module:
+    with _quiet_backend_import():
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    # Linear only: torchao's Int8Tensor has no convolution kernel (see the module docstring).
+    quantize_(module, Int8DynamicActivationInt8WeightConfig())
+    return module
+
+
+def _fp8_(module: nn.Module, bits: int | None) -> nn.Module:
+    with _quiet_backend_import():
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    # Row-wise float8 scaling expects bfloat16 activations; the rest of the UNet (convs, norms) runs in bf16.
+    # Not exercised by CI (no GPU there).
+    _to_dtype_(module, torch.bfloat16)
+    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return module
+
+
+@torch.no_grad()
+def _fake_quant_(module: nn.Module, bits: int | None) -> nn.Module:
+    # Own code, on purpose: torchao's fake quantizers (QAT) wrap Linear only and keep hooks around; a study of
+    # "how many bits do the weights need" wants every Linear and Conv2d rounded once, then plain float kernels.
+    if bits is None or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"simulated-int needs bits from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+    qmax = 2 ** (bits - 1) - 1  # symmetric: 8 bits -> [-127, 127], 2 bits -> [-1, 1] (ternary)
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            w = m.weight.data
+            scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True) / qmax
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero channel stays zero
+            w.copy_(torch.round(w / scale).clamp_(-qmax, qmax) * scale)
+    return module
+
+
+@dataclass(frozen=True)
+class QuantMode:
+    """One quantization mode of the registry.
+
+    Args:
+        name (`str`): the registry key.
+        short (`str`): a few words for labels ("int8 weights"); `{bits}` is filled in for simulated modes.
+        description (`str`): one or two sentences for the UI and README: what it does and what it buys.
+        quantize_ (`Callable[[nn.Module, int | None], nn.Module]`): `(module, bits)`, changes the module in
+            place and returns it.
+        check (`Callable[[torch.device], tuple[bool, str]]`): whether it can run on a device, and why not.
+        real_gain (`bool`): False when the mode only simulates the precision loss (no speed or memory gain).
+        uses_bits (`bool`): whether the spec's `bits` applies.
+    """
+
+    name: str
+    short: str
+    description: str
+    quantize_: Callable[[nn.Module, int | None], nn.Module]
+    check: Callable[[torch.device], tuple[bool, str]] = _everywhere
+    real_gain: bool = True
+    uses_bits: bool = False
+
+    def available(self, device: torch.device | str = "cpu") -> tuple[bool, str]:
+        """`(True, "")`, or `(False, reason)` when this mode cannot run on `device`."""
+        return self.check(torch.device(device))
+
+    def label(self, bits: int | None = None) -> str:
+        """The short label, with the bit width where it applies."""
+        return self.short.format(bits=bits)
+
+
+QUANT_MODES: dict[str, QuantMode] = {
+    q.name: q
+    for q in (
+        QuantMode("fp32", "", "No quantization: the baseline's own weights and dtype (fp32 on CPU).", _none_),
+        QuantMode(
+            "bf16",
+            "bf16",
+            "bfloat16 weights and compute: half the bytes, fp32's range (no fp16-style overflow to NaN).",
+            _bf16_,
+            _bf16_check,
+        ),
+        QuantMode(
+            "fp16",
+            "fp16",
+            "float16 weights and compute: half the bytes; fast on GPUs, can overflow to NaN.",
+            _fp16_,
+            _fp16_check,
+        ),
+        QuantMode(
+            "fp8",
+            "fp8",
+            "float8 (e4m3) dynamic activations x float8 weights on Linear layers (torchao), bf16 elsewhere: "
+            "fast matmuls on Ada/Hopper GPUs.",
+            _fp8_,
+            _fp8_check,
+        ),
+        QuantMode(
+            "int8-weight",
+            "int8 weights",
+            "int8 weights with per-output-channel scales on every Linear AND Conv2d (optimum-quanto): about a "
+            "quarter of the fp32 bytes; weights are dequantized on the fly, so no faster on CPU.",
+            _int8_weight_,
+            _needs("optimum.quanto", "optimum-quanto"),
+        ),
+        QuantMode(
+            "int8-dynamic",
+            "int8 dynamic",
+            "int8 activations (quantized per call) x int8 weights on Linear layers only (torchao); convolutions "
+            "stay fp32, so the UNet shrinks by the Linear share only.",
+            _int8_dynamic_,
+            _needs("torchao", "torchao"),
+        ),
+        QuantMode(
+            "int4-weight",
+            "int4 weights",
+            "int4 weights in groups of 128 with scale and shift on every Linear AND Conv2d (optimum-quanto): "
+            "about a sixth of the fp32 bytes, visibly lossy.",
+            _int4_weight_,
+            _needs("optimum.quanto", "optimum-quanto"),
+        ),
+        QuantMode(
+            "simulated-int",
+            "sim int{bits} (fake)",
+            "Weights rounded to N bits (2-8, per output channel, symmetric) and stored back as float: shows the "
+            "quality loss of N-bit weights. Simulated: no speed or memory gain.",
+            _fake_quant_,
+            real_gain=False,
+            uses_bits=True,
+        ),
+    )
+}
+
+
+def get_quant_mode(mode: str) -> QuantMode:
+    """The registry entry for `mode`; ValueError naming the known modes otherwise."""
+    try:
+        return QUANT_MODES[mode]
+    except (KeyError, TypeError):
+        text = repr(mode)
+        text = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"unknown quantization mode {text}; known: {', '.join(QUANT_MODES)}") from None
+
+
+def available_quant_modes(device: torch.device | str = "cpu") -> list[str]:
+    """Names of the modes that can run on `device`, in registry order (what the UI offers)."""
+    return [name for name, q in QUANT_MODES.items() if q.available(device)[0]]
+
+
+def apply_quantization_(module: nn.Module, mode: str, bits: int | None = None) -> nn.Module:
+    """Quantize `module` IN PLACE (pass a copy to keep the original) and return it.
+
+    Args:
+        module (`nn.Module`): the module to quantize, usually a deep copy of the baseline UNet.
+        mode (`str`): a key of `QUANT_MODES`.
+        bits (`int`, *optional*): bit width, 2 to 8, for `"simulated-int"` only.
+
+    Raises:
+        ValueError: unknown mode, bits out of range, or a mode not available on the module's device
+            (the message gives the reason, e.g. fp16 on CPU).
+
+    Example:
+        >>> unet = apply_quantization_(copy.deepcopy(pipe.unet), "simulated-int", bits=4)
+    """
+    q = get_quant_mode(mode)
+    device = _module_device(module)
+    ok, why = q.available(device)
+    if not ok:
+        raise ValueError(f"quantization mode {mode!r} is not available on {device.type}: {why}")
+    with torch.no_grad():
+        return q.quantize_(module, bits)
