@@ -340,5 +340,6 @@ def apply_pruning_(
     seconds = time.perf_counter() - start
     layers = scope_layers(module, scope)  # a structured method may have replaced layers
     weights = sum(m.weight.numel() for _, m in layers)
-    zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
+    # count_nonzero, not (w == 0).sum(): summing a bool tensor makes a full int64 copy (8 bytes a weight).
+    zeros = sum(m.weight.numel() - int(torch.count_nonzero(m.weight)) for _, m in layers)
     return PruneReport(method, float(amount), scope, weights, zeros, len(layers), seconds)
