@@ -134,7 +134,7 @@ def check_local_folder(folder: str | Path) -> Path:
 
     Raises:
         FileNotFoundError: the folder or its `model_index.json` does not exist.
-        ValueError: the folder holds pickled weights and no .safetensors file.
+        ValueError: no .safetensors weights, or a component folder whose weights are only pickles.
     """
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
@@ -144,11 +144,15 @@ def check_local_folder(folder: str | Path) -> Path:
         )
     files = [p for p in folder.rglob("*") if p.is_file()]
     if not any(p.suffix == ".safetensors" for p in files):
-        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-        what = f"only pickled weights ({', '.join(sorted(pickles)[:3])})" if pickles else "no .safetensors weights"
+        raise ValueError(f"refusing {folder.name}: it has no .safetensors weights")
+    # Per component folder (unet/, vae/, ...): pickles without a safetensors twin are refused, naming it.
+    pickled = sorted({p.parent for p in files if p.suffix in PICKLE_SUFFIXES})
+    unsafe = [d for d in pickled if not any(q.suffix == ".safetensors" for q in d.iterdir())]
+    if unsafe:
+        names = ", ".join(str(d.relative_to(folder)) or "." for d in unsafe[:4])
         raise ValueError(
-            f"refusing {folder.name}: it has {what}. Pickles can run code when loaded; convert them to "
-            "safetensors first."
+            f"refusing {folder.name}: {names} has only pickled weights (.bin/.ckpt/.pt), which can run code when "
+            "loaded; convert them to safetensors first"
         )
     return folder
 
