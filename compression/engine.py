@@ -154,6 +154,31 @@ class PairResult:
     width: int
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """What `Engine.generate_batch` returns: one setting's images for many prompts, as arrays.
+
+    Args:
+        images (`np.ndarray`): uint8 (n, H, W, 3); an image with non-finite values is black here and flagged.
+        nonfinite (`np.ndarray`): bool (n,): the latents or pixels of that image held NaN/inf.
+        nsfw (`np.ndarray`): bool (n,): the pipeline's safety checker blanked that image.
+        seconds (`float`): denoising-loop wall time for the whole batch.
+        spec (`CompressionSpec`): the spec that was applied.
+        cost (`ModuleCost`): bytes, parameters and measured sparsity of the UNet that drew them.
+        prune_report (`PruneReport`, *optional*): measured sparsity over the pruning scope.
+        compression_seconds (`float`): time to build the compressed UNet; 0.0 when it came from the cache.
+    """
+
+    images: np.ndarray
+    nonfinite: np.ndarray
+    nsfw: np.ndarray
+    seconds: float
+    spec: CompressionSpec
+    cost: ModuleCost
+    prune_report: PruneReport | None
+    compression_seconds: float
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -418,3 +443,80 @@ class Engine:
             height=height,
             width=width,
         )
+
+    @torch.no_grad()
+    def generate_batch(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int,
+        guidance: float,
+        spec: CompressionSpec,
+        negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
+    ) -> BatchResult:
+        """Draw one setting for many prompts in one batched denoising loop (sweeps: ~2x faster per image
+        than one at a time on a CPU for the tiny model).
+
+        Same rules as `generate_pair`: a fresh scheduler copy, one fresh `torch.Generator("cpu")` per image
+        seeded with its seed (so image i starts from the same noise as `generate_pair(prompts[i], seeds[i])`),
+        the baseline never touched, non-finite images flagged. No baseline is drawn or cached here: callers
+        pass the identity spec (`CompressionSpec()`) for baseline images. A batch's numbers can differ from
+        one-at-a-time drawing in the last bits (other kernel blocking), so compare batches with batches.
+
+        Args:
+            prompts (`list[str]`): n prompts (n >= 1).
+            seeds (`list[int]`): n seeds, 0 to 2**32-1.
+            steps, guidance, spec, negative_prompt, height, width: as in `generate_pair`.
+
+        Returns:
+            `BatchResult`.
+
+        Raises:
+            ValueError: an argument out of range, or prompts and seeds of different lengths.
+        """
+        if not isinstance(prompts, (list, tuple)) or not isinstance(seeds, (list, tuple)) or not prompts:
+            raise ValueError("prompts and seeds must be non-empty lists")
+        if len(prompts) != len(seeds):
+            raise ValueError(f"one seed per prompt is needed, got {len(prompts)} prompts and {len(seeds)} seeds")
+        for prompt, seed in zip(prompts, seeds):
+            height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
+        if not isinstance(spec, CompressionSpec):
+            raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
+        steps, guidance = int(steps), float(guidance)
+        entry, cached = self.compress(spec)
+        pipe = self._variant(entry.unet)
+        cfg = guidance > 1.0
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            list(prompts), self.device, 1, cfg, [negative_prompt] * len(prompts) if cfg and negative_prompt else None
+        )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        latents = pipe(
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=height,
+            width=width,
+            generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+            output_type="latent",
+        ).images
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+
+        nonfinite = ~torch.isfinite(latents.reshape(len(latents), -1)).all(1).cpu().numpy()
+        vae = pipe.vae
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        decoded, nsfw = pipe.run_safety_checker(decoded, self.device, prompt_embeds.dtype)
+        nsfw = np.array([bool(x) for x in nsfw], dtype=bool) if nsfw is not None else np.zeros(len(seeds), bool)
+        arrays = pipe.image_processor.postprocess(decoded, output_type="np", do_denormalize=[not x for x in nsfw])
+        nonfinite |= ~np.isfinite(arrays.reshape(len(arrays), -1)).all(1)
+        arrays = np.nan_to_num(arrays, nan=0.0, posinf=1.0, neginf=0.0)
+        images = (arrays * 255).round().clip(0, 255).astype(np.uint8)
+        images[nonfinite] = 0  # shown black, as generate_pair does, and flagged
+        return BatchResult(images, nonfinite, nsfw, seconds, spec, entry.cost, entry.prune_report,
+                           0.0 if cached else entry.seconds)
