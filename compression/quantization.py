@@ -17,6 +17,9 @@ weights); quanto converts Conv2d too, which is what lets int8 weights shrink a w
 torchao's `Int4WeightOnlyConfig` needs the `mslk` kernels (not on CPU) and `IntxWeightOnlyConfig(int4)` stores
 int4 unpacked in int8 (no memory gain), so int4 also goes through quanto, which packs two values a byte.
 
+Measured on an SD-1.5-config UNet (859.5M parameters, 3.20 GiB fp32; Linear 31.4%, Conv2d 68.5%): int8-weight
+0.251x the bytes, int8-dynamic 0.765x, int4-weight 0.141x.
+
 Modes that change the compute dtype (bf16, fp16, fp8) cast the UNet's floating inputs to that dtype and its
 outputs back, with a forward pre-hook and a forward hook, so the rest of the pipeline (text encoder, VAE,
 scheduler) keeps its own precision: fp16 VAEs and schedulers are where NaN/black images come from.
@@ -317,7 +320,8 @@ QUANT_MODES: dict[str, QuantMode] = {
             "int4-weight",
             "int4 weights",
             "int4 weights in groups of 128 with scale and shift on every Linear AND Conv2d (optimum-quanto): "
-            "about a sixth of the fp32 bytes, visibly lossy.",
+            "about a seventh of the fp32 bytes, visibly lossy; its asymmetric grid has no exact zero, so pruned "
+            "weights stop being exactly zero (measured sparsity drops).",
             _int4_weight_,
             _needs("optimum.quanto", "optimum-quanto"),
         ),

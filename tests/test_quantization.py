@@ -79,6 +79,14 @@ def test_int8_keeps_pruned_zeros(tiny_pipe):
     assert abs(module_cost(unet).sparsity - 0.5) < 0.01  # symmetric int8: a zero stays exactly zero
 
 
+def test_int4_grid_loses_exact_zeros_as_its_description_says(tiny_pipe):
+    unet = copy.deepcopy(tiny_pipe.unet)
+    apply_pruning_(unet, "l1-unstructured", 0.5)
+    apply_quantization_(unet, "int4-weight")
+    assert module_cost(unet).sparsity < 0.25  # measured on the dequantized int4 weights
+    assert "stop being exactly zero" in QUANT_MODES["int4-weight"].description
+
+
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_simulated_int_rounds_to_n_bit_grid(tiny_pipe, unet_inputs, reference, bits):
     unet = apply_quantization_(copy.deepcopy(tiny_pipe.unet), "simulated-int", bits)
