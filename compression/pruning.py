@@ -58,6 +58,26 @@ def _inside(module: nn.Module, classes: tuple[str, ...]) -> set[str]:
     return names
 
 
+def _attention_layers(module: nn.Module, cross: bool) -> set[str]:
+    """Prunable layers of the diffusers `Attention` modules that are (or are not) cross-attention."""
+    names: set[str] = set()
+    for prefix, sub in module.named_modules():
+        if type(sub).__name__ == "Attention" and bool(getattr(sub, "is_cross_attention", False)) == cross:
+            names.update(n for n, leaf in sub.named_modules(prefix=prefix) if _is_prunable(leaf))
+    return names
+
+
+def _transformer_projections(module: nn.Module) -> set[str]:
+    """The proj_in / proj_out layers of every Transformer2DModel (1x1 convs or Linears)."""
+    names: set[str] = set()
+    for prefix, sub in module.named_modules():
+        if type(sub).__name__ == "Transformer2DModel":
+            for child in ("proj_in", "proj_out"):
+                if _is_prunable(getattr(sub, child, None)):
+                    names.add(f"{prefix}.{child}" if prefix else child)
+    return names
+
+
 # Class names, not imports: the scope test must also work on a quantized copy and on models other than
 # diffusers' UNet (a scope that matches nothing raises, it never silently prunes nothing).
 _ATTENTION_CLASSES = ("Transformer2DModel", "BasicTransformerBlock", "Attention")
@@ -68,7 +88,17 @@ SCOPES: dict[str, str] = {
     "no-io": "all but conv_in, conv_out and the time/class embeddings",
     "attention": "only the transformer blocks (q/k/v/out projections, feed-forward, proj_in/out)",
     "resnet": "only the ResNet blocks (conv1, conv2, time_emb_proj, shortcut)",
+    # Finer parts, for the layer-sensitivity study (one part pruned at a time): where in the UNet ...
+    "down": "only the encoder half (every layer under down_blocks)",
+    "mid": "only the bottleneck (every layer under mid_block)",
+    "up": "only the decoder half (every layer under up_blocks)",
+    # ... and which kind of layer inside the transformer blocks ("attention" is the union of these four).
+    "self-attention": "only the q/k/v/out projections of self-attention (image tokens to image tokens)",
+    "cross-attention": "only the q/k/v/out projections of cross-attention (where the text enters the image)",
+    "feed-forward": "only the transformer feed-forward layers (GEGLU projection and output Linear)",
+    "projection": "only proj_in/proj_out, which map feature maps into and out of the transformer blocks",
 }
+_LOCATIONS = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
 
 
 def scope_layers(module: nn.Module, scope: str = "all") -> list[tuple[str, nn.Module]]:
@@ -92,6 +122,17 @@ def scope_layers(module: nn.Module, scope: str = "all") -> list[tuple[str, nn.Mo
         layers = [(n, m) for n, m in layers if n in keep]
     elif scope == "resnet":
         keep = _inside(module, _RESNET_CLASSES)
+        layers = [(n, m) for n, m in layers if n in keep]
+    elif scope in _LOCATIONS:
+        layers = [(n, m) for n, m in layers if n.split(".")[0] == _LOCATIONS[scope]]
+    elif scope in ("self-attention", "cross-attention"):
+        keep = _attention_layers(module, cross=scope == "cross-attention")
+        layers = [(n, m) for n, m in layers if n in keep]
+    elif scope == "feed-forward":
+        keep = _inside(module, ("FeedForward",))
+        layers = [(n, m) for n, m in layers if n in keep]
+    elif scope == "projection":
+        keep = _transformer_projections(module)
         layers = [(n, m) for n, m in layers if n in keep]
     if not layers:
         raise ValueError(f"pruning scope {scope!r} selects no nn.Linear/nn.Conv2d layer in {type(module).__name__}")
