@@ -29,3 +29,20 @@ def test_generate_batch_matches_single_drawing_and_leaves_the_baseline_alone(eng
     assert state_dict_digest(tiny_pipe.unet) == digest
     with pytest.raises(ValueError, match="one seed per prompt"):
         engine.generate_batch(PROMPTS, [1], 2, 2.0, spec)
+
+
+def test_layer_sensitivity_scopes_partition_the_unet(tiny_pipe):
+    from compression.pruning import scope_layers
+
+    unet = tiny_pipe.unet
+    names = {s: {n for n, _ in scope_layers(unet, s)} for s in
+             ("all", "attention", "down", "mid", "up", "self-attention", "cross-attention", "feed-forward", "projection")}
+    # where: the three locations and the entry/exit layers make up the whole UNet, without overlap
+    io = {n for n in names["all"] if n.split(".")[0] in ("conv_in", "conv_out", "time_embedding")}
+    assert names["down"] | names["mid"] | names["up"] | io == names["all"]
+    assert not (names["down"] & names["up"]) and not (names["mid"] & names["up"])
+    # what: the four transformer parts make up the attention scope, without overlap
+    parts = [names[s] for s in ("self-attention", "cross-attention", "feed-forward", "projection")]
+    assert set().union(*parts) == names["attention"] and sum(map(len, parts)) == len(names["attention"])
+    assert all(".attn2." in n for n in names["cross-attention"]) and all(".attn1." in n for n in names["self-attention"])
+    assert all(n.endswith(("proj_in", "proj_out")) for n in names["projection"])
