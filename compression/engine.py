@@ -116,7 +116,8 @@ class PairResult:
         baseline_image, compressed_image (`PIL.Image.Image`): the two drawings (same prompt, seed, settings).
         spec (`CompressionSpec`): the spec that was applied.
         compression_seconds (`float`): time to build the compressed UNet; 0.0 when it came from the cache.
-        compression_cached (`bool`): whether the compressed UNet came from the cache.
+        compression_cached (`bool`): no compression work was done: the UNet came from the cache, or the spec
+            is the identity (0% pruning, fp32) and the baseline's own UNet drew the image.
         baseline_seconds, compressed_seconds (`float`): denoising-loop latency of each side. A cached
             baseline reports the latency measured when it was drawn.
         baseline_cached (`bool`): the baseline image came from the cache (not redrawn).
