@@ -1,0 +1,441 @@
+"""Plotly figures from the lab's DataFrames: quality vs pruning, latency and size bars, Pareto fronts, layer
+sensitivity, and the app's history of single comparisons.
+
+Two table shapes come in:
+
+- **tidy sweep results** (`compression.sweep`): one row per setting x metric, columns `setting`,
+  `prune_amount` (0-0.95), `prune_method`, `prune_scope`, `quant_mode`, `bits`, `metric`, `reference`,
+  `value`, `ci_low`, `ci_high`, `n`, `unit`, `higher_is_better`, `note`;
+- **comparison history** (the app's Compare tab): one row per comparison, the columns of
+  `compression.metrics.pair_row` (wide: `clip_baseline`, `clip_compressed`, `psnr_db`, `ssim`, `latency_ms`, ...).
+
+Every axis carries its unit, every legend entry its N, and figures say plainly where a number cannot be
+trusted (a Frechet distance below its meaningful N) or where a setting brings no speed-up (masked pruning on
+dense kernels). Nothing here computes a metric: figures only draw what the tables hold.
+
+Example:
+    >>> df = pd.read_csv("assets/results/seed-study/results.csv")
+    >>> quality_vs_pruning(df, "KID-tinyCLIP", reference="baseline").show()
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+# Qualitative colours that stay apart for colour-blind readers (Okabe-Ito).
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+GREY = "#9e9e9e"
+FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=13)
+
+MASKED_NOTE = ("Unstructured pruning only writes zeros: dense kernels do the same work, so no speed-up is "
+               "expected (and none is claimed).")
+SIZE_NOTE = "Zeros are stored densely: a pruned UNet keeps its size unless stored in a sparse format."
+# Rows that measure real images of the data generator instead of a model setting: drawn as reference lines.
+REAL_SETTING = "real data"
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def _unit_suffix(unit: str) -> str:
+    return f" ({unit})" if unit else ""
+
+
+def axis_title(metric: str, unit: str = "", reference: str = "") -> str:
+    """An axis title with the unit and the direction, e.g. "KID-tinyCLIP vs baseline (lower is better)"."""
+    directions = {
+        "FD": "lower is better", "KID": "lower is better", "PSNR": "higher is better", "SSIM": "higher is better",
+        "CLIP score": "higher is better", "accuracy": "higher is better",
+    }
+    direction = next((d for k, d in directions.items() if metric.startswith(k)), "")
+    ref = f" vs {reference}" if reference and reference != "prompt" else ""
+    parts = [p for p in (unit, direction) if p]
+    return f"{metric}{ref}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, notes: Sequence[str] = ()) -> go.Figure:
+    notes = [n for n in dict.fromkeys(notes) if n]  # unique, in order
+    if x_title:
+        fig.update_layout(xaxis_title=x_title)
+    if y_title:
+        fig.update_layout(yaxis_title=y_title)
+    fig.update_layout(
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=16)),
+        template="plotly_white",
+        font=FONT,
+        legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, xanchor="left"),
+        margin=dict(l=70, r=20, t=60, b=110 + 18 * len(notes)),
+        hovermode="closest",
+    )
+    for i, note in enumerate(notes):
+        fig.add_annotation(text=html.escape(note), xref="paper", yref="paper", x=0, y=-0.33 - 0.07 * i,
+                           showarrow=False, xanchor="left", align="left", font=dict(size=11, color="#555"))
+    return fig
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure that says why there is nothing to draw (e.g. "run a sweep first")."""
+    fig = go.Figure()
+    fig.add_annotation(text=html.escape(message), xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font=dict(size=14, color="#555"))
+    fig.update_layout(template="plotly_white", font=FONT, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      margin=dict(l=20, r=20, t=20, b=20), height=300)
+    return fig
+
+
+def _select(df: pd.DataFrame, metric: str, reference: str | None) -> pd.DataFrame:
+    rows = df[df["metric"] == metric]
+    if reference is not None:
+        rows = rows[rows["reference"].fillna("") == reference]
+    return rows
+
+
+def _mode_label(row) -> str:
+    bits = row.get("bits")
+    mode = str(row["quant_mode"])
+    if bits is not None and not (isinstance(bits, float) and math.isnan(bits)):
+        mode = f"{mode} {int(bits)}-bit"
+    return mode
+
+
+def _n_text(ns: Sequence[int]) -> str:
+    ns = sorted({int(n) for n in ns if n is not None and not (isinstance(n, float) and math.isnan(n))})
+    if not ns:
+        return "N=?"
+    return f"N={ns[0]}" if len(ns) == 1 else f"N={ns[0]}-{ns[-1]}"
+
+
+def _notes(rows: pd.DataFrame) -> list[str]:
+    if "note" not in rows:
+        return []
+    return [str(n) for n in rows["note"].dropna().unique() if str(n).strip()]
+
+
+def _is_masked(method: str) -> bool:
+    return "unstructured" in str(method)
+
+
+# --------------------------------------------------------------------------------- quality vs pruning
+
+
+def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None,
+                       scope: str | None = "all") -> go.Figure:
+    """Quality against the pruned percentage: one line per pruning method x quantization mode, 95% CI bands.
+
+    Rows at 0% pruning are the uncompressed (or only quantized) model whatever the method, so they start every
+    method's line of their quantization mode.
+
+    Args:
+        df (`pd.DataFrame`): tidy sweep results.
+        metric (`str`): e.g. "KID-tinyCLIP", "CLIP score (tinyCLIP)", "accuracy: all", "PSNR".
+        reference (`str`, *optional*): "baseline", "real", "prompt"; None takes every row of the metric.
+        title (`str`, *optional*): defaults to the metric and its reference.
+        scope (`str`, *optional*, defaults to "all"): keep one pruning scope (None: all scopes).
+
+    Returns:
+        `go.Figure`; an `empty_figure` saying why when no row matches.
+    """
+    rows = _select(df, metric, reference)
+    real = rows[rows["setting"] == REAL_SETTING]
+    rows = rows[rows["setting"] != REAL_SETTING]
+    if scope is not None and "prune_scope" in rows:
+        rows = rows[(rows["prune_scope"] == scope) | (rows["prune_amount"] == 0)]
+    rows = rows[np.isfinite(rows["value"].astype(float))] if len(rows) else rows
+    if rows.empty:
+        return empty_figure(f"No results for {metric}" + (f" vs {reference}" if reference else "") + " yet.")
+    rows = rows.assign(mode=rows.apply(_mode_label, axis=1))
+    zero = rows[rows["prune_amount"] == 0]
+    fig = go.Figure()
+    unit = str(rows["unit"].dropna().iloc[0]) if "unit" in rows and rows["unit"].notna().any() else ""
+    groups = rows[rows["prune_amount"] > 0][["prune_method", "mode"]].drop_duplicates().values.tolist()
+    pruned_modes = {m for _, m in groups}
+    groups += [[None, m] for m in zero["mode"].unique() if m not in pruned_modes]  # quantized only: one point
+    for i, (method, mode) in enumerate(groups):
+        colour = PALETTE[i % len(PALETTE)]
+        part = rows[(rows["mode"] == mode) & ((rows["prune_method"] == method) | (rows["prune_amount"] == 0))]
+        part = part.drop_duplicates(subset=["prune_amount"]).sort_values("prune_amount")
+        x = part["prune_amount"].astype(float).to_numpy() * 100
+        name = " + ".join(p for p in (method, None if mode == "fp32" else mode) if p) or str(mode)
+        name = f"{name} ({_n_text(part['n'])})"
+        lo, hi = part["ci_low"].astype(float).to_numpy(), part["ci_high"].astype(float).to_numpy()
+        if np.isfinite(lo).all() and np.isfinite(hi).all():
+            fig.add_trace(go.Scatter(
+                x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself", mode="lines",
+                fillcolor=_rgba(colour, 0.15), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                legendgroup=name, name=f"{name} 95% CI"))
+        fig.add_trace(go.Scatter(
+            x=x, y=part["value"], mode="lines+markers", name=name, legendgroup=name, line=dict(color=colour, width=2),
+            marker=dict(size=7), customdata=np.stack([lo, hi, part["n"], part["setting"]], axis=1),
+            hovertemplate="%{customdata[3]}<br>%{x:.0f}% pruned: %{y:.4g}<br>95% CI %{customdata[0]:.4g} to "
+                          "%{customdata[1]:.4g}<br>N=%{customdata[2]}<extra></extra>"))
+    for r in real.itertuples():
+        what = "two real sets (floor)" if r.reference == "real" else "real images"
+        fig.add_hline(y=float(r.value), line=dict(color="#333", dash="dot", width=1),
+                      annotation_text=f"{what}: {float(r.value):.3g}", annotation_position="bottom right")
+    ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
+    title = title or f"{metric}{ref_text} against pruning ({_n_text(rows['n'])}, bands: bootstrap 95% CI)"
+    fig.update_xaxes(ticksuffix="%", rangemode="tozero")
+    return _layout(fig, title, "pruned weights (% of Linear/Conv2d weights in scope)", axis_title(metric, unit, reference),
+                   _notes(rows))
+
+
+# ----------------------------------------------------------------------------------------- cost bars
+
+
+def _setting_order(rows: pd.DataFrame) -> list[str]:
+    keyed = rows.drop_duplicates("setting").assign(_q=lambda r: r["quant_mode"].astype(str))
+    keyed = keyed.sort_values(["_q", "prune_method", "prune_scope", "prune_amount"], kind="stable")
+    base = keyed[keyed["setting"] == "baseline"]
+    return [*base["setting"], *[s for s in keyed["setting"] if s != "baseline"]]
+
+
+def cost_bars(df: pd.DataFrame, metric: str = "latency", title: str | None = None) -> go.Figure:
+    """One bar per setting for a cost metric ("latency", "UNet size", ...), the baseline marked by a line.
+
+    Error bars are the 95% interval (latency: bootstrap of the median over the timing repeats). Adds the
+    honest note that masked (unstructured) pruning buys no speed or size when such settings are present.
+    """
+    rows = _select(df, metric, None)
+    rows = rows[np.isfinite(rows["value"].astype(float))] if len(rows) else rows
+    if rows.empty:
+        return empty_figure(f"No {metric} measured yet.")
+    order = _setting_order(rows)
+    rows = rows.drop_duplicates("setting").set_index("setting").loc[order].reset_index()
+    unit = str(rows["unit"].iloc[0] or "")
+    base = rows[(rows["prune_amount"] == 0) & (rows["quant_mode"] == "fp32")]
+    colours = [GREY if s == "baseline" else PALETTE[0] for s in rows["setting"]]
+    err_hi = (rows["ci_high"] - rows["value"]).clip(lower=0)
+    err_lo = (rows["value"] - rows["ci_low"]).clip(lower=0)
+    fig = go.Figure(go.Bar(
+        x=rows["setting"], y=rows["value"], marker_color=colours,
+        error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=bool((err_hi + err_lo).sum() > 0)),
+        customdata=np.stack([rows["n"]], axis=1),
+        hovertemplate="%{x}: %{y:.4g}" + f" {unit}" + "<br>N=%{customdata[0]}<extra></extra>", showlegend=False))
+    notes = []
+    if not base.empty:
+        b = float(base["value"].iloc[0])
+        fig.add_hline(y=b, line=dict(color="#333", dash="dash", width=1),
+                      annotation_text=f"baseline {b:.4g} {unit}", annotation_position="top left")
+    pruned = rows[rows["prune_amount"] > 0]
+    if not pruned.empty and pruned["prune_method"].map(_is_masked).any():
+        notes.append(MASKED_NOTE if metric == "latency" else SIZE_NOTE if "size" in metric else "")
+    notes += _notes(rows)
+    title = title or f"{metric} per setting ({_n_text(rows['n'])} per bar)"
+    return _layout(fig, title, "setting", f"{metric}{_unit_suffix(unit)}", notes)
+
+
+# -------------------------------------------------------------------------------------------- Pareto
+
+
+def pareto_front(cost: Sequence[float], quality: Sequence[float], higher_quality_is_better: bool = True) -> np.ndarray:
+    """Boolean mask of the non-dominated points: no other point is at most as costly and at least as good,
+    and strictly better in one of the two (cost: lower is better)."""
+    c = np.asarray(cost, dtype=float)
+    q = np.asarray(quality, dtype=float) * (1 if higher_quality_is_better else -1)
+    front = np.zeros(len(c), dtype=bool)
+    for i in range(len(c)):
+        if not (np.isfinite(c[i]) and np.isfinite(q[i])):
+            continue
+        dominated = (c <= c[i]) & (q >= q[i]) & ((c < c[i]) | (q > q[i]))
+        front[i] = not dominated.any()
+    return front
+
+
+def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str = "UNet size",
+                        reference: str | None = None, title: str | None = None) -> go.Figure:
+    """Quality against cost, one point per setting, the Pareto front highlighted and joined.
+
+    Args:
+        df (`pd.DataFrame`): tidy sweep results.
+        quality_metric (`str`): e.g. "CLIP score (tinyCLIP)" or "KID-tinyCLIP" (direction from
+            `higher_is_better`).
+        cost_metric (`str`, defaults to "UNet size"): "UNet size" (MB), "latency" (ms), ...
+        reference (`str`, *optional*): reference of the quality metric.
+    """
+    q = _select(df, quality_metric, reference)
+    c = _select(df, cost_metric, None)
+    if q.empty or c.empty:
+        return empty_figure(f"Need both {quality_metric} and {cost_metric} results for a Pareto chart.")
+    keep = ["setting", "value", "ci_low", "ci_high", "n", "unit", "higher_is_better", "prune_method", "prune_amount", "quant_mode"]
+    merged = q[keep].merge(c[["setting", "value", "unit"]], on="setting", suffixes=("", "_cost"))
+    merged = merged[np.isfinite(merged["value"].astype(float)) & np.isfinite(merged["value_cost"].astype(float))]
+    if merged.empty:
+        return empty_figure("No setting has both numbers finite.")
+    hib = merged["higher_is_better"].dropna()
+    higher = bool(hib.iloc[0]) if len(hib) else True
+    front = pareto_front(merged["value_cost"], merged["value"], higher)
+    unit_q, unit_c = str(merged["unit"].iloc[0] or ""), str(merged["unit_cost"].iloc[0] or "")
+    fig = go.Figure()
+    for on_front, colour, name in ((False, GREY, "dominated"), (True, PALETTE[1], "Pareto front")):
+        part = merged[front == on_front].sort_values("value_cost")
+        if part.empty:
+            continue
+        err = dict(type="data", array=(part["ci_high"] - part["value"]).clip(lower=0),
+                   arrayminus=(part["value"] - part["ci_low"]).clip(lower=0), color=colour, thickness=1)
+        fig.add_trace(go.Scatter(
+            x=part["value_cost"], y=part["value"], mode="lines+markers+text" if on_front else "markers",
+            name=f"{name} ({len(part)})", text=part["setting"] if on_front else None, textposition="top center",
+            line=dict(color=colour, dash="dot") if on_front else None, marker=dict(color=colour, size=9),
+            error_y=err, customdata=np.stack([part["setting"], part["n"]], axis=1),
+            hovertemplate="%{customdata[0]}<br>cost %{x:.4g}<br>quality %{y:.4g} (N=%{customdata[1]})<extra></extra>"))
+    ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
+    title = title or f"{quality_metric}{ref_text} against {cost_metric} ({_n_text(merged['n'])}): Pareto front"
+    notes = _notes(q)
+    if cost_metric == "latency" and (merged["prune_amount"] > 0).any():
+        notes.append(MASKED_NOTE)
+    return _layout(fig, title, f"{cost_metric}{_unit_suffix(unit_c)} (lower is better)",
+                   axis_title(quality_metric, unit_q, reference or ""), notes)
+
+
+# ---------------------------------------------------------------------------------- layer sensitivity
+
+
+def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None) -> go.Figure:
+    """Bars: quality when one part of the UNet is pruned at a time (one bar per scope), baseline marked.
+
+    Each bar's hover and label give the share of all UNet weights that the scope holds ("sparsity" rows), so
+    "hurts most" can be read per weight removed, not only in total.
+    """
+    rows = _select(df, metric, reference)
+    rows = rows[rows["prune_amount"] > 0] if len(rows) else rows
+    if rows.empty:
+        return empty_figure(f"No layer-sensitivity results for {metric} yet.")
+    sparsity = _select(df, "sparsity", None)[["setting", "value"]].rename(columns={"value": "unet_sparsity"})
+    hib = rows["higher_is_better"].dropna()
+    higher = bool(hib.iloc[0]) if len(hib) else True
+    # The most harmful part first: lowest quality when higher is better, highest distance otherwise.
+    rows = rows.merge(sparsity, on="setting", how="left").sort_values("value", ascending=higher)
+    unit = str(rows["unit"].dropna().iloc[0]) if rows["unit"].notna().any() else ""
+    labels = [f"{s} ({u:.1f}% of UNet weights zeroed)" if np.isfinite(u) else str(s)
+              for s, u in zip(rows["prune_scope"], rows["unet_sparsity"].astype(float))]
+    fig = go.Figure(go.Bar(
+        x=labels, y=rows["value"], marker_color=PALETTE[2],
+        error_y=dict(type="data", array=(rows["ci_high"] - rows["value"]).clip(lower=0),
+                     arrayminus=(rows["value"] - rows["ci_low"]).clip(lower=0)),
+        customdata=np.stack([rows["setting"], rows["n"]], axis=1),
+        hovertemplate="%{customdata[0]}<br>%{y:.4g} (N=%{customdata[1]})<extra></extra>", showlegend=False))
+    base = _select(df, metric, reference)
+    base = base[(base["prune_amount"] == 0) & (base["quant_mode"] == "fp32")]
+    if not base.empty:
+        b = float(base["value"].iloc[0])
+        fig.add_hline(y=b, line=dict(color="#333", dash="dash", width=1), annotation_text=f"baseline {b:.4g}",
+                      annotation_position="top left")
+    amounts = sorted({round(float(a) * 100) for a in rows["prune_amount"]})
+    methods = ", ".join(sorted(rows["prune_method"].astype(str).unique()))
+    ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
+    title = title or (f"Layer sensitivity: {metric}{ref_text} with {'/'.join(map(str, amounts))}% of one part pruned "
+                      f"({methods}, {_n_text(rows['n'])})")
+    return _layout(fig, title, "pruned part of the UNet (scope)", axis_title(metric, unit, reference or ""), _notes(rows))
+
+
+# ------------------------------------------------------------------------------ the app's history charts
+
+
+def history_cost(history: pd.DataFrame) -> go.Figure:
+    """Latency (ms, grouped bars: baseline vs compressed) and UNet size (MB, line on a second axis) per
+    comparison of the session. Takes rows of `metrics.pair_row`."""
+    if history is None or len(history) == 0:
+        return empty_figure("Generate a comparison to start the history.")
+    h = history.reset_index(drop=True)
+    x = [f"#{i + 1} {s}" for i, s in enumerate(h["setting"])]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=x, y=h["latency_baseline_ms"], name="baseline latency (ms)", marker_color=GREY))
+    fig.add_trace(go.Bar(x=x, y=h["latency_ms"], name="compressed latency (ms)", marker_color=PALETTE[0]))
+    fig.add_trace(go.Scatter(x=x, y=h["unet_mb"], name="compressed UNet size (MB)", yaxis="y2", mode="lines+markers",
+                             line=dict(color=PALETTE[1])))
+    fig.add_trace(go.Scatter(x=x, y=h["unet_mb_baseline"], name="baseline UNet size (MB)", yaxis="y2",
+                             mode="lines", line=dict(color="#333", dash="dash")))
+    fig.update_layout(barmode="group", yaxis2=dict(title="UNet size (MB)", overlaying="y", side="right", rangemode="tozero"))
+    notes = ["Each latency is one run of the denoising loop (batch 1), so it carries the machine's noise (N=1)."]
+    if (h["prune_amount"] > 0).any() and h["prune_method"].map(_is_masked).any():
+        notes.append(MASKED_NOTE)
+    fig = _layout(fig, f"Latency and size per comparison (N={len(h)} comparisons)", "comparison",
+                  "denoising latency (ms)", notes)
+    fig.update_layout(margin=dict(r=70))
+    return fig
+
+
+def history_quality(history: pd.DataFrame) -> go.Figure:
+    """CLIP score of the compressed image, PSNR (dB) and SSIM against the baseline, against the pruned
+    percentage: one line per quantization mode (three stacked panels, one unit each)."""
+    from plotly.subplots import make_subplots
+
+    if history is None or len(history) == 0:
+        return empty_figure("Generate a comparison to start the history.")
+    h = history.copy()
+    h["prune_pct"] = h["prune_amount"].astype(float) * 100
+    panels = [("clip_compressed", "CLIP score (0-100)"), ("psnr_db", "PSNR vs baseline (dB)"), ("ssim", "SSIM vs baseline (0-1)")]
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    modes = list(dict.fromkeys(h["quant_mode"].astype(str)))
+    for j, mode in enumerate(modes):
+        part = h[h["quant_mode"].astype(str) == mode].sort_values("prune_pct")
+        colour = PALETTE[j % len(PALETTE)]
+        for r, (col, label) in enumerate(panels, start=1):
+            if col not in part:
+                continue
+            fig.add_trace(go.Scatter(
+                x=part["prune_pct"], y=part[col], mode="lines+markers", name=f"{mode} (N={len(part)})",
+                legendgroup=mode, showlegend=r == 1, line=dict(color=colour),
+                customdata=np.stack([part["setting"], part["prompt"].astype(str).str.slice(0, 60)], axis=1),
+                hovertemplate="%{customdata[0]}<br>" + label + ": %{y:.4g}<br>%{customdata[1]}<extra></extra>"), row=r, col=1)
+            fig.update_yaxes(title_text=label, row=r, col=1)
+    if "clip_baseline" in h and h["clip_baseline"].notna().any():
+        fig.add_hline(y=float(h["clip_baseline"].mean()), line=dict(color="#333", dash="dash", width=1), row=1, col=1,
+                      annotation_text="baseline (mean)", annotation_position="top left")
+    fig.update_xaxes(title_text="pruned weights (% of scope)", ticksuffix="%", row=3, col=1)
+    notes = ["Single images (N=1 per point, different prompts possible): read trends, not decimals. Sweeps give N and intervals."]
+    if "nonfinite" in h and h["nonfinite"].any():
+        notes.append("Comparisons whose compressed image held NaN/inf are shown as gaps: they are not scored.")
+    fig = _layout(fig, f"Quality of each comparison against pruning (N={len(h)} comparisons)", "", "", notes)
+    fig.update_layout(height=620)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def write_report_html(figures: Sequence[tuple[str, go.Figure]], path: str | Path, title: str, intro_html: str = "",
+                      plotlyjs: str = "inline") -> Path:
+    """Write figures into one HTML page.
+
+    Args:
+        figures (`Sequence[tuple[str, go.Figure]]`): (section heading, figure) pairs.
+        path (`str` or `Path`): the .html file to write.
+        title (`str`): page title.
+        intro_html (`str`, defaults to ""): trusted HTML shown under the title (callers escape their data).
+        plotlyjs (`str`, defaults to "inline"): "inline" embeds plotly.js (~4.8 MB, works offline: the
+            self-contained report); "cdn" links it (small files, needs network to view).
+    """
+    if plotlyjs not in ("inline", "cdn"):
+        raise ValueError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
+    parts = []
+    for i, (heading, fig) in enumerate(figures):
+        include = (True if plotlyjs == "inline" else "cdn") if i == 0 else False  # plotly.js once per page
+        div = fig.to_html(full_html=False, include_plotlyjs=include, default_width="100%",
+                          default_height=f"{int(fig.layout.height or 520)}px")
+        parts.append(f"<section><h2>{html.escape(heading)}</h2>{div}</section>")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:Inter,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+h1{{font-size:1.6em}}h2{{font-size:1.15em;margin-top:2em}}table{{border-collapse:collapse;font-size:.9em}}
+td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:right}}th{{background:#f5f5f5}}code{{background:#f3f3f3;padding:0 .2em}}</style>
+</head><body><h1>{html.escape(title)}</h1>{intro_html}{''.join(parts)}</body></html>
+"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
