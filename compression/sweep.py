@@ -290,8 +290,8 @@ class _Work:
 
     def step(self, what: str, k: int = 1) -> None:
         self.done += k
+        self.bar.set_postfix_str(what[:40], refresh=False)
         self.bar.update(k)
-        self.bar.set_postfix_str(what[:40])
         if self.progress:
             self.progress(min(self.done / self.total, 1.0), what)
 
