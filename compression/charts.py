@@ -231,7 +231,7 @@ def cost_bars(df: pd.DataFrame, metric: str = "latency", title: str | None = Non
                       annotation_text=f"baseline {b:.4g} {unit}", annotation_position="top left")
     pruned = rows[rows["prune_amount"] > 0]
     if not pruned.empty and pruned["prune_method"].map(_is_masked).any():
-        notes.append(MASKED_NOTE if metric == "latency" else SIZE_NOTE if "size" in metric else "")
+        notes.append(MASKED_NOTE if metric in ("latency", "speed-up") else SIZE_NOTE if "size" in metric else "")
     notes += _notes(rows)
     title = title or f"{metric} per setting ({_n_text(rows['n'])} per bar)"
     return _layout(fig, title, "setting", f"{metric}{_unit_suffix(unit)}", notes)

@@ -700,6 +700,54 @@ def measure_latency(fn: Callable[[], float | None], warmup: int = 1, repeats: in
     return LatencyStats(med, lo, hi, q[0], q[2], tuple(times), warmup)
 
 
+def measure_latency_interleaved(fns: dict[str, Callable[[], float | None]], warmup: int = 1, repeats: int = 5,
+                                device: str | torch.device | None = None) -> dict[str, LatencyStats]:
+    """Time several functions in alternating rounds (a, b, a, b, ... with the order flipped every round).
+
+    On a machine shared with other work, load drifts within seconds; timing a setting and the baseline back to
+    back, round by round, exposes both to the same drift, so their ratio (`speedup_estimate`) is far steadier
+    than the ratio of two separately timed medians.
+
+    Args:
+        fns (`dict[str, Callable]`): name -> work (as in `measure_latency`).
+        warmup (`int`, defaults to 1): untimed runs of each function first.
+        repeats (`int`, defaults to 5): timed rounds.
+        device: as in `measure_latency`.
+
+    Returns:
+        name -> `LatencyStats`, whose `times_s` are paired by round.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for k in names:
+        if warmup:
+            measure_latency(fns[k], warmup=warmup - 1, repeats=1, device=device)
+    for r in range(repeats):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            times[k].append(measure_latency(fns[k], warmup=0, repeats=1, device=device).times_s[0])
+    out = {}
+    for k, t in times.items():
+        med, lo, hi, _ = bootstrap_median(t)
+        q = statistics.quantiles(t, n=4) if len(t) >= 2 else [t[0]] * 3
+        out[k] = LatencyStats(med, lo, hi, q[0], q[2], tuple(t), warmup)
+    return out
+
+
+def speedup_estimate(baseline: LatencyStats, other: LatencyStats, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+    """Speed-up = median baseline time / median time of `other` (> 1: faster), with a bootstrap interval over
+    rounds resampled as pairs (both timed in the same rounds, see `measure_latency_interleaved`)."""
+    a, b = np.asarray(baseline.times_s), np.asarray(other.times_s)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError("speedup_estimate needs the same number of paired rounds on both sides")
+    idx = bootstrap_indices(len(a), n_boot, seed)
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    lo, hi = _percentile_interval(ratios)
+    return Estimate("speed-up", float(np.median(a) / np.median(b)), lo, hi, len(a), "baseline", "x", True,
+                    "baseline latency / this latency, timed in alternating rounds")
+
+
 # ------------------------------------------------------------------------------- one comparison (the app)
 
 

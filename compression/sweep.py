@@ -581,12 +581,16 @@ def run_sweep(
         est = _quality_estimates(per, ms, refs, n_boot, nonfinite, ref_nonfinite)
 
         if latency_repeats > 0:
-            def once() -> float:
-                return engine.generate_batch(all_prompts[:1], all_seeds[:1], steps, guidance, spec, negative_prompt,
-                                             height, width).seconds
-            lat = metrics.measure_latency(once, latency_warmup, latency_repeats, engine.device)
-            est.append(lat.estimate("latency", "ms", note=f"denoising loop, {steps} steps, batch 1; median of "
-                                                          f"{latency_repeats} after {latency_warmup} warm-up"))
+            def timer(s: CompressionSpec) -> Callable[[], float]:
+                return lambda: engine.generate_batch(all_prompts[:1], all_seeds[:1], steps, guidance, s,
+                                                     negative_prompt, height, width).seconds
+
+            # Timed in alternating rounds with the baseline, so machine load drifts hit both alike.
+            lat = metrics.measure_latency_interleaved({"base": timer(CompressionSpec()), "this": timer(spec)},
+                                                      latency_warmup, latency_repeats, engine.device)
+            est.append(lat["this"].estimate("latency", "ms", note=f"denoising loop, {steps} steps, batch 1; median "
+                                                                  f"of {latency_repeats} after {latency_warmup} warm-up"))
+            est.append(metrics.speedup_estimate(lat["base"], lat["this"], n_boot))
         base_cost = engine.baseline_cost
         est += [
             metrics.exact_estimate("UNet size", cost.bytes / 2**20, "MB", False,
@@ -719,7 +723,7 @@ def summarize(table: pd.DataFrame, config: dict, fd_min: dict[str, int]) -> dict
 
 def _quality_metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
     """(metric, reference) pairs to chart, KID before FD when N is below the FD-meaningful N."""
-    q = table[~table["metric"].isin(["latency", "UNet size", "parameters", "sparsity", "scope sparsity",
+    q = table[~table["metric"].isin(["latency", "speed-up", "UNet size", "parameters", "sparsity", "scope sparsity",
                                      "compression time", "non-finite images"]) & (table["setting"] != REAL_SETTING)]
     pairs = list(dict.fromkeys(zip(q["metric"], q["reference"].fillna(""))))
     fd_unreliable = q[q["metric"].str.startswith("FD-")]["note"].fillna("").str.len().gt(0).any()
@@ -749,6 +753,7 @@ def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
             figs.append((f"Layer sensitivity: {metric}" + (f" vs {ref}" if ref not in ("", "prompt") else ""),
                          charts.layer_sensitivity(table[table["prune_scope"] != "all"], metric, ref)))
     figs.append(("Latency", charts.cost_bars(table, "latency")))
+    figs.append(("Speed-up over the baseline", charts.cost_bars(table, "speed-up")))
     figs.append(("UNet size", charts.cost_bars(table, "UNet size")))
     if qm:
         metric, ref = qm[0]
@@ -776,7 +781,7 @@ def write_report(table: pd.DataFrame, summary: dict, out: Path, plotlyjs: str = 
     intro += ("<p>Every number is a mean (latency: median) over N with a bootstrap 95% interval. "
               "References: <i>baseline</i> = the uncompressed model, same prompts and seeds; <i>real</i> = images "
               "of the data generator for the same prompts; <i>prompt</i> = the text.</p>")
-    head = table[table["metric"].isin(["accuracy: all", "PSNR", "latency", "UNet size", "sparsity"])
+    head = table[table["metric"].isin(["accuracy: all", "PSNR", "speed-up", "UNet size", "sparsity"])
                  | table["metric"].str.startswith("KID-") | table["metric"].str.startswith("CLIP score")]
     if not head.empty:
         head = head.assign(col=head["metric"] + head["reference"].fillna("").map(lambda r: f" vs {r}" if r not in ("", "prompt") else "")
