@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import html
 import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -439,3 +444,44 @@ td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:right}}th{{background:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def save_png(fig: go.Figure, path: str | Path, width: int = 1000, height: int | None = None,
+             browser: str | None = None, timeout: float = 60.0) -> Path:
+    """Render a figure to PNG with a headless Chromium (offline: plotly.js is inlined), no kaleido needed.
+
+    Args:
+        fig (`go.Figure`): the figure.
+        path (`str` or `Path`): the .png to write.
+        width (`int`, defaults to 1000), height (`int`, *optional*): pixels (height: the figure's, else 560).
+        browser (`str`, *optional*): a Chromium executable; default `$CHROMIUM`, /usr/bin/chromium or
+            chromium on PATH.
+        timeout (`float`, defaults to 60): seconds before giving up.
+
+    Raises:
+        RuntimeError: no Chromium found, or it wrote no image.
+    """
+    exe = browser or os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe or not Path(exe).exists():
+        raise RuntimeError("save_png needs Chromium (apt-get install chromium, or set CHROMIUM=/path/to/it)")
+    height = int(height or fig.layout.height or 560)
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "figure.html"
+        fig.write_html(page, include_plotlyjs=True, full_html=True, default_width=f"{width}px",
+                       default_height=f"{height}px", config={"displayModeBar": False})
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--virtual-time-budget=5000",
+               f"--window-size={width + 16},{height + 16}", f"--screenshot={path}", page.as_uri()]
+        if path.exists():
+            path.unlink()
+        subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=tmp, env={**os.environ, "HOME": tmp})
+    if not path.is_file():
+        raise RuntimeError(f"Chromium ({exe}) wrote no screenshot to {path}")
+    return path
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short form of a figure heading."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "figure"

@@ -808,6 +808,13 @@ def write_report(table: pd.DataFrame, summary: dict, out: Path, plotlyjs: str = 
     return path
 
 
+def write_pngs(table: pd.DataFrame, folder: Path) -> list[Path]:
+    """Every report figure as a PNG (numbered in reading order), rendered by headless Chromium."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [charts.save_png(fig, folder / f"{i:02d}-{charts.slug(title)}.png")
+            for i, (title, fig) in enumerate(report_figures(table))]
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 
 
@@ -834,6 +841,7 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
                    help="inline: self-contained report (~5 MB); cdn: small file that loads plotly.js from the web")
     p.add_argument("--allow-download", action="store_true", help="let hub metric models (CLIP, DINOv2) download")
     p.add_argument("--report-only", action="store_true", help="rebuild report.html from DIR/results.csv and summary.json")
+    p.add_argument("--png", action="store_true", help="also save every report figure as DIR/png/*.png (needs Chromium)")
     p.add_argument("--out", required=True, type=Path, help="output folder (resumes what is finished there)")
     args = p.parse_args(argv)
 
@@ -841,6 +849,8 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         table = pd.read_csv(args.out / "results.csv")
         summary = json.loads((args.out / "summary.json").read_text())
         print(write_report(table, summary, args.out, args.plotlyjs))
+        if args.png:
+            write_pngs(table, args.out / "png")
         return None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -876,6 +886,8 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
                     plotlyjs=args.plotlyjs)
     print(f"computed {len(res.computed)}, reused {len(res.skipped)}: {args.out / 'results.csv'}, "
           f"{args.out / 'summary.json'}, {args.out / 'report.html'}", file=sys.stderr)
+    if args.png:
+        write_pngs(res.table, args.out / "png")
     return res
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -139,3 +141,13 @@ def test_report_html_inline_is_self_contained_and_cdn_is_small(table, tmp_path):
 def test_axis_titles():
     assert charts.axis_title("KID-tinyCLIP", "", "baseline") == "KID-tinyCLIP vs baseline (lower is better)"
     assert charts.axis_title("PSNR", "dB", "baseline") == "PSNR vs baseline (dB, higher is better)"
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or os.path.exists("/usr/bin/chromium")), reason="no Chromium here")
+def test_save_png_renders_offline(table, tmp_path):
+    from PIL import Image
+
+    path = charts.save_png(charts.quality_vs_pruning(table, "accuracy: all", "prompt"), tmp_path / "f.png", width=600,
+                           height=400)
+    image = Image.open(path).convert("L")
+    assert image.size == (616, 416) and np.asarray(image).std() > 5  # a drawn chart, not a blank page
