@@ -92,9 +92,9 @@ def evaluate(pipeline_path: Path, clip_path: Path, n_prompts: int, n_fd: int, st
              timing_repeats: int = 5) -> dict:
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(pipeline_path, use_safetensors=True)
+    pipe = DiffusionPipeline.from_pretrained(str(pipeline_path), use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
-    judge = metrics.MetricClip(clip_path)
+    judge = metrics.MetricClip(str(clip_path))
     result: dict = {"prompts": n_prompts, "steps": steps, "guidance": guidance, "split": "heldout"}
 
     attrs = world.sample_attributes(2024, n_prompts, "heldout")
