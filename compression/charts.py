@@ -233,7 +233,7 @@ def cost_bars(df: pd.DataFrame, metric: str = "latency", title: str | None = Non
     if not base.empty:
         b = float(base["value"].iloc[0])
         fig.add_hline(y=b, line=dict(color="#333", dash="dash", width=1),
-                      annotation_text=f"baseline {b:.4g} {unit}", annotation_position="top left")
+                      annotation_text=f"baseline {b:.3g} {unit}", annotation_position="top left")
     pruned = rows[rows["prune_amount"] > 0]
     if not pruned.empty and pruned["prune_method"].map(_is_masked).any():
         notes.append(MASKED_NOTE if metric in ("latency", "speed-up") else SIZE_NOTE if "size" in metric else "")
@@ -259,6 +259,18 @@ def pareto_front(cost: Sequence[float], quality: Sequence[float], higher_quality
     return front
 
 
+def _front_labels(part: pd.DataFrame) -> list[str]:
+    # Settings at the same point (e.g. equal size and quality) share one label instead of overprinting.
+    labels, seen = [], {}
+    for setting, x, y in zip(part["setting"], part["value_cost"], part["value"]):
+        key = (round(float(x), 9), round(float(y), 9))
+        seen.setdefault(key, []).append(str(setting))
+    for setting, x, y in zip(part["setting"], part["value_cost"], part["value"]):
+        group = seen[(round(float(x), 9), round(float(y), 9))]
+        labels.append("" if setting != group[0] else group[0] + (f" (+{len(group) - 1} more)" if len(group) > 1 else ""))
+    return labels
+
+
 def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str = "UNet size",
                         reference: str | None = None, title: str | None = None) -> go.Figure:
     """Quality against cost, one point per setting, the Pareto front highlighted and joined.
@@ -271,6 +283,7 @@ def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str 
         reference (`str`, *optional*): reference of the quality metric.
     """
     q = _select(df, quality_metric, reference)
+    q = q[q["setting"] != REAL_SETTING]
     c = _select(df, cost_metric, None)
     if q.empty or c.empty:
         return empty_figure(f"Need both {quality_metric} and {cost_metric} results for a Pareto chart.")
@@ -292,7 +305,7 @@ def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str 
                    arrayminus=(part["value"] - part["ci_low"]).clip(lower=0), color=colour, thickness=1)
         fig.add_trace(go.Scatter(
             x=part["value_cost"], y=part["value"], mode="lines+markers+text" if on_front else "markers",
-            name=f"{name} ({len(part)})", text=part["setting"] if on_front else None, textposition="top center",
+            name=f"{name} ({len(part)})", text=_front_labels(part) if on_front else None, textposition="top center",
             line=dict(color=colour, dash="dot") if on_front else None, marker=dict(color=colour, size=9),
             error_y=err, customdata=np.stack([part["setting"], part["n"]], axis=1),
             hovertemplate="%{customdata[0]}<br>cost %{x:.4g}<br>quality %{y:.4g} (N=%{customdata[1]})<extra></extra>"))

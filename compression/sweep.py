@@ -596,6 +596,8 @@ def run_sweep(
             metrics.exact_estimate("UNet size", cost.bytes / 2**20, "MB", False,
                                    note=f"baseline {base_cost.bytes / 2**20:.2f} MB"),
             metrics.exact_estimate("parameters", cost.params / 1e6, "M", None),
+            metrics.exact_estimate("non-zero parameters", (cost.params - cost.zeros) / 1e6, "M", False,
+                                   note="what a sparse format would have to store"),
             metrics.exact_estimate("sparsity", 100 * cost.sparsity, "%", None,
                                    note="measured zeros over all Linear/Conv2d weights of the UNet"),
             metrics.exact_estimate("compression time", comp_seconds, "s", False),
@@ -723,7 +725,8 @@ def summarize(table: pd.DataFrame, config: dict, fd_min: dict[str, int]) -> dict
 
 def _quality_metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
     """(metric, reference) pairs to chart, KID before FD when N is below the FD-meaningful N."""
-    q = table[~table["metric"].isin(["latency", "speed-up", "UNet size", "parameters", "sparsity", "scope sparsity",
+    q = table[~table["metric"].isin(["latency", "speed-up", "UNet size", "parameters", "non-zero parameters",
+                                     "sparsity", "scope sparsity",
                                      "compression time", "non-finite images"]) & (table["setting"] != REAL_SETTING)]
     pairs = list(dict.fromkeys(zip(q["metric"], q["reference"].fillna(""))))
     fd_unreliable = q[q["metric"].str.startswith("FD-")]["note"].fillna("").str.len().gt(0).any()
@@ -757,8 +760,11 @@ def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
     figs.append(("UNet size", charts.cost_bars(table, "UNet size")))
     if qm:
         metric, ref = qm[0]
-        figs.append((f"Pareto: {metric} vs UNet size", charts.quality_cost_pareto(table, metric, "UNet size", ref)))
-        figs.append((f"Pareto: {metric} vs latency", charts.quality_cost_pareto(table, metric, "latency", ref)))
+        for cost in ("UNet size", "non-zero parameters", "latency"):
+            values = table[(table["metric"] == cost) & (table["setting"] != REAL_SETTING)]["value"].astype(float)
+            # A cost that no setting changes (masked pruning leaves the size as it is) has no front to show.
+            if len(values) > 1 and values.max() > 1.02 * values.min():
+                figs.append((f"Pareto: {metric} vs {cost}", charts.quality_cost_pareto(table, metric, cost, ref)))
     return figs
 
 
