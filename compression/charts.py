@@ -197,6 +197,46 @@ def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = No
                    _notes(rows))
 
 
+def quality_by_mode(df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None) -> go.Figure:
+    """Grouped bars: quality per quantization mode (x), one bar colour per pruning amount, 95% CI error bars.
+
+    For "quantization on the same footing": every mode at 0% and combined with pruning, side by side.
+    """
+    rows = _select(df, metric, reference)
+    real = rows[rows["setting"] == REAL_SETTING]
+    rows = rows[(rows["setting"] != REAL_SETTING) & (rows["prune_scope"].isin(["all"]) | (rows["prune_amount"] == 0))]
+    rows = rows[np.isfinite(rows["value"].astype(float))] if len(rows) else rows
+    if rows.empty:
+        return empty_figure(f"No results for {metric}" + (f" vs {reference}" if reference else "") + " yet.")
+    rows = rows.assign(mode=rows.apply(_mode_label, axis=1))
+    modes = list(dict.fromkeys(rows["mode"]))
+    unit = str(rows["unit"].dropna().iloc[0]) if rows["unit"].notna().any() else ""
+    fig = go.Figure()
+    # At 0% the method changes nothing: one "no pruning" group, then one group per (amount, method).
+    rows = rows.assign(_amount=rows["prune_amount"].astype(float),
+                       _method=np.where(rows["prune_amount"] == 0, "", rows["prune_method"].astype(str)))
+    for i, ((amount, method), part) in enumerate(rows.groupby(["_amount", "_method"], sort=True)):
+        part = part.drop_duplicates("mode").set_index("mode").reindex(modes)
+        label = "no pruning" if amount == 0 else f"{method} {round(amount * 100)}%"
+        fig.add_trace(go.Bar(
+            x=modes, y=part["value"], name=f"{label} ({_n_text(part['n'].dropna())})", marker_color=PALETTE[i % len(PALETTE)],
+            error_y=dict(type="data", array=(part["ci_high"] - part["value"]).clip(lower=0),
+                         arrayminus=(part["value"] - part["ci_low"]).clip(lower=0)),
+            customdata=np.stack([part["setting"].fillna(""), part["n"].fillna(0)], axis=1),
+            hovertemplate="%{customdata[0]}<br>%{y:.4g} (N=%{customdata[1]})<extra></extra>"))
+    for r in real.itertuples():
+        what = "two real sets (floor)" if r.reference == "real" else "real images"
+        fig.add_hline(y=float(r.value), line=dict(color="#333", dash="dot", width=1),
+                      annotation_text=f"{what}: {float(r.value):.3g}", annotation_position="bottom right")
+    fig.update_layout(barmode="group")
+    ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
+    title = title or f"{metric}{ref_text} per quantization mode ({_n_text(rows['n'])}, error bars: bootstrap 95% CI)"
+    notes = _notes(rows)
+    if (rows["quant_mode"] == "simulated-int").any():
+        notes.append("simulated-int rounds weights but stores them as float: a quality study only, no speed or memory gain.")
+    return _layout(fig, title, "quantization mode", axis_title(metric, unit, reference or ""), notes)
+
+
 # ----------------------------------------------------------------------------------------- cost bars
 
 

@@ -747,10 +747,13 @@ def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
     pruned = table[table["prune_amount"] > 0]
     scopes = set(pruned["prune_scope"].dropna()) - {"all"}
     qm = _quality_metrics(table)
+    modes = table[table["setting"] != REAL_SETTING].apply(lambda r: (r["quant_mode"], r["bits"]), axis=1).nunique()
+    by_mode = modes > 2 and table["prune_amount"].nunique() <= 3  # a quantization study: bars read better
     if (pruned["prune_scope"] == "all").any() or pruned.empty:
         for metric, ref in qm:
-            figs.append((f"{metric}" + (f" vs {ref}" if ref not in ("", "prompt") else ""),
-                         charts.quality_vs_pruning(table, metric, ref)))
+            name = f"{metric}" + (f" vs {ref}" if ref not in ("", "prompt") else "")
+            figs.append((name, charts.quality_by_mode(table, metric, ref) if by_mode
+                         else charts.quality_vs_pruning(table, metric, ref)))
     if scopes:
         for metric, ref in qm[:4]:
             figs.append((f"Layer sensitivity: {metric}" + (f" vs {ref}" if ref not in ("", "prompt") else ""),

@@ -151,3 +151,11 @@ def test_save_png_renders_offline(table, tmp_path):
                            height=400)
     image = Image.open(path).convert("L")
     assert image.size == (616, 416) and np.asarray(image).std() > 5  # a drawn chart, not a blank page
+
+
+def test_quality_by_mode_groups_bars_by_pruning(table):
+    fig = charts.quality_by_mode(table, "accuracy: all", "prompt")
+    assert [t.name.split(" (")[0] for t in fig.data] == ["no pruning", "l1-unstructured 30%", "random-unstructured 30%",
+                                                        "l1-unstructured 60%", "random-unstructured 60%"]
+    assert list(fig.data[0].x) == ["fp32", "int8-weight"] and fig.data[0].y[1] == 94
+    assert "real images: 100" in _texts(fig) and "%" in fig.layout.yaxis.title.text
