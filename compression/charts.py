@@ -219,7 +219,8 @@ def quality_by_mode(df: pd.DataFrame, metric: str, reference: str | None = None,
         part = part.drop_duplicates("mode").set_index("mode").reindex(modes)
         label = "no pruning" if amount == 0 else f"{method} {round(amount * 100)}%"
         fig.add_trace(go.Bar(
-            x=modes, y=part["value"], name=f"{label} ({_n_text(part['n'].dropna())})", marker_color=PALETTE[i % len(PALETTE)],
+            x=modes, y=part["value"], name=f"{label} ({_n_text(part['n'].dropna())})",
+            marker_color=PALETTE[i % len(PALETTE)],
             error_y=dict(type="data", array=(part["ci_high"] - part["value"]).clip(lower=0),
                          arrayminus=(part["value"] - part["ci_low"]).clip(lower=0)),
             customdata=np.stack([part["setting"].fillna(""), part["n"].fillna(0)], axis=1),
@@ -327,7 +328,8 @@ def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str 
     c = _select(df, cost_metric, None)
     if q.empty or c.empty:
         return empty_figure(f"Need both {quality_metric} and {cost_metric} results for a Pareto chart.")
-    keep = ["setting", "value", "ci_low", "ci_high", "n", "unit", "higher_is_better", "prune_method", "prune_amount", "quant_mode"]
+    keep = ["setting", "value", "ci_low", "ci_high", "n", "unit", "higher_is_better", "prune_method", "prune_amount",
+            "quant_mode"]
     merged = q[keep].merge(c[["setting", "value", "unit"]], on="setting", suffixes=("", "_cost"))
     merged = merged[np.isfinite(merged["value"].astype(float)) & np.isfinite(merged["value_cost"].astype(float))]
     if merged.empty:
@@ -361,7 +363,8 @@ def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str 
 # ---------------------------------------------------------------------------------- layer sensitivity
 
 
-def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None) -> go.Figure:
+def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = None,
+                      title: str | None = None) -> go.Figure:
     """Bars: quality when one part of the UNet is pruned at a time (one bar per scope), baseline marked.
 
     Each bar's hover and label give the share of all UNet weights that the scope holds ("sparsity" rows), so
@@ -416,7 +419,8 @@ def history_cost(history: pd.DataFrame) -> go.Figure:
                              line=dict(color=PALETTE[1])))
     fig.add_trace(go.Scatter(x=x, y=h["unet_mb_baseline"], name="baseline UNet size (MB)", yaxis="y2",
                              mode="lines", line=dict(color="#333", dash="dash")))
-    fig.update_layout(barmode="group", yaxis2=dict(title="UNet size (MB)", overlaying="y", side="right", rangemode="tozero"))
+    fig.update_layout(barmode="group",
+                      yaxis2=dict(title="UNet size (MB)", overlaying="y", side="right", rangemode="tozero"))
     notes = ["Each latency is one run of the denoising loop (batch 1), so it carries the machine's noise (N=1)."]
     if (h["prune_amount"] > 0).any() and h["prune_method"].map(_is_masked).any():
         notes.append(MASKED_NOTE)
@@ -435,7 +439,8 @@ def history_quality(history: pd.DataFrame) -> go.Figure:
         return empty_figure("Generate a comparison to start the history.")
     h = history.copy()
     h["prune_pct"] = h["prune_amount"].astype(float) * 100
-    panels = [("clip_compressed", "CLIP score (0-100)"), ("psnr_db", "PSNR vs baseline (dB)"), ("ssim", "SSIM vs baseline (0-1)")]
+    panels = [("clip_compressed", "CLIP score (0-100)"), ("psnr_db", "PSNR vs baseline (dB)"),
+              ("ssim", "SSIM vs baseline (0-1)")]
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06)
     modes = list(dict.fromkeys(h["quant_mode"].astype(str)))
     for j, mode in enumerate(modes):
@@ -454,7 +459,8 @@ def history_quality(history: pd.DataFrame) -> go.Figure:
         fig.add_hline(y=float(h["clip_baseline"].mean()), line=dict(color="#333", dash="dash", width=1), row=1, col=1,
                       annotation_text="baseline (mean)", annotation_position="top left")
     fig.update_xaxes(title_text="pruned weights (% of scope)", ticksuffix="%", row=3, col=1)
-    notes = ["Single images (N=1 per point, different prompts possible): read trends, not decimals. Sweeps give N and intervals."]
+    notes = ["Single images (N=1 per point, different prompts possible): read trends, not decimals. "
+             "Sweeps give N and intervals."]
     if "nonfinite" in h and h["nonfinite"].any():
         notes.append("Comparisons whose compressed image held NaN/inf are shown as gaps: they are not scored.")
     fig = _layout(fig, f"Quality of each comparison against pruning (N={len(h)} comparisons)", "", "", notes)

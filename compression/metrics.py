@@ -84,7 +84,8 @@ def as_uint8(images: Images) -> np.ndarray:
     if isinstance(images, np.ndarray):
         arr = images
     else:
-        arr = np.stack([np.asarray(im.convert("RGB")) for im in images]) if len(images) else np.zeros((0, 1, 1, 3), np.uint8)
+        arr = (np.stack([np.asarray(im.convert("RGB")) for im in images]) if len(images)
+               else np.zeros((0, 1, 1, 3), np.uint8))
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected images of shape (n, H, W, 3), got {arr.shape}")
     if arr.dtype != np.uint8:
@@ -150,7 +151,8 @@ def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0, level: float = CI_LEVEL) -> tuple[float, float, float, int]:
+def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
+                   level: float = CI_LEVEL) -> tuple[float, float, float, int]:
     """Mean of `values` with a percentile-bootstrap interval; non-finite values are left out.
 
     Returns:
@@ -168,7 +170,8 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
     return float(x.mean()), lo, hi, n
 
 
-def bootstrap_median(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0, level: float = CI_LEVEL) -> tuple[float, float, float, int]:
+def bootstrap_median(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
+                     level: float = CI_LEVEL) -> tuple[float, float, float, int]:
     """Median with a percentile-bootstrap interval (for latencies: robust to a stray slow repeat)."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -187,7 +190,8 @@ def mean_estimate(metric: str, values: Sequence[float], reference: str = "", uni
     return Estimate(metric, value, lo, hi, n, reference, unit, higher_is_better, note)
 
 
-def exact_estimate(metric: str, value: float, unit: str = "", higher_is_better: bool | None = None, note: str = "") -> Estimate:
+def exact_estimate(metric: str, value: float, unit: str = "", higher_is_better: bool | None = None,
+                   note: str = "") -> Estimate:
     """A measured quantity with no sampling error (bytes, parameter count): N = 1, interval = the value."""
     return Estimate(metric, float(value), float(value), float(value), 1, "", unit, higher_is_better, note)
 
@@ -216,7 +220,8 @@ class MetricClip:
 
         self.name = name
         self.device = device
-        self.model = CLIPModel.from_pretrained(path, use_safetensors=True, local_files_only=local_files_only).to(device).eval()
+        self.model = CLIPModel.from_pretrained(path, use_safetensors=True, local_files_only=local_files_only)
+        self.model = self.model.to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(path, local_files_only=local_files_only)
 
     @property
@@ -328,7 +333,8 @@ class HFImageFeatures(torch.nn.Module):
         self._kind = kind
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, name: str, local_files_only: bool = True, device: str = "cpu") -> "HFImageFeatures":
+    def from_pretrained(cls, path: str | Path, name: str, local_files_only: bool = True,
+                        device: str = "cpu") -> "HFImageFeatures":
         """Load a CLIP or DINOv2 checkpoint (safetensors; no download unless `local_files_only=False`).
 
         Raises:
@@ -552,7 +558,8 @@ def kernel_inception_distance(features: torch.nn.Module, reference: Images, gene
         raise ValueError(f"KID over subsets needs at least 4 samples per set, got {len(ref)} and {len(gen)}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        kid = KernelInceptionDistance(feature=_Precomputed(ref.shape[1]), subsets=subsets, subset_size=min(1000, n // 2))
+        kid = KernelInceptionDistance(feature=_Precomputed(ref.shape[1]), subsets=subsets,
+                                      subset_size=min(1000, n // 2))
     kid.update(torch.from_numpy(ref), real=True)
     kid.update(torch.from_numpy(gen), real=False)
     with torch.random.fork_rng(devices=[]):
@@ -667,7 +674,8 @@ class LatencyStats:
         return Estimate(metric, self.median_s * k, self.ci_low_s * k, self.ci_high_s * k, self.n, "", unit, False, note)
 
 
-def measure_latency(fn: Callable[[], float | None], warmup: int = 1, repeats: int = 5, device: str | torch.device | None = None) -> LatencyStats:
+def measure_latency(fn: Callable[[], float | None], warmup: int = 1, repeats: int = 5,
+                    device: str | torch.device | None = None) -> LatencyStats:
     """Time `fn` after `warmup` untimed runs: median of `repeats`, with CUDA synchronised around each run.
 
     Args:

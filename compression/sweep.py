@@ -138,7 +138,8 @@ def grid(amounts: Sequence[float], methods: Sequence[str], quant: Sequence[tuple
     Raises:
         ValueError: from `CompressionSpec` (unknown method/mode/scope, amount out of range), naming valid values.
     """
-    specs = [canonical(CompressionSpec(a, m, s, q, b, seed)) for q, b in quant for m in methods for s in scopes for a in amounts]
+    specs = [canonical(CompressionSpec(a, m, s, q, b, seed))
+             for q, b in quant for m in methods for s in scopes for a in amounts]
     specs = [CompressionSpec(), *specs]
     return list(dict.fromkeys(specs))
 
@@ -154,9 +155,10 @@ def load_prompts(name: str | Path, n: int | None = None) -> list[str]:
     if not path.is_file():
         path = PROMPT_DIR / f"{name}.txt"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROMPT_DIR.glob("*.txt")))
+        known = ", ".join(available_prompt_sets())
         raise ValueError(f"unknown prompt set {str(name)[:60]!r}; known: {known} (or a path to a .txt file)")
-    prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
     if n is not None:
         if n > len(prompts):
             raise ValueError(f"prompt set {path.stem!r} has {len(prompts)} prompts, {n} asked")
@@ -265,7 +267,8 @@ def _write_json(path: Path, data) -> None:
 
 def _spec_columns(spec: CompressionSpec | None) -> dict:
     if spec is None:
-        return dict(setting=REAL_SETTING, prune_amount=math.nan, prune_method="", prune_scope="", quant_mode="", bits=None)
+        return dict(setting=REAL_SETTING, prune_amount=math.nan, prune_method="", prune_scope="", quant_mode="",
+                    bits=None)
     return dict(setting=spec.label, prune_amount=spec.prune_amount, prune_method=spec.prune_method,
                 prune_scope=spec.prune_scope, quant_mode=spec.quant_mode, bits=spec.bits)
 
@@ -371,10 +374,12 @@ def _concat(parts: list[dict]) -> dict[str, np.ndarray]:
 
 
 def _quality_estimates(per: dict[str, np.ndarray], ms: MetricSet, refs: dict[str, dict[str, np.ndarray]],
-                       n_boot: int, nonfinite: np.ndarray, ref_nonfinite: dict[str, np.ndarray]) -> list[metrics.Estimate]:
+                       n_boot: int, nonfinite: np.ndarray,
+                       ref_nonfinite: dict[str, np.ndarray]) -> list[metrics.Estimate]:
     est: list[metrics.Estimate] = []
     if "clip" in per:
-        est.append(metrics.mean_estimate(f"CLIP score ({ms.judge.name})", per["clip"], "prompt", "", True, n_boot=n_boot))
+        est.append(metrics.mean_estimate(f"CLIP score ({ms.judge.name})", per["clip"], "prompt", "", True,
+                                         n_boot=n_boot))
     for k in (*world.ATTRIBUTES, "all"):
         if f"acc:{k}" in per:
             est.append(metrics.mean_estimate(f"accuracy: {k}", per[f"acc:{k}"], "prompt", "%", True,
@@ -693,28 +698,34 @@ def first_clear_drop(table: pd.DataFrame, metric: str, reference: str, method: s
     return None
 
 
+def available_prompt_sets() -> list[str]:
+    """Names of the prompt sets shipped in assets/prompts/ (for the app's Sweep tab)."""
+    return sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+
+
 def summarize(table: pd.DataFrame, config: dict, fd_min: dict[str, int]) -> dict:
     """The JSON summary: configuration, per-setting headline numbers (value, CI, N), floors and knees."""
     headline = {}
     for setting, part in table.groupby("setting", sort=False):
         headline[setting] = {
-            f"{r.metric}" + (f" vs {r.reference}" if isinstance(r.reference, str) and r.reference not in ("", "prompt") else ""):
+            r.metric + (f" vs {r.reference}" if isinstance(r.reference, str) and r.reference not in ("", "prompt")
+                        else ""):
             {"value": r.value, "ci": [r.ci_low, r.ci_high], "n": r.n, "unit": r.unit}
             for r in part.itertuples()
         }
+    # Knees of every fp32, whole-UNet pruning curve: where the 95% intervals part from the unpruned model's,
+    # and, for accuracies, how far it stays within 5 percentage points.
     knees = {}
-    methods = sorted(m for m in table["prune_method"].dropna().unique() if m)
-    pruned = table[table["prune_amount"] > 0]
-    for method in methods:
+    pruned = table[(table["prune_amount"] > 0) & (table["prune_scope"] == "all") & (table["quant_mode"] == "fp32")]
+    for method in sorted(pruned["prune_method"].dropna().unique()):
         if pruned[pruned["prune_method"] == method]["prune_amount"].nunique() < 2:
             continue
         k = {}
-        for metric, ref, tol in (("accuracy: all", "prompt", 5.0), ("KID-tinyCLIP", "real", None), ("PSNR", "baseline", None)):
-            if (table["metric"] == metric).any():
-                entry = {"first_clear_drop": first_clear_drop(table, metric, ref, method)}
-                if tol is not None:
-                    entry[f"holds_within_{tol:g}"] = quality_holds_until(table, metric, ref, method, tol)
-                k[f"{metric} vs {ref}"] = entry
+        for metric, ref in _quality_metrics(table):
+            entry = {"first_clear_drop": first_clear_drop(table, metric, ref, method)}
+            if metric.startswith("accuracy"):
+                entry["holds_within_5pp"] = quality_holds_until(table, metric, ref, method, 5.0)
+            k[f"{metric} vs {ref}" if ref not in ("", "prompt") else metric] = entry
         knees[method] = k
     return {"config": config, "fd_min_n": fd_min, "headline": headline, "knees": knees,
             "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -830,7 +841,8 @@ def write_pngs(table: pd.DataFrame, folder: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> SweepResult | None:
     p = argparse.ArgumentParser(prog="python -m compression.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named grid; --prune/--method/--quant/--scope override it")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a named grid; --prune/--method/--quant/--scope override it")
     p.add_argument("--model", default=None, help="catalog name (default: env MODEL_ID, else tiny-shapes)")
     p.add_argument("--prune", help="pruning percentages, e.g. 0,10,...,90 (default 0,30)")
     p.add_argument("--method", help="pruning methods, comma-separated (default l1-unstructured)")
@@ -849,7 +861,8 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
                    help="inline: self-contained report (~5 MB); cdn: small file that loads plotly.js from the web")
     p.add_argument("--allow-download", action="store_true", help="let hub metric models (CLIP, DINOv2) download")
-    p.add_argument("--report-only", action="store_true", help="rebuild report.html from DIR/results.csv and summary.json")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild report.html from DIR/results.csv and summary.json")
     p.add_argument("--png", action="store_true", help="also save every report figure as DIR/png/*.png (needs Chromium)")
     p.add_argument("--out", required=True, type=Path, help="output folder (resumes what is finished there)")
     args = p.parse_args(argv)

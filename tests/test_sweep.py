@@ -181,3 +181,24 @@ def test_grid_parsing_and_presets():
     assert all(sweep.world.parse_caption(p) for p in sweep.load_prompts("tiny-shapes"))
     with pytest.raises(ValueError, match="known: general, tiny-shapes"):
         sweep.load_prompts("nope")
+
+
+def _curve(values, cis, method="l1-unstructured", metric="accuracy: all", higher=True):
+    rows = []
+    for amount, value, ci in zip((0.0, 0.2, 0.3, 0.4, 0.5), values, cis):
+        rows.append(dict(setting=f"{amount}", prune_amount=amount, prune_method="l1-unstructured" if amount == 0 else method,
+                         prune_scope="all", quant_mode="fp32", bits=None, metric=metric, reference="prompt", value=value,
+                         ci_low=value - ci, ci_high=value + ci, n=200, unit="%", higher_is_better=higher, note=""))
+    return pd.DataFrame(rows)
+
+
+def test_knee_rules():
+    table = _curve([90, 89, 86, 80, 40], [3, 3, 3, 3, 3])
+    # within 5 points up to 30% (86 >= 85), not at 40% (80)
+    assert sweep.quality_holds_until(table, "accuracy: all", "prompt", "l1-unstructured", 5.0) == 0.3
+    # intervals part first at 40%: [77, 83] lies below [87, 93]; at 30% [83, 89] still overlaps
+    assert sweep.first_clear_drop(table, "accuracy: all", "prompt", "l1-unstructured") == 0.4
+    kid = _curve([0.0, 0.001, 0.01, 0.05, 0.2], [0.002] * 5, metric="KID-x", higher=False)
+    assert sweep.first_clear_drop(kid, "KID-x", "prompt", "l1-unstructured") == 0.3
+    assert sweep.first_clear_drop(table, "accuracy: all", "prompt", "random-unstructured") is None
+    assert sweep.available_prompt_sets() == ["general", "tiny-shapes"]
