@@ -135,3 +135,37 @@ def unet_out(unet, inputs) -> torch.Tensor:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The app (issue 4): one in-process server for tests/test_app.py and tests/test_browser.py (and issue 7's).
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def lab_app(tmp_path_factory):
+    """The real app.py on the embedded tiny model, launched in-process with prevent_thread_lock=True.
+
+    Downloads and sweep folders go to a temporary directory. Yields `(app_module, url)`; the server is closed
+    at the end of the session.
+    """
+    import app
+    import app_service
+
+    out = tmp_path_factory.mktemp("app-outputs")
+    app_service.DOWNLOAD_DIR = out / "downloads"
+    app_service.SWEEP_DIR = out / "sweeps"
+    app.LAB.startup()
+    assert app.LAB.startup_error is None, app.LAB.startup_error
+    _, url, _ = app.launch(prevent_thread_lock=True, server_port=_free_port(), quiet=True)
+    try:
+        yield app, url
+    finally:
+        app.demo.close()

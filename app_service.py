@@ -1,0 +1,537 @@
+"""What the app needs besides its layout: the loaded models, request checking, and the files it writes.
+
+app.py holds the gr.Blocks layout, the event wiring and the formatting of results; the work itself (compressing,
+drawing, measuring, sweeping) lives in `compression/`. This module sits between the two and never imports gradio:
+
+- `Lab`: the models this process serves. The startup model is loaded once and warmed; another catalog model is
+  loaded on first use, and at most `max_models` stay loaded (the startup model is never dropped). Each model has
+  two engines over ONE baseline pipeline: the Compare tab's (an LRU of compressed UNets) and the sweeps' (cache
+  of one), so a sweep of 20 settings does not flush the UNets a person is flipping between.
+- `parse_compare` / `parse_sweep`: every argument is checked here, server-side, before any model work. Gradio's
+  sliders check their range but not NaN, infinities or the step, and API callers skip the UI altogether. A bad
+  value raises `RequestError` whose message names the valid range and never echoes the value (Gradio renders
+  error messages as HTML).
+- output files: CSV downloads under `OUTPUT_DIR/downloads/` (pruned after `DOWNLOAD_TTL_S`), sweep work folders
+  under `OUTPUT_DIR/sweeps/<model>/` (finished settings are reused by the next sweep with the same sampler
+  settings).
+
+Example:
+    >>> lab = Lab()
+    >>> lab.startup()                                 # load + warm the default model
+    >>> req = parse_compare(lab, "a red circle on the left on a blue background", "", 0, 20, 4.0,
+    ...                     lab.default_model, 30, "l1-unstructured", "all", "fp32", 4, None, None)
+    >>> result = lab.get(req.model).engine.generate_pair(req.prompt, req.seed, req.steps, req.guidance, req.spec)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import numbers
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from compression import CATALOG, SCOPES, CompressionSpec, Engine, available_pruners, available_quant_modes
+from compression.models import DEFAULT_MODEL, default_device, load_pipeline, resolve_model
+from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
+
+log = logging.getLogger("dcl.app")
+
+REPO_ROOT = Path(__file__).resolve().parent
+OUTPUT_DIR = Path(os.environ.get("APP_OUTPUT_DIR", REPO_ROOT / "outputs")).resolve()
+DOWNLOAD_DIR = OUTPUT_DIR / "downloads"  # the only folder Gradio may serve besides its own cache
+SWEEP_DIR = OUTPUT_DIR / "sweeps"
+DOWNLOAD_TTL_S = 3600  # CSVs older than this are deleted when the next one is written: disk stays bounded
+
+# Limits of the public app (the library's are wider: a researcher on their own machine uses the CLI).
+MAX_PROMPT_CHARS = 1000  # the model reads 77 CLIP tokens (~300-400 characters); more is certainly a mistake
+MAX_STEPS = 100
+MAX_GUIDANCE = 20.0
+MAX_PRUNE_PERCENT = 95.0
+MAX_SEED = 2**32 - 1
+MAX_SWEEP_SETTINGS = 24  # settings per sweep, the baseline included
+MAX_SWEEP_IMAGES = 1200  # settings x prompts per sweep: about 5 minutes of the tiny model on one CPU core
+MAX_SWEEP_PROMPTS = 200
+MAX_LATENCY_REPEATS = 10
+SWEEP_BOOTSTRAP = 200  # resamples per interval: each FD resample is a 128x128 eigendecomposition (~8 ms here),
+# and 1000 of them per setting and reference made a 2-setting sweep of 4 images take 50 s
+HISTORY_LIMIT = 200  # comparisons kept per session (the oldest go first)
+SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
+LAYER_SCOPES = ("down", "mid", "up", "resnet", "attention", "self-attention", "cross-attention", "feed-forward",
+                "projection")  # the layer-sensitivity study prunes one of these at a time
+
+
+class RequestError(ValueError):
+    """A request the app refuses; the message is plain text, safe to show, and names the valid values."""
+
+
+# ---------------------------------------------------------------------------------------- argument checks
+
+
+def _number(value: object) -> float | None:
+    """The value as a float if it is a real number (not a bool, not text), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def whole_number(name: str, value: object, lo: int, hi: int) -> int:
+    """An integer from lo to hi. 42.0 is accepted (JSON and JavaScript have one number type); 3.5, NaN,
+    infinities, None, text and booleans are refused."""
+    v = _number(value)
+    if v is None or not math.isfinite(v) or v != math.floor(v) or not lo <= v <= hi:
+        raise RequestError(f"{name} must be a whole number from {lo} to {hi}.")
+    return int(v)
+
+
+def real_number(name: str, value: object, lo: float, hi: float, unit: str = "") -> float:
+    """A finite number from lo to hi."""
+    v = _number(value)
+    if v is None or not math.isfinite(v) or not lo <= v <= hi:
+        raise RequestError(f"{name} must be a number from {lo:g} to {hi:g}{unit}.")
+    return v
+
+
+def text(name: str, value: object, required: bool, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """Text of at most max_chars characters; required text must hold more than whitespace."""
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be text.")
+    if len(value) > max_chars:
+        raise RequestError(f"{name} must be at most {max_chars} characters (the model reads about 77 words).")
+    if required and not value.strip():
+        raise RequestError(f"{name} is empty: type what the model should draw.")
+    return value.strip()
+
+
+def choice(name: str, value: object, known: Sequence[str], hint: str = "") -> str:
+    """One of `known`; the message lists them (never the value given)."""
+    if not isinstance(value, str) or value not in known:
+        raise RequestError(f"unknown {name}; choose one of: {', '.join(known)}{hint}.")
+    return value
+
+
+def choices(name: str, values: object, known: Sequence[str], hint: str = "") -> list[str]:
+    """A non-empty list of distinct members of `known`, in the order given."""
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise RequestError(f"choose at least one {name} from: {', '.join(known)}{hint}.")
+    return list(dict.fromkeys(choice(name, v, known, hint) for v in values))
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Sampler defaults the UI shows for a model."""
+
+    steps: int
+    guidance: float
+    side: int  # native image side in pixels
+    tiny: bool
+
+
+def model_defaults(name: str) -> ModelDefaults:
+    """Defaults before the model is loaded: the embedded model draws 64x64 and follows its one grammar best at
+    guidance 4; SD-style hub models draw 512x512 at the usual guidance 7.5."""
+    try:
+        tiny = resolve_model(name).tiny
+    except ValueError:
+        tiny = False
+    return ModelDefaults(20, 4.0, 64, True) if tiny else ModelDefaults(25, 7.5, 512, False)
+
+
+@dataclass
+class LoadedModel:
+    """One model this process serves.
+
+    Args:
+        name (`str`): catalog name.
+        engine (`Engine`): the Compare tab's engine (LRU of compressed UNets, cache of baseline images).
+        sweep_engine (`Engine`): the sweeps' engine over the same baseline pipeline (cache of one UNet).
+        metric_set (`compression.sweep.MetricSet`): CLIP judge and feature extractors for this model.
+        native (`tuple[int, int]`): the size the model draws by default (height, width).
+        device (`str`): where it runs.
+        fingerprint (`str`): digest of the weight files (names the sweep folder).
+    """
+
+    name: str
+    engine: Engine
+    sweep_engine: Engine
+    metric_set: object
+    native: tuple[int, int]
+    device: str
+    fingerprint: str = ""
+
+    @property
+    def judge(self):
+        return getattr(self.metric_set, "judge", None)
+
+    def size_range(self) -> tuple[int, int]:
+        """Allowed image sides: half to twice the native size (a UNet trained at one size draws noise far from
+        it, and memory grows with the square of the side)."""
+        side = min(self.native)
+        return max(8, side // 2), side * 2
+
+
+class Lab:
+    """The models this process serves, loaded once and shared by every session.
+
+    Args:
+        default_model (`str`, *optional*): catalog name of the startup model; default env `MODEL_ID`, else
+            "tiny-shapes".
+        cache_size (`int`, defaults to env `APP_CACHE_SIZE` or 3): compressed UNets kept per model for Compare.
+        max_models (`int`, defaults to env `APP_MAX_MODELS` or 2): models loaded at once.
+    """
+
+    def __init__(self, default_model: str | None = None, cache_size: int | None = None,
+                 max_models: int | None = None):
+        self.default_model = default_model or os.environ.get("MODEL_ID") or DEFAULT_MODEL
+        self.cache_size = int(os.environ.get("APP_CACHE_SIZE", 3)) if cache_size is None else cache_size
+        self.max_models = max(1, int(os.environ.get("APP_MAX_MODELS", 2)) if max_models is None else max_models)
+        self.device = default_device()
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.startup_error: str | None = None
+        self.warm_seconds: float | None = None
+
+    # The names the UI offers: the catalog, plus the startup model when ALLOW_ANY_MODEL let in another id.
+    @property
+    def model_names(self) -> list[str]:
+        names = list(CATALOG)
+        if self.default_model not in names:
+            names.insert(0, self.default_model)
+        return names
+
+    def pruners(self) -> list[str]:
+        return available_pruners(self.device)
+
+    def quant_modes(self) -> list[str]:
+        return available_quant_modes(self.device)
+
+    def unavailable_quant_modes(self) -> list[tuple[str, str]]:
+        """(mode, reason) for the modes this device cannot run (shown, not offered)."""
+        return [(n, q.available(self.device)[1]) for n, q in QUANT_MODES.items() if not q.available(self.device)[0]]
+
+    def loaded(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._models.get(name)
+
+    def get(self, name: str) -> LoadedModel:
+        """The loaded model `name`, loading it now if needed (evicting the least recently used other model).
+
+        Raises:
+            RequestError: unknown name, or the model could not be loaded (the reason in plain words; the
+                traceback goes to the server log).
+        """
+        choice("model", name, self.model_names)
+        with self._lock:  # one load at a time: two SD-sized loads at once would double the peak memory
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+            started = time.perf_counter()
+            try:
+                pipe, info = load_pipeline(name)
+                from compression.sweep import default_metric_set
+
+                metric_set = default_metric_set(info.name, log=log.info)
+            except Exception as err:  # noqa: BLE001 - any loader failure becomes one plain message
+                log.exception("could not load model %s", name)
+                raise RequestError(_load_failure(name, err)) from None
+            engine = Engine(pipe, info.name, cache_size=self.cache_size)
+            sweep_engine = Engine(pipe, info.name, cache_size=1, baseline_cache_size=0)
+            loaded = LoadedModel(info.name, engine, sweep_engine, metric_set, engine.default_size(), info.device,
+                                 model_fingerprint(info.source))
+            self._models[name] = loaded
+            while len(self._models) > self.max_models:
+                victim = next((k for k in self._models if k != self.default_model), None)
+                if victim is None:
+                    break
+                self._models.pop(victim)  # freed once no running request holds it
+            log.info("loaded %s on %s in %.1f s", name, info.device, time.perf_counter() - started)
+            return loaded
+
+    def startup(self, warm: bool = True) -> None:
+        """Load the startup model and warm it (the first forward of a module pays allocator and kernel set-up
+        costs; a visitor's first comparison should not). Failures are recorded, not raised: the page still
+        serves and says what went wrong."""
+        try:
+            model = self.get(self.default_model)
+        except RequestError as err:
+            self.startup_error = str(err)
+            return
+        if warm:
+            started = time.perf_counter()
+            # Two steps, a seed no one uses by default: warms every module on both paths without putting the
+            # default comparison's baseline into the cache (the first real comparison is measured honestly).
+            model.engine.generate_pair("warm up", seed=MAX_SEED, steps=2, guidance=4.0,
+                                       spec=CompressionSpec(prune_amount=0.01))
+            if model.judge is not None:
+                model.judge.clip_score(np.zeros((1, *model.native, 3), np.uint8), ["warm up"])
+            model.engine.clear_cache()
+            self.warm_seconds = time.perf_counter() - started
+
+
+def _load_failure(name: str, err: Exception) -> str:
+    entry = CATALOG.get(name)
+    if entry is not None and not entry.local:
+        return (f"could not load {name} from the Hugging Face hub ({type(err).__name__}): it needs network access "
+                "and a few GB of disk; this server may be offline. The embedded tiny-shapes model always works.")
+    if isinstance(err, FileNotFoundError):
+        return f"could not load {name}: its weights are not in this copy of the app (assets/ incomplete)."
+    return f"could not load {name} ({type(err).__name__}); see the server log."
+
+
+# -------------------------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """One checked comparison request."""
+
+    model: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    height: int
+    width: int
+    spec: CompressionSpec
+
+
+def parse_spec(lab: Lab, prune_percent, prune_method, prune_scope, quant_mode, bits) -> CompressionSpec:
+    """The CompressionSpec of the UI's compression controls. `bits` is used only by the simulated mode
+    (the slider is hidden otherwise and its value ignored), so two requests that do the same thing share a
+    cache entry."""
+    amount = real_number("pruning", prune_percent, 0, MAX_PRUNE_PERCENT, "%") / 100
+    method = choice("pruning method", prune_method, lab.pruners())
+    scope = choice("pruning scope", prune_scope, list(SCOPES))
+    mode = choice("quantization mode", quant_mode, lab.quant_modes(), " (modes this device cannot run are hidden)")
+    n_bits = whole_number("bits", bits, MIN_BITS, MAX_BITS) if QUANT_MODES[mode].uses_bits else None
+    return CompressionSpec(prune_amount=round(amount, 6), prune_method=method, prune_scope=scope, quant_mode=mode,
+                           bits=n_bits)
+
+
+def _size(name: str, value, lo: int, hi: int, default: int, model: str) -> int:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+        return default  # empty / 0: the model's native size
+    v = _number(value)
+    if v is None or not math.isfinite(v) or v != math.floor(v) or not lo <= v <= hi or int(v) % 8:
+        raise RequestError(f"{name} must be a multiple of 8 from {lo} to {hi} pixels for {model} (0: native size).")
+    return int(v)
+
+
+def parse_compare(lab: Lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
+                  prune_scope, quant_mode, bits, height, width) -> CompareRequest:
+    """Check every argument of a comparison (before the model is touched) and resolve the model.
+
+    Raises:
+        RequestError: the first bad argument, with its valid range.
+    """
+    prompt = text("prompt", prompt, required=True)
+    negative_prompt = text("negative prompt", negative_prompt, required=False)
+    seed = whole_number("seed", seed, 0, MAX_SEED)
+    steps = whole_number("steps", steps, 1, MAX_STEPS)
+    guidance = real_number("guidance", guidance, 0, MAX_GUIDANCE)
+    model = choice("model", model, lab.model_names)
+    spec = parse_spec(lab, prune_percent, prune_method, prune_scope, quant_mode, bits)
+    loaded = lab.get(model)
+    lo, hi = loaded.size_range()
+    h = _size("height", height, lo, hi, loaded.native[0], model)
+    w = _size("width", width, lo, hi, loaded.native[1], model)
+    return CompareRequest(model, prompt, negative_prompt, seed, steps, guidance, h, w, spec)
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """One checked sweep request."""
+
+    model: str
+    specs: tuple[CompressionSpec, ...]
+    prompts: tuple[str, ...]
+    prompt_set: str
+    steps: int
+    guidance: float
+    latency_repeats: int
+    layer_study: bool
+
+
+def sweep_quant_choices(lab: Lab) -> list[str]:
+    """Quantization entries of the sweep grid: the device's modes, the simulated one at 8, 4 and 2 bits."""
+    out = []
+    for mode in lab.quant_modes():
+        out += [f"{mode}:{b}" for b in (8, 4, 2)] if QUANT_MODES[mode].uses_bits else [mode]
+    return out
+
+
+def parse_sweep(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
+                latency_repeats) -> SweepRequest:
+    """Check a sweep request and build its grid.
+
+    Grid study: every pruning percentage x method x quantization entry over the whole UNet (scope "all").
+    Layer-sensitivity study: one part of the UNet pruned at a time (`LAYER_SCOPES`), at each non-zero
+    percentage, with the first method, no quantization.
+
+    Raises:
+        RequestError: a bad argument, or a grid over the app's limits (the message says which).
+    """
+    from compression.sweep import grid, load_prompts
+
+    model = choice("model", model, lab.model_names)
+    if isinstance(prune_percents, (int, float)) and not isinstance(prune_percents, bool):
+        prune_percents = [prune_percents]
+    if not isinstance(prune_percents, (list, tuple)) or not prune_percents:
+        raise RequestError(f"choose at least one pruning percentage from 0 to {MAX_PRUNE_PERCENT:g}.")
+    if len(prune_percents) > len(SWEEP_PERCENTS) + 6:
+        raise RequestError(f"choose at most {len(SWEEP_PERCENTS)} pruning percentages.")
+    amounts = sorted({round(real_number("each pruning percentage", p, 0, MAX_PRUNE_PERCENT, "%") / 100, 6)
+                      for p in prune_percents})
+    methods = choices("pruning method", prune_methods, lab.pruners())
+    study = choice("study", study, ["grid", "layer-sensitivity"])
+    n_prompts = whole_number("prompts", n_prompts, 1, MAX_SWEEP_PROMPTS)
+    steps = whole_number("steps", steps, 1, MAX_STEPS)
+    guidance = real_number("guidance", guidance, 0, MAX_GUIDANCE)
+    latency_repeats = whole_number("latency repeats", latency_repeats, 0, MAX_LATENCY_REPEATS)
+    if study == "grid":
+        entries = choices("quantization mode", quant_modes, sweep_quant_choices(lab))
+        quant = [(e.split(":")[0], int(e.split(":")[1])) if ":" in e else (e, None) for e in entries]
+        specs = grid(amounts, methods, quant, ["all"])
+    else:
+        pruned = [a for a in amounts if a > 0]
+        if not pruned:
+            raise RequestError("the layer-sensitivity study needs a pruning percentage above 0 (50 is a good start).")
+        specs = [CompressionSpec(), *(CompressionSpec(a, methods[0], s) for a in pruned for s in LAYER_SCOPES)]
+    specs = list(dict.fromkeys(specs))
+    if len(specs) > MAX_SWEEP_SETTINGS:
+        raise RequestError(f"this sweep has {len(specs)} settings (baseline included); the app runs at most "
+                           f"{MAX_SWEEP_SETTINGS} per sweep (the layer study uses {len(LAYER_SCOPES)} per "
+                           "percentage). "
+                           "Choose fewer, or use `python -m compression.sweep`.")
+    if len(specs) * n_prompts > MAX_SWEEP_IMAGES:
+        raise RequestError(f"{len(specs)} settings x {n_prompts} prompts = {len(specs) * n_prompts} images; the app "
+                           f"draws at most {MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings.")
+    prompt_set = "tiny-shapes" if model_defaults(model).tiny else "general"
+    available = len(load_prompts(prompt_set))
+    if n_prompts > available:
+        raise RequestError(f"prompts must be a whole number from 1 to {available} for the {prompt_set} prompt set.")
+    prompts = tuple(load_prompts(prompt_set, n_prompts))
+    return SweepRequest(model, tuple(specs), prompts, prompt_set, steps, guidance, latency_repeats,
+                        study == "layer-sensitivity")
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def download_path(stem: str, suffix: str) -> Path:
+    """A fresh, unguessable file name under DOWNLOAD_DIR; files there older than DOWNLOAD_TTL_S are deleted
+    first, so the folder stays small however long the app runs."""
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in DOWNLOAD_DIR.iterdir():
+        try:
+            if old.is_file() and now - old.stat().st_mtime > DOWNLOAD_TTL_S:
+                old.unlink()
+        except OSError:
+            pass  # another request removed it first
+    return DOWNLOAD_DIR / f"{stem}-{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def write_download(frame, stem: str) -> Path:
+    """Write a DataFrame as a CSV download and return its path."""
+    path = download_path(stem, ".csv")
+    frame.to_csv(path, index=False)
+    return path
+
+
+def model_fingerprint(source: str) -> str:
+    """A short digest of a model's weight files (names, sizes, modification times).
+
+    Part of the sweep folder's name: the sweep reuses finished settings by model NAME, so retraining the
+    embedded model in place must not serve the old model's results."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return hashlib.sha256(source.encode()).hexdigest()[:10]
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix in (".safetensors", ".json"):
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:10]
+
+
+def sweep_dir(model: str, fingerprint: str) -> Path:
+    """The sweep work folder of a model version (finished settings and baseline images are reused from here)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)[:80]
+    return SWEEP_DIR / f"{safe}-{fingerprint}"
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+
+def image_sha256(image: Image.Image) -> str:
+    """SHA-256 of an image's RGB pixels (lets API clients and tests check which image they got)."""
+    return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
+
+
+# Anchor colours of a dark-to-bright heat scale (close to matplotlib's "inferno", which we do not depend on).
+_HEAT = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
+                  [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+
+
+def difference_heatmap(baseline: Image.Image, compressed: Image.Image, gain: float = 4.0) -> tuple[Image.Image, dict]:
+    """|compressed - baseline| per pixel (mean over RGB), multiplied by a FIXED gain and coloured.
+
+    A fixed gain (not "stretch to the maximum") keeps heatmaps comparable between settings: a near-identical
+    pair stays near black instead of having its noise blown up to full scale.
+
+    Returns:
+        `(image, stats)`: stats holds mean and max absolute difference in 8-bit steps and the gain.
+    """
+    a = np.asarray(baseline.convert("RGB"), dtype=np.float64)
+    b = np.asarray(compressed.convert("RGB"), dtype=np.float64)
+    diff = np.abs(a - b).mean(axis=2)
+    t = np.clip(diff * gain / 255.0, 0, 1) * (len(_HEAT) - 1)
+    lo = np.floor(t).astype(int)
+    hi = np.minimum(lo + 1, len(_HEAT) - 1)
+    frac = (t - lo)[..., None]
+    rgb = _HEAT[lo] * (1 - frac) + _HEAT[hi] * frac
+    stats = {"mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()), "gain": gain}
+    return Image.fromarray(rgb.round().astype(np.uint8)), stats
+
+
+def nonfinite_placeholder(size: tuple[int, int], what: str = "NaN / inf") -> Image.Image:
+    """A striped image standing in for an output that held NaN/inf, so it is never mistaken for a picture."""
+    h, w = size
+    scale = max(1, 256 // max(h, w))
+    H, W = h * scale, w * scale
+    yy, xx = np.mgrid[0:H, 0:W]
+    stripes = ((xx + yy) // max(4, W // 16)) % 2 == 0
+    arr = np.where(stripes[..., None], np.array([200, 30, 30]), np.array([40, 40, 40])).astype(np.uint8)
+    img = Image.fromarray(arr)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([W * 0.1, H * 0.38, W * 0.9, H * 0.62], fill=(255, 255, 255))
+    draw.text((W * 0.14, H * 0.45), what, fill=(0, 0, 0))
+    return img
+
+
+def progress_adapter(progress) -> Callable[[float, str], None]:
+    """The library's `progress(fraction, text)` callback on top of a gr.Progress (or anything alike)."""
+
+    def update(fraction: float, description: str) -> None:
+        progress(max(0.0, min(1.0, float(fraction))), desc=description)
+
+    return update
