@@ -121,6 +121,10 @@ def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_pat
     grown = sweep.run_sweep(engine, [*specs, sweep.CompressionSpec(0.5, "random-unstructured")], WORLD_PROMPTS,
                             metric_set=metric_set, out_dir=tmp_path, **FAST)
     assert grown.computed == ["random 50%"] and grown.skipped == ["baseline", "L1 50%"]
+    diff = sweep.paired_difference(tmp_path, "L1 50%", "random 50%", "psnr")
+    assert diff.n == 4 and diff.ci_low <= diff.value <= diff.ci_high
+    with pytest.raises(ValueError, match="known: baseline, L1 50%, random 50%"):
+        sweep.paired_difference(tmp_path, "L1 90%", "random 50%")
 
     # Other sampler settings are other cells, not silently reused ones.
     other = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=metric_set, out_dir=tmp_path,
