@@ -176,7 +176,7 @@ def status_markdown(req: svc.CompareRequest, result, stats: dict, warnings: list
 HISTORY_COLUMNS = {
     "setting": "setting", "prompt": "prompt", "seed": "seed", "steps": "steps", "clip_baseline": "CLIP base",
     "clip_compressed": "CLIP comp", "psnr_db": "PSNR dB", "ssim": "SSIM", "unet_mb": "UNet MB",
-    "sparsity_pct": "sparsity %", "latency_baseline_ms": "base ms", "latency_ms": "comp ms", "speedup": "speed-up",
+    "sparsity_pct": "sparsity %", "latency_baseline_ms": "base ms", "latency_ms": "comp ms", "speedup": "ms ratio",
 }
 
 
@@ -191,7 +191,8 @@ def history_table(rows: list[dict]) -> pd.DataFrame:
     show["SSIM"] = show["SSIM"].map(lambda v: _num(v, 3))
     for col in ("base ms", "comp ms"):
         show[col] = show[col].map(lambda v: _num(v, 4))
-    show["speed-up"] = show["speed-up"].map(lambda v: "-" if not math.isfinite(v) else f"{v:.2f}x")
+    # compressed / baseline latency, as in the numbers table and the captions (below 1: faster)
+    show["ms ratio"] = show["ms ratio"].map(lambda v: "-" if not (math.isfinite(v) and v > 0) else f"{1 / v:.2f}x")
     show.loc[df["nonfinite"].astype(bool), "CLIP comp"] = "NaN/inf"
     show.insert(0, "#", range(1, len(show) + 1))
     return show.iloc[::-1].reset_index(drop=True)  # newest first
@@ -229,15 +230,36 @@ def sweep_summary(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def phone_friendly(fig):
+    """Take the notes under a chart out of the figure (returned as text) and put the legend below the axes.
+
+    charts.py writes each note as one line of text at a fixed place under the axes; on a phone the line is
+    cut off and a legend that wraps to several rows runs into it. As page text the notes wrap on any screen.
+    """
+    notes = [html.unescape(a.text) for a in fig.layout.annotations
+             if a.yref == "paper" and a.y is not None and a.y < 0 and a.text]
+    fig.layout.annotations = [a for a in fig.layout.annotations
+                              if not (a.yref == "paper" and a.y is not None and a.y < 0)]
+    title = fig.layout.title.text or ""
+    if " (" in title:  # the N part on a line of its own: long titles are clipped on narrow screens
+        head, tail = title.split(" (", 1)
+        fig.update_layout(title_text=f"{head}<br><sup>({tail}</sup>")
+    fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.18, yanchor="top"),
+                      margin=dict(t=80, b=130))
+    return fig, notes
+
+
 def history_figures(history: pd.DataFrame | None) -> tuple:
-    """The two history charts; the cost chart gets room for its legend and notes below the axes."""
+    """The two history charts and their notes (Markdown)."""
     cost, quality = charts.history_cost(history), charts.history_quality(history)
-    if history is not None and len(history):
-        # Legend above the axes: below them it collided with the notes in a half-width plot.
-        cost.update_layout(height=480, legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
-                           margin=dict(t=110))
-        quality.update_yaxes(title_font=dict(size=11))
-    return cost, quality
+    if history is None or not len(history):
+        return cost, quality, ""
+    cost, cost_notes = phone_friendly(cost)
+    quality, quality_notes = phone_friendly(quality)
+    cost.update_layout(height=460)
+    quality.update_yaxes(title_font=dict(size=11))
+    notes = list(dict.fromkeys(cost_notes + quality_notes))
+    return cost, quality, "\n".join(f"- {html.escape(n, quote=False)}" for n in notes)
 
 
 def _pick(table: pd.DataFrame, prefix: str, reference: str | None) -> str | None:
@@ -517,8 +539,7 @@ def _pruner_choices():
 
 
 def _quant_choices():
-    labels = {"fp32": "fp32 (no quantization)"}
-    return [(labels.get(name, f"{name} ({QUANT_MODES[name].label('N')})"), name) for name in LAB.quant_modes()]
+    return [("fp32 (none)" if name == "fp32" else name, name) for name in LAB.quant_modes()]
 
 
 with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as demo:
@@ -558,9 +579,9 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                                           elem_id="prune")
                         with gr.Row():
                             method = gr.Dropdown(_pruner_choices(), value="l1-unstructured", label="Pruning method",
-                                                 min_width=140, elem_id="method")
-                            scope = gr.Dropdown(list(SCOPES), value="all", label="Pruning scope", min_width=120,
-                                                elem_id="scope")
+                                                 min_width=160, scale=3, elem_id="method")
+                            scope = gr.Dropdown(list(SCOPES), value="all", label="Pruning scope", min_width=110,
+                                                scale=2, elem_id="scope")
                         quant = gr.Dropdown(_quant_choices(), value="fp32", label="Quantization",
                                             info="only the modes this device can run", elem_id="quant")
                         bits = gr.Slider(2, 8, value=4, step=1, label="Simulated bit width", visible=False,
@@ -612,6 +633,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
             cost_plot = gr.Plot(value=charts.history_cost(None), label="Latency and UNet size", elem_id="cost-plot")
             quality_plot = gr.Plot(value=charts.history_quality(None), label="Quality against pruning",
                                    elem_id="quality-plot")
+            chart_notes = gr.Markdown(elem_classes="note", elem_id="chart-notes")
 
         # ----------------------------------------------------------------------------------- Sweep
         with gr.Tab("Sweep", id="sweep"):
@@ -665,7 +687,8 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     compare_inputs = [prompt, negative, seed, steps, guidance, model, prune, method, scope, quant, bits, height,
                       width, history_state]
     compare_outputs = [base_img, comp_img, base_caption, comp_caption, slider, heat_img, heat_caption, numbers,
-                       status, details, history_df, history_csv, cost_plot, quality_plot, history_state]
+                       status, details, history_df, history_csv, cost_plot, quality_plot, chart_notes,
+                       history_state]
     # preprocess=False: the raw values reach app_service's checks, which refuse NaN, non-integers and unknown
     # names with plain messages (Gradio's own preprocessing rounds 3.5 to 4 and echoes bad choices).
     model_work = dict(concurrency_id=MODEL_WORK, concurrency_limit=MODEL_CONCURRENCY, preprocess=False)
@@ -676,8 +699,8 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     sw_model.change(lambda name: on_model_change(name)[:2], sw_model, [sw_steps, sw_guidance], queue=False,
                     api_visibility="private")
     dice.click(None, None, seed, js="() => Math.floor(Math.random() * 4294967296)", api_visibility="private")
-    clear.click(clear_history, None, [history_state, history_df, history_csv, cost_plot, quality_plot], queue=False,
-                api_visibility="private")
+    clear.click(clear_history, None, [history_state, history_df, history_csv, cost_plot, quality_plot, chart_notes],
+                queue=False, api_visibility="private")
 
     sweep_inputs = [sw_model, sw_percents, sw_methods, sw_quant, sw_study, sw_prompts, sw_steps, sw_guidance,
                     sw_latency]

@@ -5,7 +5,7 @@ also look at the app's engine. Each Client is its own browser session (its own h
 
 /compare returns, in order: baseline image, compressed image, their captions, the slider pair, the difference
 heatmap, its caption, the numbers table, the status line, the details JSON, the history table, the history
-CSV, the two history charts (see README "API").
+CSV, the two history charts and their notes (see README "API").
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PROMPT = "a red circle on the left on a blue background"
 FAST = dict(steps=4)  # enough to exercise every path; the default (20 steps) is timed once
 
 BASELINE, COMPRESSED, BASE_CAPTION, COMP_CAPTION, SLIDER, HEATMAP, HEAT_CAPTION, NUMBERS, STATUS, DETAILS, \
-    HISTORY, HISTORY_CSV, COST_PLOT, QUALITY_PLOT = range(14)
+    HISTORY, HISTORY_CSV, COST_PLOT, QUALITY_PLOT, CHART_NOTES = range(15)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,7 @@ def test_compare_at_defaults_returns_pair_numbers_and_plots(client):
         assert fig["data"], "the history chart has no trace"
     cost = plotly_json(out[COST_PLOT])
     assert "ms" in json.dumps(cost["layout"]) and "MB" in json.dumps(cost["layout"])  # units on the axes
+    assert "no speed-up" in out[CHART_NOTES]  # masked pruning: said plainly under the charts
 
 
 def test_baseline_and_compressed_unet_come_from_cache(client, lab_app):
