@@ -420,7 +420,7 @@ def _compare(prompt, negative_prompt, seed, steps, guidance, model, prune_percen
     )
 
 
-@gpu(duration=600)
+@gpu(duration=120)  # ZeroGPU caps a call's duration (the lower, the sooner a visitor gets a GPU): small sweeps
 def sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats,
           progress=gr.Progress(track_tqdm=True)):
     """Run a grid of settings over a prompt set (compression.sweep.run_sweep) and chart it."""
@@ -663,9 +663,9 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                     sw_latency = gr.Slider(0, svc.MAX_LATENCY_REPEATS, value=3, step=1, label="Latency repeats",
                                            info="median of this many timed runs per setting (0: skip)")
                     sw_plan = gr.Markdown(elem_classes="caption")
-                    with gr.Row():
-                        run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
-                        stop_sweep_btn = gr.Button("Stop", variant="stop")
+                    # No Stop button: cancelling a running Gradio event does not stop its worker thread, so the
+                    # sweep would go on computing while the queue let the next model request in beside it.
+                    run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
                 with gr.Column(scale=2, min_width=320):
                     sw_status = gr.Markdown("Choose a grid and press **Run sweep**.")
                     sw_table = gr.Dataframe(label="Results per setting: value [95% CI]", interactive=False, wrap=True,
@@ -704,9 +704,8 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
 
     sweep_inputs = [sw_model, sw_percents, sw_methods, sw_quant, sw_study, sw_prompts, sw_steps, sw_guidance,
                     sw_latency]
-    sweep_event = run_sweep_btn.click(sweep, sweep_inputs, [sw_status, sw_table, sw_csv, sw_report, *sw_plots],
-                                      api_name="sweep", **model_work)
-    stop_sweep_btn.click(None, None, None, cancels=[sweep_event], api_visibility="private")
+    run_sweep_btn.click(sweep, sweep_inputs, [sw_status, sw_table, sw_csv, sw_report, *sw_plots], api_name="sweep",
+                        **model_work)
     plan_inputs = [sw_percents, sw_methods, sw_quant, sw_study, sw_prompts]
     for comp in plan_inputs:
         comp.change(sweep_plan, plan_inputs, sw_plan, queue=False, api_visibility="private")

@@ -247,7 +247,10 @@ class Lab:
                 pipe, info = load_pipeline(name)
                 from compression.sweep import default_metric_set
 
-                metric_set = default_metric_set(info.name, log=log.info)
+                # Hub models score with openai CLIP / DINOv2 from the local cache; a Space with network may fetch
+                # them (APP_DOWNLOAD_METRIC_MODELS=1). Missing ones are left out with a logged reason, never faked.
+                allow = os.environ.get("APP_DOWNLOAD_METRIC_MODELS", "").strip().lower() in ("1", "true", "yes")
+                metric_set = default_metric_set(info.name, allow_download=allow, log=log.info)
             except Exception as err:  # noqa: BLE001 - any loader failure becomes one plain message
                 log.exception("could not load model %s", name)
                 raise RequestError(_load_failure(name, err)) from None
