@@ -62,6 +62,7 @@ DEFAULTS = svc.model_defaults(LAB.default_model)
 MODEL_CONCURRENCY = int(os.environ.get("APP_MODEL_CONCURRENCY", 1))  # 1: latencies are measured without a
 # second request competing for the same cores; raise it on a multi-GPU machine.
 QUEUE_SIZE = int(os.environ.get("APP_QUEUE_SIZE", 32))  # waiting requests beyond this get "queue is full"
+STATE_SESSIONS = 500  # browser sessions whose history is kept (the oldest go first)
 MODEL_WORK = "model"  # the one concurrency_id of every listener that touches a model
 
 TINY_EXAMPLES = [
@@ -456,6 +457,34 @@ def _sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, 
     return (status, sweep_summary(table), str(csv), str(report), *figures)
 
 
+COMPARE_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "model", "prune_percent", "prune_method",
+                  "prune_scope", "quant_mode", "bits", "height", "width")
+SWEEP_FIELDS = ("model", "prune_percents", "prune_methods", "quant_modes", "study", "n_prompts", "steps", "guidance",
+                "latency_repeats")
+
+
+def _verdicts(fields, problems_of, args) -> list:
+    """One gr.validate per input (extra inputs such as the history state: no verdict)."""
+    try:
+        problems = problems_of(LAB, *args[: len(fields)])
+    except Exception:  # noqa: BLE001 - never let a checker bug block a request: the handler checks again
+        log.exception("validator failed")
+        problems = {}
+    verdicts = [gr.validate(f not in problems, html.escape(problems.get(f, ""), quote=False)) for f in fields]
+    return verdicts + [None] * (len(args) - len(fields))
+
+
+def validate_compare(*args):
+    """Runs before a /compare request joins the queue (Gradio's validator): bad input is refused at once, with
+    the message on the input at fault, however long the queue is. The handler checks everything again."""
+    return _verdicts(COMPARE_FIELDS, svc.compare_problems, args)
+
+
+def validate_sweep(*args):
+    """The same for /sweep, grid limits included."""
+    return _verdicts(SWEEP_FIELDS, svc.sweep_problems, args)
+
+
 def on_quant_change(mode):
     """The bit-width slider belongs to the simulated mode only."""
     uses_bits = mode in QUANT_MODES and QUANT_MODES[mode].uses_bits
@@ -543,7 +572,9 @@ def _quant_choices():
 
 
 with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as demo:
-    history_state = gr.State([])
+    # A session's history lives in server memory: bounded rows (svc.HISTORY_LIMIT), dropped after 3 idle hours,
+    # and at most STATE_SESSIONS sessions kept (launch below): ~300 KB x 500 sessions in the worst case.
+    history_state = gr.State([], time_to_live=3 * 3600)
     with gr.Column(elem_id="title"):
         gr.Markdown(
             "# ✂️ Diffusion Compression Lab\n"
@@ -692,8 +723,10 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     # preprocess=False: the raw values reach app_service's checks, which refuse NaN, non-integers and unknown
     # names with plain messages (Gradio's own preprocessing rounds 3.5 to 4 and echoes bad choices).
     model_work = dict(concurrency_id=MODEL_WORK, concurrency_limit=MODEL_CONCURRENCY, preprocess=False)
-    generate.click(compare, compare_inputs, compare_outputs, api_name="compare", **model_work)
-    prompt.submit(compare, compare_inputs, compare_outputs, api_visibility="private", **model_work)
+    generate.click(compare, compare_inputs, compare_outputs, api_name="compare", validator=validate_compare,
+                   **model_work)
+    prompt.submit(compare, compare_inputs, compare_outputs, api_visibility="private", validator=validate_compare,
+                  **model_work)
     quant.change(on_quant_change, quant, bits, queue=False, api_visibility="private")
     model.change(on_model_change, model, [steps, guidance, height, width], queue=False, api_visibility="private")
     sw_model.change(lambda name: on_model_change(name)[:2], sw_model, [sw_steps, sw_guidance], queue=False,
@@ -705,7 +738,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     sweep_inputs = [sw_model, sw_percents, sw_methods, sw_quant, sw_study, sw_prompts, sw_steps, sw_guidance,
                     sw_latency]
     run_sweep_btn.click(sweep, sweep_inputs, [sw_status, sw_table, sw_csv, sw_report, *sw_plots], api_name="sweep",
-                        **model_work)
+                        validator=validate_sweep, **model_work)
     plan_inputs = [sw_percents, sw_methods, sw_quant, sw_study, sw_prompts]
     for comp in plan_inputs:
         comp.change(sweep_plan, plan_inputs, sw_plan, queue=False, api_visibility="private")
@@ -727,6 +760,7 @@ def launch(**kwargs):
         max_file_size="5mb",  # the app takes no uploads; anything big sent to /upload is refused
         show_error=False,  # unexpected exceptions reach the client as a bare "Error", never a trace
         ssr_mode=False,  # no Node server: one process, as on this CI
+        state_session_capacity=STATE_SESSIONS,
         theme=THEME,
         css=CSS,
     )

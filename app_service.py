@@ -65,14 +65,40 @@ MAX_SWEEP_PROMPTS = 200
 MAX_LATENCY_REPEATS = 10
 SWEEP_BOOTSTRAP = 200  # resamples per interval: each FD resample is a 128x128 eigendecomposition (~8 ms here),
 # and 1000 of them per setting and reference made a 2-setting sweep of 4 images take 50 s
-HISTORY_LIMIT = 200  # comparisons kept per session (the oldest go first)
+HISTORY_LIMIT = 100  # comparisons kept per session (the oldest go first)
 SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
 LAYER_SCOPES = ("down", "mid", "up", "resnet", "attention", "self-attention", "cross-attention", "feed-forward",
                 "projection")  # the layer-sensitivity study prunes one of these at a time
 
 
 class RequestError(ValueError):
-    """A request the app refuses; the message is plain text, safe to show, and names the valid values."""
+    """A request the app refuses; the message is plain text, safe to show, and names the valid values.
+
+    Args:
+        message (`str`): what is wrong and what is valid.
+        field (`str`, *optional*): the endpoint parameter at fault (the UI marks that input).
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _checked(checks) -> tuple[dict, dict[str, str]]:
+    """Run (field, check) pairs; return the values of the good fields and the message of each bad one."""
+    values, problems = {}, {}
+    for field, check in checks:
+        try:
+            values[field] = check()
+        except RequestError as err:
+            problems[field] = str(err)
+    return values, problems
+
+
+def _raise_first(problems: dict[str, str]) -> None:
+    if problems:
+        field, message = next(iter(problems.items()))
+        raise RequestError(message, field)
 
 
 # ---------------------------------------------------------------------------------------- argument checks
@@ -316,19 +342,6 @@ class CompareRequest:
     spec: CompressionSpec
 
 
-def parse_spec(lab: Lab, prune_percent, prune_method, prune_scope, quant_mode, bits) -> CompressionSpec:
-    """The CompressionSpec of the UI's compression controls. `bits` is used only by the simulated mode
-    (the slider is hidden otherwise and its value ignored), so two requests that do the same thing share a
-    cache entry."""
-    amount = real_number("pruning", prune_percent, 0, MAX_PRUNE_PERCENT, "%") / 100
-    method = choice("pruning method", prune_method, lab.pruners())
-    scope = choice("pruning scope", prune_scope, list(SCOPES))
-    mode = choice("quantization mode", quant_mode, lab.quant_modes(), " (modes this device cannot run are hidden)")
-    n_bits = whole_number("bits", bits, MIN_BITS, MAX_BITS) if QUANT_MODES[mode].uses_bits else None
-    return CompressionSpec(prune_amount=round(amount, 6), prune_method=method, prune_scope=scope, quant_mode=mode,
-                           bits=n_bits)
-
-
 def _size(name: str, value, lo: int, hi: int, default: int, model: str) -> int:
     if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
         return default  # empty / 0: the model's native size
@@ -338,25 +351,73 @@ def _size(name: str, value, lo: int, hi: int, default: int, model: str) -> int:
     return int(v)
 
 
+def _compare_values(lab: Lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
+                    prune_scope, quant_mode, bits, height, width, load: bool) -> tuple[dict, dict[str, str]]:
+    values, problems = _checked([
+        ("prompt", lambda: text("prompt", prompt, required=True)),
+        ("negative_prompt", lambda: text("negative prompt", negative_prompt, required=False)),
+        ("seed", lambda: whole_number("seed", seed, 0, MAX_SEED)),
+        ("steps", lambda: whole_number("steps", steps, 1, MAX_STEPS)),
+        ("guidance", lambda: real_number("guidance", guidance, 0, MAX_GUIDANCE)),
+        ("model", lambda: choice("model", model, lab.model_names)),
+        ("prune_percent", lambda: round(real_number("pruning", prune_percent, 0, MAX_PRUNE_PERCENT, "%") / 100, 6)),
+        ("prune_method", lambda: choice("pruning method", prune_method, lab.pruners())),
+        ("prune_scope", lambda: choice("pruning scope", prune_scope, list(SCOPES))),
+        ("quant_mode", lambda: choice("quantization mode", quant_mode, lab.quant_modes(),
+                                      " (modes this device cannot run are hidden)")),
+    ])
+    # bits only for the simulated mode (its slider is hidden otherwise and its value ignored), so two requests
+    # that do the same thing share a cache entry.
+    mode = values.get("quant_mode")
+    if mode is not None and QUANT_MODES[mode].uses_bits:
+        more, bad = _checked([("bits", lambda: whole_number("bits", bits, MIN_BITS, MAX_BITS))])
+        values.update(more)
+        problems.update(bad)
+    else:
+        values["bits"] = None
+    if "model" in values:
+        name = values["model"]
+        if load and not problems:
+            try:
+                loaded = lab.get(name)
+            except RequestError as err:
+                return values, {"model": str(err)}
+        else:
+            loaded = lab.loaded(name)  # a check alone never loads a model
+        if loaded is not None:
+            lo, hi = loaded.size_range()
+            more, bad = _checked([
+                ("height", lambda: _size("height", height, lo, hi, loaded.native[0], name)),
+                ("width", lambda: _size("width", width, lo, hi, loaded.native[1], name)),
+            ])
+            values.update(more)
+            problems.update(bad)
+    return values, problems
+
+
+def compare_problems(lab: Lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
+                     prune_scope, quant_mode, bits, height, width) -> dict[str, str]:
+    """What is wrong with a comparison request, by parameter name (empty: nothing). Cheap and never loads a
+    model: the app runs it before the request joins the queue, so bad input is refused at once however busy
+    the queue is."""
+    return _compare_values(lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
+                           prune_scope, quant_mode, bits, height, width, load=False)[1]
+
+
 def parse_compare(lab: Lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
                   prune_scope, quant_mode, bits, height, width) -> CompareRequest:
-    """Check every argument of a comparison (before the model is touched) and resolve the model.
+    """Check every argument of a comparison (before any model work) and load the model if needed.
 
     Raises:
-        RequestError: the first bad argument, with its valid range.
+        RequestError: the first bad argument, with its valid range and its parameter name in `.field`.
     """
-    prompt = text("prompt", prompt, required=True)
-    negative_prompt = text("negative prompt", negative_prompt, required=False)
-    seed = whole_number("seed", seed, 0, MAX_SEED)
-    steps = whole_number("steps", steps, 1, MAX_STEPS)
-    guidance = real_number("guidance", guidance, 0, MAX_GUIDANCE)
-    model = choice("model", model, lab.model_names)
-    spec = parse_spec(lab, prune_percent, prune_method, prune_scope, quant_mode, bits)
-    loaded = lab.get(model)
-    lo, hi = loaded.size_range()
-    h = _size("height", height, lo, hi, loaded.native[0], model)
-    w = _size("width", width, lo, hi, loaded.native[1], model)
-    return CompareRequest(model, prompt, negative_prompt, seed, steps, guidance, h, w, spec)
+    v, problems = _compare_values(lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent,
+                                  prune_method, prune_scope, quant_mode, bits, height, width, load=True)
+    _raise_first(problems)
+    spec = CompressionSpec(prune_amount=v["prune_percent"], prune_method=v["prune_method"],
+                           prune_scope=v["prune_scope"], quant_mode=v["quant_mode"], bits=v["bits"])
+    return CompareRequest(v["model"], v["prompt"], v["negative_prompt"], v["seed"], v["steps"], v["guidance"],
+                          v["height"], v["width"], spec)
 
 
 @dataclass(frozen=True)
@@ -381,6 +442,76 @@ def sweep_quant_choices(lab: Lab) -> list[str]:
     return out
 
 
+def _amounts(prune_percents) -> list[float]:
+    if isinstance(prune_percents, (int, float)) and not isinstance(prune_percents, bool):
+        prune_percents = [prune_percents]
+    if not isinstance(prune_percents, (list, tuple)) or not prune_percents:
+        raise RequestError(f"choose at least one pruning percentage from 0 to {MAX_PRUNE_PERCENT:g}.")
+    if len(prune_percents) > len(SWEEP_PERCENTS):
+        raise RequestError(f"choose at most {len(SWEEP_PERCENTS)} pruning percentages.")
+    return sorted({round(real_number("each pruning percentage", p, 0, MAX_PRUNE_PERCENT, "%") / 100, 6)
+                   for p in prune_percents})
+
+
+def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
+                  latency_repeats) -> tuple[dict, dict[str, str]]:
+    from compression.sweep import grid, load_prompts
+
+    values, problems = _checked([
+        ("model", lambda: choice("model", model, lab.model_names)),
+        ("prune_percents", lambda: _amounts(prune_percents)),
+        ("prune_methods", lambda: choices("pruning method", prune_methods, lab.pruners())),
+        ("study", lambda: choice("study", study, ["grid", "layer-sensitivity"])),
+        ("n_prompts", lambda: whole_number("prompts", n_prompts, 1, MAX_SWEEP_PROMPTS)),
+        ("steps", lambda: whole_number("steps", steps, 1, MAX_STEPS)),
+        ("guidance", lambda: real_number("guidance", guidance, 0, MAX_GUIDANCE)),
+        ("latency_repeats", lambda: whole_number("latency repeats", latency_repeats, 0, MAX_LATENCY_REPEATS)),
+    ])
+    if values.get("study") == "grid":  # the layer study ignores the quantization choice (fp32 only)
+        more, bad = _checked([("quant_modes", lambda: choices("quantization mode", quant_modes,
+                                                               sweep_quant_choices(lab)))])
+        values.update(more)
+        problems.update(bad)
+    if problems:
+        return values, problems
+
+    amounts, methods = values["prune_percents"], values["prune_methods"]
+    if values["study"] == "grid":
+        quant = [(e.split(":")[0], int(e.split(":")[1])) if ":" in e else (e, None) for e in values["quant_modes"]]
+        specs = grid(amounts, methods, quant, ["all"])
+    else:
+        pruned = [a for a in amounts if a > 0]
+        if not pruned:
+            return values, {"prune_percents": "the layer-sensitivity study needs a pruning percentage above 0 "
+                                              "(50 is a good start)."}
+        specs = [CompressionSpec(), *(CompressionSpec(a, methods[0], s) for a in pruned for s in LAYER_SCOPES)]
+    specs = list(dict.fromkeys(specs))
+    n = values["n_prompts"]
+    if len(specs) > MAX_SWEEP_SETTINGS:
+        return values, {"prune_percents": (
+            f"this sweep has {len(specs)} settings (baseline included); the app runs at most {MAX_SWEEP_SETTINGS} "
+            f"per sweep (the layer study uses {len(LAYER_SCOPES)} per percentage). Choose fewer, or use "
+            "`python -m compression.sweep`.")}
+    if len(specs) * n > MAX_SWEEP_IMAGES:
+        return values, {"n_prompts": (
+            f"{len(specs)} settings x {n} prompts = {len(specs) * n} images; the app draws at most "
+            f"{MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings.")}
+    prompt_set = "tiny-shapes" if model_defaults(values["model"]).tiny else "general"
+    available = load_prompts(prompt_set)
+    if n > len(available):
+        return values, {"n_prompts": f"prompts must be a whole number from 1 to {len(available)} for the "
+                                     f"{prompt_set} prompt set."}
+    values.update(specs=tuple(specs), prompt_set=prompt_set, prompts=tuple(available[:n]))
+    return values, {}
+
+
+def sweep_problems(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
+                   latency_repeats) -> dict[str, str]:
+    """What is wrong with a sweep request, by parameter name (empty: nothing); cheap, loads nothing."""
+    return _sweep_values(lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
+                         latency_repeats)[1]
+
+
 def parse_sweep(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
                 latency_repeats) -> SweepRequest:
     """Check a sweep request and build its grid.
@@ -392,48 +523,11 @@ def parse_sweep(lab: Lab, model, prune_percents, prune_methods, quant_modes, stu
     Raises:
         RequestError: a bad argument, or a grid over the app's limits (the message says which).
     """
-    from compression.sweep import grid, load_prompts
-
-    model = choice("model", model, lab.model_names)
-    if isinstance(prune_percents, (int, float)) and not isinstance(prune_percents, bool):
-        prune_percents = [prune_percents]
-    if not isinstance(prune_percents, (list, tuple)) or not prune_percents:
-        raise RequestError(f"choose at least one pruning percentage from 0 to {MAX_PRUNE_PERCENT:g}.")
-    if len(prune_percents) > len(SWEEP_PERCENTS) + 6:
-        raise RequestError(f"choose at most {len(SWEEP_PERCENTS)} pruning percentages.")
-    amounts = sorted({round(real_number("each pruning percentage", p, 0, MAX_PRUNE_PERCENT, "%") / 100, 6)
-                      for p in prune_percents})
-    methods = choices("pruning method", prune_methods, lab.pruners())
-    study = choice("study", study, ["grid", "layer-sensitivity"])
-    n_prompts = whole_number("prompts", n_prompts, 1, MAX_SWEEP_PROMPTS)
-    steps = whole_number("steps", steps, 1, MAX_STEPS)
-    guidance = real_number("guidance", guidance, 0, MAX_GUIDANCE)
-    latency_repeats = whole_number("latency repeats", latency_repeats, 0, MAX_LATENCY_REPEATS)
-    if study == "grid":
-        entries = choices("quantization mode", quant_modes, sweep_quant_choices(lab))
-        quant = [(e.split(":")[0], int(e.split(":")[1])) if ":" in e else (e, None) for e in entries]
-        specs = grid(amounts, methods, quant, ["all"])
-    else:
-        pruned = [a for a in amounts if a > 0]
-        if not pruned:
-            raise RequestError("the layer-sensitivity study needs a pruning percentage above 0 (50 is a good start).")
-        specs = [CompressionSpec(), *(CompressionSpec(a, methods[0], s) for a in pruned for s in LAYER_SCOPES)]
-    specs = list(dict.fromkeys(specs))
-    if len(specs) > MAX_SWEEP_SETTINGS:
-        raise RequestError(f"this sweep has {len(specs)} settings (baseline included); the app runs at most "
-                           f"{MAX_SWEEP_SETTINGS} per sweep (the layer study uses {len(LAYER_SCOPES)} per "
-                           "percentage). "
-                           "Choose fewer, or use `python -m compression.sweep`.")
-    if len(specs) * n_prompts > MAX_SWEEP_IMAGES:
-        raise RequestError(f"{len(specs)} settings x {n_prompts} prompts = {len(specs) * n_prompts} images; the app "
-                           f"draws at most {MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings.")
-    prompt_set = "tiny-shapes" if model_defaults(model).tiny else "general"
-    available = len(load_prompts(prompt_set))
-    if n_prompts > available:
-        raise RequestError(f"prompts must be a whole number from 1 to {available} for the {prompt_set} prompt set.")
-    prompts = tuple(load_prompts(prompt_set, n_prompts))
-    return SweepRequest(model, tuple(specs), prompts, prompt_set, steps, guidance, latency_repeats,
-                        study == "layer-sensitivity")
+    v, problems = _sweep_values(lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps,
+                                guidance, latency_repeats)
+    _raise_first(problems)
+    return SweepRequest(v["model"], v["specs"], v["prompts"], v["prompt_set"], v["steps"], v["guidance"],
+                        v["latency_repeats"], v["study"] == "layer-sensitivity")
 
 
 # ----------------------------------------------------------------------------------------------- files
