@@ -37,6 +37,7 @@ import os
 import re
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -184,8 +185,20 @@ class MetricSet:
     real_reference: bool = False
 
     def signature(self) -> dict:
-        return {"judge": self.judge.name if self.judge else None, "features": [f.name for f in self.features],
-                "real": self.real_reference}
+        """Names and weight digests: a retrained judge with the same name must not reuse old scores."""
+        judge = None
+        if self.judge is not None:
+            judge = [self.judge.name, _weights_digest(self.judge.model)]
+        feats = [[f.name, _weights_digest(_extractor_model(f))] for f in self.features]
+        return {"judge": judge, "features": feats, "real": self.real_reference}
+
+
+def _extractor_model(extractor: torch.nn.Module) -> torch.nn.Module:
+    # The network whose weights decide the features: the judge's CLIP, a transformers model, or the module itself.
+    if isinstance(extractor, metrics.ClipImageFeatures):
+        return extractor.clip.model
+    model = getattr(extractor, "model", None)
+    return model if isinstance(model, torch.nn.Module) else extractor
 
 
 def default_metric_set(model_name: str, allow_download: bool = False, log: Callable[[str], None] = print) -> MetricSet:
@@ -242,6 +255,26 @@ class SweepResult:
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_WEIGHT_DIGESTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state_dict, computed once per module object (models here are never mutated)."""
+    if module not in _WEIGHT_DIGESTS:
+        from .engine import state_dict_digest
+
+        _WEIGHT_DIGESTS[module] = state_dict_digest(module)[:16]
+    return _WEIGHT_DIGESTS[module]
+
+
+def model_fingerprint(pipeline) -> str:
+    """Digest of every weight of a pipeline (UNet, VAE, text encoder): a retrained model under the same name
+    gets new sweep cells instead of the old model's results."""
+    parts = sorted((name, _weights_digest(c)) for name, c in pipeline.components.items()
+                   if isinstance(c, torch.nn.Module))
+    return _digest(parts)
 
 
 def _clean(obj):
@@ -478,8 +511,9 @@ def run_sweep(
     attrs = [a for _ in seeds for a in parsed] if all(a is not None for a in parsed) else None
     use_real = ms.real_reference and attrs is not None
 
-    sampler = dict(model=model, prompts=_digest(prompts), n_prompts=len(prompts), seeds=seeds, steps=steps,
-                   guidance=guidance, negative=negative_prompt, height=height, width=width, batch=batch_size)
+    sampler = dict(model=model, weights=model_fingerprint(engine.pipeline), prompts=_digest(prompts),
+                   n_prompts=len(prompts), seeds=seeds, steps=steps, guidance=guidance, negative=negative_prompt,
+                   height=height, width=width, batch=batch_size)
     base_key = _digest(sampler)
     measure = dict(ms.signature(), real=use_real, n_boot=n_boot, latency=[latency_warmup, latency_repeats],
                    version=METRICS_VERSION)
@@ -501,8 +535,12 @@ def run_sweep(
     done = {spec: finished(spec) for spec in specs}
     todo = [s for s in specs if done[s] is None]
     batches = math.ceil(n / batch_size)
-    base_ready = bool(cache and (cache / "baseline.done").is_file())
-    work = _Work(batches * (len(todo) + (0 if base_ready or not todo else 1)), progress, show_bar)
+    # Baseline images depend on the sampler only; their scores also on the metric set (own file each).
+    images_ready = bool(cache and (cache / "baseline.done").is_file())
+    scores_path = cache / f"baseline-scores-{_digest(measure)}.npz" if cache else None
+    scores_ready = bool(scores_path and scores_path.is_file())
+    base_work = 0 if not todo or (images_ready and scores_ready) else batches
+    work = _Work(batches * len(todo) + base_work, progress, show_bar)
     computed, skipped = [], [s.label for s in specs if done[s] is not None]
 
     # ---- the baseline: images (memory-mapped on disk when there is an out_dir), scores, features
@@ -511,30 +549,35 @@ def run_sweep(
     base_images = base_nonfinite = None
     base_per: dict[str, np.ndarray] = {}
     if todo:
-        if base_ready:
+        if images_ready:
             base_images = np.load(cache / "baseline.npy", mmap_mode="r")
-            loaded = np.load(cache / "baseline-scores.npz")
-            base_per = {k: loaded[k] for k in loaded.files if k != "nonfinite"}
-            base_nonfinite = loaded["nonfinite"]
+            base_nonfinite = np.load(cache / "baseline-nonfinite.npy")
         else:
             shape = (n, height, width, 3)
             base_images = (np.lib.format.open_memmap(cache / "baseline.npy", mode="w+", dtype=np.uint8, shape=shape)
                            if cache else np.zeros(shape, np.uint8))
             base_nonfinite = np.zeros(n, dtype=bool)
+        if scores_ready:
+            loaded = np.load(scores_path)
+            base_per = {k: loaded[k] for k in loaded.files}
+        else:
             parts = []
             for b in range(batches):
                 sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-                r = engine.generate_batch(all_prompts[sl], all_seeds[sl], steps, guidance, CompressionSpec(),
-                                          negative_prompt, height, width)
-                base_images[sl], base_nonfinite[sl] = r.images, r.nonfinite
-                parts.append(_score_batch(r.images, r.nonfinite, ms, all_prompts[sl], attrs[sl] if attrs else None,
-                                          None, None))
+                if not images_ready:
+                    r = engine.generate_batch(all_prompts[sl], all_seeds[sl], steps, guidance, CompressionSpec(),
+                                              negative_prompt, height, width)
+                    base_images[sl], base_nonfinite[sl] = r.images, r.nonfinite
+                parts.append(_score_batch(np.asarray(base_images[sl]), base_nonfinite[sl], ms, all_prompts[sl],
+                                          attrs[sl] if attrs else None, None, None))
                 work.step(f"baseline {sl.stop}/{n}")
             base_per = _concat(parts)
             if cache:
-                base_images.flush()
-                np.savez(cache / "baseline-scores.npz", nonfinite=base_nonfinite, **base_per)
-                (cache / "baseline.done").write_text("ok\n")
+                if not images_ready:
+                    base_images.flush()
+                    np.save(cache / "baseline-nonfinite.npy", base_nonfinite)
+                    (cache / "baseline.done").write_text("ok\n")
+                np.savez(scores_path, **base_per)
         refs["baseline"] = {k: v for k, v in base_per.items() if k.startswith("feat:")}
         ref_nonfinite["baseline"] = base_nonfinite
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 
-def build_tiny_clip(folder: Path, tokenizer_dir: Path, image_size: int = 32) -> Path:
+def build_tiny_clip(folder: Path, tokenizer_dir: Path, image_size: int = 32, seed: int = 0) -> Path:
     """Save a ~60k-parameter CLIPModel + CLIPProcessor (the shapes-world tokenizer) to `folder`."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,

@@ -59,7 +59,7 @@ from metric_models import build_tiny_clip  # noqa: E402
 
 WORLD_PROMPTS = ["a red circle on the left on a white background", "a blue square at the top on a black background",
                  "a green triangle on the right on a yellow background", "a purple circle at the bottom on a orange background"]
-FAST = dict(steps=2, guidance=2.0, batch_size=4, latency_repeats=1, n_boot=50, show_bar=False)
+FAST = dict(steps=2, guidance=2.0, batch_size=4, latency_repeats=1, n_boot=50, show_bar=False, plotlyjs="cdn")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_path):
+def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_path, tokenizer_dir):
     specs = [sweep.CompressionSpec(prune_amount=0.5)]
     seen = []
     first = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=metric_set, out_dir=tmp_path,
@@ -126,6 +126,13 @@ def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_pat
     with pytest.raises(ValueError, match="known: baseline, L1 50%, random 50%"):
         sweep.paired_difference(tmp_path, "L1 90%", "random 50%")
 
+    # A retrained judge under the same name re-scores every cell, from the baseline images already on disk.
+    baseline_npy = next((tmp_path / "cache").glob("*/baseline.npy"))
+    drawn = baseline_npy.stat().st_mtime_ns
+    retrained = sweep.MetricSet(metrics.MetricClip(build_tiny_clip(tmp_path / "clip2", tokenizer_dir, seed=1), name="rand"))
+    rescored = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=retrained, out_dir=tmp_path, **FAST)
+    assert rescored.computed == ["baseline", "L1 50%"] and baseline_npy.stat().st_mtime_ns == drawn
+
     # Other sampler settings are other cells, not silently reused ones.
     other = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=metric_set, out_dir=tmp_path,
                             **{**FAST, "steps": 3})
@@ -142,6 +149,19 @@ def nan_mode():
     quantization.QUANT_MODES["nan-test"] = quantization.QuantMode("nan-test", "nan", "test only: NaN weights", poison_)
     yield "nan-test"
     del quantization.QUANT_MODES["nan-test"]
+
+
+def test_other_weights_under_the_same_name_are_other_cells(tiny_pipe, engine, metric_set, tmp_path):
+    import copy
+
+    specs = [sweep.CompressionSpec(prune_amount=0.5)]
+    sweep.run_sweep(engine, specs, WORLD_PROMPTS[:2], metric_set=metric_set, out_dir=tmp_path, **FAST)
+    other = copy.deepcopy(tiny_pipe)
+    other.unet.conv_out.bias.data += 0.01  # "retrained"
+    assert sweep.model_fingerprint(other) != sweep.model_fingerprint(tiny_pipe)
+    res = sweep.run_sweep(Engine(other, "tiny-test"), specs, WORLD_PROMPTS[:2], metric_set=metric_set,
+                          out_dir=tmp_path, **FAST)
+    assert res.computed == ["baseline", "L1 50%"]
 
 
 def test_non_finite_images_are_counted_and_not_scored(engine, metric_set, nan_mode):
