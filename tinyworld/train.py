@@ -56,7 +56,7 @@ def unet_config(vocab_size: int) -> dict:
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=128,
         attention_head_dim=4,  # diffusers' legacy name: this is the number of heads (SD 1.5 uses 8)
-        norm_num_groups=16,
+        norm_num_groups=8,  # 4-12 channels per group (SD 1.5: 10); fewer flattens per-channel means
     )
 
 
@@ -84,7 +84,9 @@ def vae_config() -> dict:
         block_out_channels=(16, 32, 64),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        # Few groups: with one or two channels per group, GroupNorm acts as instance norm and subtracts each
+        # channel's spatial mean, which is exactly the flat background colour this world is made of.
+        norm_num_groups=4,
         sample_size=64,
     )
 
@@ -156,12 +158,19 @@ def train_vae(work: Path, steps: int, batch: int, seed: int) -> None:
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**vae_config())
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     data = Batches(seed, batch, "all")
+    gen = torch.Generator().manual_seed(seed)
+    full_from = int(steps * 0.9)  # the last 10% on whole images, so the mid-block attention sees 16x16 latents
     bar = tqdm(range(steps), desc="vae", unit="step")
     for step in bar:
-        set_lr(opt, lr_at(step, steps, 2e-3, 100))
+        set_lr(opt, lr_at(step, steps, 1e-3, 100))
         _, x = next(data)
+        if step < full_from:
+            # Random 32x32 crops cost a quarter of a whole image and the layers are convolutional: four times
+            # the updates for the same CPU time.
+            i, j = (int(v) for v in torch.randint(0, 33, (2,), generator=gen))
+            x = x[:, :, i : i + 32, j : j + 32]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         # L1 keeps flat colours and sharp edges better than MSE alone; KL ~1e-7 leaves a near-deterministic
@@ -178,13 +187,21 @@ def train_vae(work: Path, steps: int, batch: int, seed: int) -> None:
     # Scaling factor: latents / std ~ unit variance, which the noise schedule assumes.
     vae.eval()
     with torch.no_grad():
-        _, x = world.real_images(seed + 7, 1024)
+        attrs, x = world.real_images(seed + 7, 512)
         z = vae.encode(to_tensor(x)).latent_dist.mean
         recon = vae.decode(z).sample.clamp(-1, 1)
         psnr = 10 * math.log10(4.0 / F.mse_loss(recon, to_tensor(x)).item())
+        recon_u8 = ((recon + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    judged = [world.judge_image(im) for im in recon_u8]
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     vae.save_pretrained(work / "vae")
-    report = {"psnr_db": round(psnr, 2), "latent_std": float(z.std()), "latent_mean": float(z.mean())}
+    report = {
+        "psnr_db": round(psnr, 2),
+        "latent_std": float(z.std()),
+        "latent_mean": float(z.mean()),
+        # The pixel judge on reconstructions: the ceiling for any image this VAE decodes.
+        "judge_accuracy_on_reconstructions": {k: float(np.mean([j[k] == getattr(a, k) for j, a in zip(judged, attrs)])) for k in world.ATTRIBUTES},
+    }
     (work / "vae" / "report.json").write_text(json.dumps(report, indent=2))
     print("vae:", report)
 
@@ -220,16 +237,22 @@ def train_clip(work: Path, steps: int, batch: int, seed: int) -> None:
     # captions are encoded at their own length (14 tokens), not 77, which is 5x cheaper.
     all_ids = caption_ids(tokenizer, [world.caption(a) for a in everything], max_length=16)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    data = Batches(seed + 1, batch, "all")
+    # A third of every batch comes from a pool of VAE reconstructions (made once: decoding per step cost more
+    # than the CLIP step itself), so the judge reads generated images, which pass through the VAE, as well.
+    pool_attrs, pool = world.real_images(seed + 3, 2048)
+    with torch.no_grad():
+        pool = torch.cat([vae.decode(vae.encode(to_tensor(pool[i:i + 256])).latent_dist.mean).sample.clamp(-1, 1)
+                          for i in range(0, len(pool), 256)])
+    data = Batches(seed + 1, batch - batch // 3, "all")
     gen = torch.Generator().manual_seed(seed)
     bar = tqdm(range(steps), desc="clip", unit="step")
     for step in bar:
         set_lr(opt, lr_at(step, steps, 1e-3, 100))
         attrs, x = next(data)
-        n_recon = batch // 3
-        with torch.no_grad():
-            x[:n_recon] = vae.decode(vae.encode(x[:n_recon]).latent_dist.mean).sample.clamp(-1, 1)
-            x = x + torch.randn(x.shape, generator=gen) * torch.rand(len(x), 1, 1, 1, generator=gen) * 0.1
+        pick = torch.randint(0, len(pool), (batch // 3,), generator=gen)
+        attrs = attrs + [pool_attrs[i] for i in pick]
+        x = torch.cat([x, pool[pick]])
+        x = x + torch.randn(x.shape, generator=gen) * torch.rand(len(x), 1, 1, 1, generator=gen) * 0.1
         img = F.normalize(model.get_image_features(pixel_values=clip_normalize(x)).pooler_output, dim=-1)
         txt = F.normalize(model.get_text_features(input_ids=all_ids).pooler_output, dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
@@ -244,7 +267,7 @@ def train_clip(work: Path, steps: int, batch: int, seed: int) -> None:
     model.save_pretrained(work / "clip")
 
 
-def train_unet(work: Path, steps: int, batch: int, seed: int, sample_every: int) -> None:
+def train_unet(work: Path, steps: int, batch: int, seed: int, sample_every: int, check_prompts: int = 16) -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -310,7 +333,7 @@ def train_unet(work: Path, steps: int, batch: int, seed: int, sample_every: int)
                 ckpt,
             )
             pipe = build_pipeline(work, ema["unet"], ema["text"])
-            score = quick_check(pipe, work / f"samples_{step + 1:06d}.png")
+            score = quick_check(pipe, work / f"samples_{step + 1:06d}.png", check_prompts)
             tqdm.write(f"unet step {step + 1}: loss {np.mean(losses[-500:]):.4f}  pixel-judge accuracy {score}")
     pipe = build_pipeline(work, ema["unet"], ema["text"])
     pipe.save_pretrained(work / "pipeline", safe_serialization=True)
@@ -342,7 +365,8 @@ def quick_check(pipe, png: Path, n: int = 16) -> dict[str, float]:
         out = pipe(world.caption(a), num_inference_steps=20, guidance_scale=4.0,
                    generator=torch.Generator("cpu").manual_seed(i), output_type="np", progress_bar=False)
         images.append((out.images[0] * 255).round().astype(np.uint8))
-    grid = np.concatenate([np.concatenate(images[r * 8:(r + 1) * 8], 1) for r in range(n // 8)], 0)
+    rows = [images[r:r + 8] + [np.zeros_like(images[0])] * (8 - len(images[r:r + 8])) for r in range(0, n, 8)]
+    grid = np.concatenate([np.concatenate(row, 1) for row in rows], 0)
     Image.fromarray(grid).save(png)
     hits = {k: 0 for k in world.ATTRIBUTES}
     for a, im in zip(attrs, images):
@@ -358,7 +382,7 @@ def save_assets(work: Path, out: Path) -> None:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    pipe = StableDiffusionPipeline.from_pretrained(work / "pipeline", use_safetensors=True)
+    pipe = StableDiffusionPipeline.from_pretrained(str(work / "pipeline"), use_safetensors=True)
     target = out / "tiny-shapes-sd"
     shutil.rmtree(target, ignore_errors=True)
     pipe.save_pretrained(target, safe_serialization=True)
@@ -387,11 +411,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", default="tokenizer,vae,clip,unet,save")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=900)
-    p.add_argument("--clip-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--clip-steps", type=int, default=1000)
     p.add_argument("--unet-steps", type=int, default=12000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--sample-every", type=int, default=1000)
+    p.add_argument("--check-prompts", type=int, default=16, help="held-out prompts sampled at each check")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -401,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         "tokenizer": lambda: train_tokenizer(args.work),
         "vae": lambda: train_vae(args.work, args.vae_steps, args.batch, args.seed),
         "clip": lambda: train_clip(args.work, args.clip_steps, 128, args.seed),
-        "unet": lambda: train_unet(args.work, args.unet_steps, args.batch, args.seed, args.sample_every),
+        "unet": lambda: train_unet(args.work, args.unet_steps, args.batch, args.seed, args.sample_every, args.check_prompts),
         "save": lambda: save_assets(args.work, args.out),
     }
     unknown = set(stages) - set(runs)
