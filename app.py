@@ -294,7 +294,8 @@ def sweep_figures(table: pd.DataFrame, layer_study: bool) -> list:
                 else charts.empty_figure("No quality metric for a Pareto chart."))
     if layer_study and quality:
         parts = table[table["prune_scope"] != "all"]
-        figs.append(charts.layer_sensitivity(parts, quality, ref))
+        # taller: its bar labels are long and slanted, and the note sits under them
+        figs.append(charts.layer_sensitivity(parts, quality, ref).update_layout(height=680))
     else:
         figs.append(charts.empty_figure("Choose the layer-sensitivity study to fill this chart."))
     for fig in figs:
@@ -312,6 +313,9 @@ SWEEP_QUALITY = [
     ("FD vs real data", "FD-", "real"),
 ]
 SWEEP_PLOTS = [label for label, _, _ in SWEEP_QUALITY] + ["latency", "UNet size", "Pareto", "layer sensitivity"]
+# Tabs of the sweep charts (few enough to fit a phone's width without an overflow menu): plot indices.
+SWEEP_TABS = [("Quality vs pruning", (0, 1)), ("Distances", (2, 3, 4)), ("Cost", (5, 6)), ("Pareto", (7,)),
+              ("Layer sensitivity", (8,))]
 
 
 # --------------------------------------------------------------------------------------------- handlers
@@ -704,12 +708,13 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                     with gr.Row():
                         sw_csv = gr.DownloadButton("Download results (CSV, tidy)", size="sm")
                         sw_report = gr.DownloadButton("Download report (HTML)", size="sm")
-                    sw_plots = []
+                    sw_plots = [None] * len(SWEEP_PLOTS)
                     with gr.Tabs():
-                        for label in SWEEP_PLOTS:
-                            with gr.Tab(label):
-                                sw_plots.append(gr.Plot(value=charts.empty_figure("Run a sweep first."),
-                                                        label=label))
+                        for tab, indices in SWEEP_TABS:
+                            with gr.Tab(tab):
+                                for i in indices:
+                                    sw_plots[i] = gr.Plot(value=charts.empty_figure("Run a sweep first."),
+                                                          label=SWEEP_PLOTS[i], elem_id=f"sweep-plot-{i}")
 
         with gr.Tab("About", id="about"):
             gr.Markdown(_about())
