@@ -608,9 +608,9 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                             guidance = gr.Slider(0, svc.MAX_GUIDANCE, value=DEFAULTS.guidance, step=0.5,
                                                  label="Guidance scale", min_width=120)
                     with gr.Group():
-                        prune = gr.Slider(0, svc.MAX_PRUNE_PERCENT, value=30, step=1,
-                                          label="Pruning (% of weights zeroed)",
-                                          info="30-35% is where the SD 1.5 study saw quality start to go",
+                        prune = gr.Slider(0, svc.MAX_PRUNE_PERCENT, value=30, step=1, label="Pruning amount (%)",
+                                          info="weights zeroed (unstructured) or channels removed (structured); "
+                                               "the SD 1.5 study saw quality go past 30-35%",
                                           elem_id="prune")
                         with gr.Row():
                             method = gr.Dropdown(_pruner_choices(), value="l1-unstructured", label="Pruning method",

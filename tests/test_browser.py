@@ -63,7 +63,7 @@ def test_compare_in_a_browser(lab_app, browser):
     assert page.title() == "Diffusion Compression Lab"
     assert page.locator("#bits").is_hidden()  # the bit width belongs to the simulated mode only
 
-    set_slider(page, "Pruning (% of weights zeroed)", 45)
+    set_slider(page, "Pruning amount (%)", 45)
     choose(page, "quant", "simulated-int")
     page.locator("#bits").wait_for(state="visible", timeout=10_000)
     set_slider(page, "Simulated bit width", 6)
