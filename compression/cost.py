@@ -9,14 +9,20 @@ Bytes are counted from what is really held in memory: a quantized weight is a te
 logical float tensor, not its storage. `tensor_bytes` unwraps subclasses through `__tensor_flatten__` (the
 protocol both libraries implement for torch.compile) down to the plain int8/uint8 data, scales and zero points.
 
+MACs are counted, not estimated: `count_macs` runs the module once on the meta device (shapes only, no memory,
+no arithmetic) under torch's `FlopCounterMode`, so convolutions, Linears and attention matmuls are all in.
+
 Example:
     >>> cost = module_cost(unet)
     >>> cost.bytes / 2**20, cost.params, cost.sparsity
+    >>> count_macs(unet, torch.randn(2, 4, 64, 64), torch.tensor(500), encoder_hidden_states=torch.randn(2, 77, 768))
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,15 +60,49 @@ def _dense(weight: torch.Tensor) -> torch.Tensor:
     return weight.dequantize() if type(weight) not in (torch.Tensor, nn.Parameter) else weight
 
 
+def _zeros(weight: torch.Tensor) -> int:
+    data, scale = getattr(weight, "_data", None), getattr(weight, "_scale", None)
+    if (type(weight).__name__ == "WeightQBytesTensor" and isinstance(data, torch.Tensor)
+            and data.dtype == torch.int8 and isinstance(scale, torch.Tensor) and bool((scale != 0).all())):
+        # Symmetric int8 with non-zero scales: a weight is zero exactly where its int8 value is, so count
+        # those bytes instead of dequantizing a float copy of the layer.
+        return data.numel() - int(torch.count_nonzero(data))
+    packed = getattr(data, "_data", None)
+    shift = getattr(weight, "_shift", None)
+    if (type(weight).__name__ == "WeightQBitsTensor" and type(data).__name__ == "PackedTensor"
+            and getattr(data, "_bits", None) == 4 and isinstance(packed, torch.Tensor) and packed.dim() == 2
+            and isinstance(shift, torch.Tensor) and shift.is_floating_point()
+            and scale.shape == shift.shape == (data.shape[0], 1)):
+        return _int4_zeros(packed, data.shape[0], scale, shift)
+    w = _dense(weight)
+    return w.numel() - int(torch.count_nonzero(w))  # (w == 0).sum() would copy to int64
+
+
+def _int4_zeros(packed: torch.Tensor, groups: int, scale: torch.Tensor, shift: torch.Tensor) -> int:
+    # quanto's packed int4 (group i in the low nibbles of row i, group half + i in the high ones), dequantized
+    # a block of groups at a time with quanto's own arithmetic (scale * q - shift), never the whole layer.
+    half = packed.shape[0]
+    nonzero = 0
+    rows = max(1, (1 << 20) // packed.shape[1])
+    for r in range(0, half, rows):
+        block = packed[r : r + rows]
+        for values, first in ((block & 0xF, r), (block >> 4, half + r)):
+            n = min(values.shape[0], groups - first)
+            if n > 0:
+                dq = scale[first : first + n] * values[:n]
+                dq -= shift[first : first + n]
+                nonzero += int(torch.count_nonzero(dq))
+    return groups * packed.shape[1] - nonzero
+
+
 @torch.no_grad()
 def weight_sparsity(module: nn.Module) -> tuple[int, int]:
     """(zeros, total) over the weights of every nn.Linear and nn.Conv2d of `module`, one layer at a time."""
     zeros = total = 0
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            w = _dense(m.weight)
-            zeros += w.numel() - int(torch.count_nonzero(w))  # (w == 0).sum() would copy to int64
-            total += w.numel()
+            zeros += _zeros(m.weight)
+            total += m.weight.numel()
     return zeros, total
 
 
@@ -91,3 +131,61 @@ def module_cost(module: nn.Module) -> ModuleCost:
     """Bytes, parameter count and measured sparsity of `module` in one call."""
     zeros, weights = weight_sparsity(module)
     return ModuleCost(module_bytes(module), param_count(module), zeros, weights)
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of `module` whose parameters and buffers are meta tensors: the structure, no memory."""
+    memo: dict[int, Any] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in memo:
+            meta = t.detach().to("meta")
+            memo[id(t)] = nn.Parameter(meta, requires_grad=False) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(module, memo)
+
+
+def _float_layers(module: nn.Module) -> nn.Module:
+    """Swap quantized Linear/Conv2d layers (tensor-subclass weights) of a meta module for plain float ones of
+    the same shapes: they stand for the same multiply-accumulates, and custom kernels are not all countable."""
+    for name, m in list(module.named_modules()):
+        if not isinstance(m, (nn.Linear, nn.Conv2d)) or type(m.weight) in (torch.Tensor, nn.Parameter):
+            continue
+        kw = dict(bias=m.bias is not None, device="meta", dtype=m.weight.dtype)
+        if isinstance(m, nn.Linear):
+            plain = nn.Linear(m.in_features, m.out_features, **kw)
+        else:
+            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                              m.groups, padding_mode=m.padding_mode, **kw)
+        if not name:
+            return plain
+        parent, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, child, plain)
+    return module
+
+
+def _to_meta(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to("meta")
+    if isinstance(obj, dict):
+        return {k: _to_meta(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_meta(v) for v in obj)
+    return obj
+
+
+def count_macs(module: nn.Module, *args: Any, **kwargs: Any) -> int | None:
+    """Multiply-accumulates of one forward of `module` on these inputs, counted on the meta device.
+
+    Counts matmuls, convolutions and attention (torch's `FlopCounterMode`, MACs = FLOPs / 2) without running
+    any arithmetic or allocating real memory. Quantized layers count as the float work they stand for (weights
+    are dequantized on the fly). Returns None when the module cannot run on meta tensors (some tensor
+    subclasses cannot).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        meta = _float_layers(meta_copy(module))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            meta(*_to_meta(args), **_to_meta(kwargs))
+        return counter.get_total_flops() // 2
+    except Exception:  # noqa: BLE001 - an uncountable module is reported as unknown, never as zero
+        return None
