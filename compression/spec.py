@@ -73,6 +73,10 @@ class CompressionSpec:
         object.__setattr__(self, "prune_amount", amount)
 
         _check_name("pruning method", self.prune_method, PRUNERS)
+        fixed = PRUNERS[self.prune_method].fixed_amount
+        if fixed is not None and amount not in (0.0, fixed):
+            raise ValueError(f"{self.prune_method} prunes a fixed share: prune_amount must be 0.0 or {fixed}, "
+                             f"got {_short(self.prune_amount)}")
         _check_name("pruning scope", self.prune_scope, SCOPES)
         _check_name("quantization mode", self.quant_mode, QUANT_MODES)
 
