@@ -22,6 +22,7 @@ MAX_BYTES_RATIO = {
     "int8-weight": 0.30,  # the bar: Linear AND Conv2d in int8
     "int8-dynamic": 0.95,  # Linear only: shrinks by the Linear share, not more
     "int4-weight": 0.20,
+    "bf16+int8-weight": 0.30,  # int8 weights, bf16 scales, biases and norms
     "simulated-int": 1.0,  # fake quantization stores floats: no gain, by design
 }
 # Relative L2 error of the UNet output vs fp32 on a fixed batch. 8-bit modes measured ~0.003-0.013 here.
@@ -31,6 +32,7 @@ MAX_REL_ERR = {
     "int8-weight": 0.05,
     "int8-dynamic": 0.05,
     "int4-weight": 0.5,  # 4-bit weights of a random-init UNet: lossy (measured ~0.22), only sanity-checked
+    "bf16+int8-weight": 0.05,
     "simulated-int": 0.05,  # at 8 bits
 }
 
