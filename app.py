@@ -252,6 +252,10 @@ def phone_friendly(fig):
 
 def history_figures(history: pd.DataFrame | None) -> tuple:
     """The two history charts and their notes (Markdown)."""
+    if history is not None and "prompt" in history:
+        # Plotly renders a subset of HTML (<a href>, <b>, ...) in hover labels: a visitor's prompt is shown as the
+        # text typed (Plotly decodes the entities back), never as markup. The CSV keeps the raw prompt.
+        history = history.assign(prompt=history["prompt"].astype(str).map(lambda p: html.escape(p, quote=False)))
     cost, quality = charts.history_cost(history), charts.history_quality(history)
     if history is None or not len(history):
         return cost, quality, ""
