@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from compression import CATALOG, SCOPES, CompressionSpec, Engine, available_pruners, available_quant_modes
-from compression.models import DEFAULT_MODEL, default_device, load_pipeline, resolve_model
+from compression.models import DEFAULT_MODEL, UnsafeModelError, default_device, load_pipeline, resolve_model
 from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
 
 log = logging.getLogger("dcl.app")
@@ -319,6 +319,8 @@ def _load_failure(name: str, err: Exception) -> str:
     if entry is not None and not entry.local:
         return (f"could not load {name} from the Hugging Face hub ({type(err).__name__}): it needs network access "
                 "and a few GB of disk; this server may be offline. The embedded tiny-shapes model always works.")
+    if isinstance(err, UnsafeModelError):  # our own plain refusal (pickles, custom code): names no server path
+        return f"could not load {name}: {err}."
     if isinstance(err, FileNotFoundError):
         return f"could not load {name}: its weights are not in this copy of the app (assets/ incomplete)."
     return f"could not load {name} ({type(err).__name__}); see the server log."

@@ -5,7 +5,8 @@ and loads through exactly the same `DiffusionPipeline.from_pretrained` call as a
 local path cover the hub path's code too. Safety rules, whatever the source:
 
 - `use_safetensors=True` and never remote code: a folder holding only pickles (.ckpt, .bin, .pt, .pth), which
-  can run arbitrary code when loaded, is refused with a clear error;
+  can run arbitrary code when loaded, a single-file checkpoint, and a model shipping its own .py classes are
+  refused with a clear error (`UnsafeModelError`);
 - names outside the catalog are refused unless `ALLOW_ANY_MODEL=1` is set (a public Space should not load
   whatever a visitor types).
 
@@ -29,6 +30,14 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+
+
+class UnsafeModelError(ValueError):
+    """A model refused because loading it could run code: pickled weights, or custom code shipped with it.
+
+    Its message is plain text that names the model (a folder by its last component), never a server path; the
+    app shows it as is.
+    """
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,12 @@ def resolve_model(name: str | None = None) -> CatalogEntry:
             f"unknown model {_short(name)}; known: {', '.join(CATALOG)} "
             "(set ALLOW_ANY_MODEL=1 to load another hub id or folder)"
         )
+    if Path(name).suffix.lower() in PICKLE_SUFFIXES + (".safetensors",) or Path(name).expanduser().is_file():
+        # from_pretrained would only say "neither a valid local path nor a valid repo id"
+        raise UnsafeModelError(
+            f"refusing {_short(Path(name).name)}: single-file checkpoints are not loaded (.ckpt/.bin/.pt files are "
+            "pickles, which can run code when loaded); give a diffusers folder or hub id with safetensors weights"
+        )
     local = Path(name).expanduser().is_dir()
     source = str(Path(name).expanduser().resolve()) if local else name
     return CatalogEntry(name, source, "a model outside the catalog (ALLOW_ANY_MODEL=1)", local=local)
@@ -134,7 +149,7 @@ def check_local_folder(folder: str | Path) -> Path:
 
     Raises:
         FileNotFoundError: the folder or its `model_index.json` does not exist.
-        ValueError: no .safetensors weights, or a component folder whose weights are only pickles.
+        UnsafeModelError: no .safetensors weights, or a component folder whose weights are only pickles.
     """
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
@@ -144,13 +159,13 @@ def check_local_folder(folder: str | Path) -> Path:
         )
     files = [p for p in folder.rglob("*") if p.is_file()]
     if not any(p.suffix == ".safetensors" for p in files):
-        raise ValueError(f"refusing {folder.name}: it has no .safetensors weights")
+        raise UnsafeModelError(f"refusing {folder.name}: it has no .safetensors weights")
     # Per component folder (unet/, vae/, ...): pickles without a safetensors twin are refused, naming it.
     pickled = sorted({p.parent for p in files if p.suffix in PICKLE_SUFFIXES})
     unsafe = [d for d in pickled if not any(q.suffix == ".safetensors" for q in d.iterdir())]
     if unsafe:
         names = ", ".join(str(d.relative_to(folder)) or "." for d in unsafe[:4])
-        raise ValueError(
+        raise UnsafeModelError(
             f"refusing {folder.name}: {names} has only pickled weights (.bin/.ckpt/.pt), which can run code when "
             "loaded; convert them to safetensors first"
         )
@@ -169,7 +184,8 @@ def load_pipeline(name: str | None = None, device: str | None = None, dtype: tor
         `(pipeline, ModelInfo)`; the pipeline's progress bar is off and its modules are in eval mode.
 
     Raises:
-        ValueError: unknown name, pickle-only folder.
+        ValueError: unknown name.
+        UnsafeModelError: a single-file checkpoint, a pickle-only folder, or a model that ships custom code.
         FileNotFoundError: a local model that has not been built.
     """
     from diffusers import DiffusionPipeline  # heavy import, kept out of `import compression.models`
@@ -183,9 +199,19 @@ def load_pipeline(name: str | None = None, device: str | None = None, dtype: tor
     if entry.tiny:
         # The toy model only draws coloured shapes: no NSFW filter to run (and none was trained for it).
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipe = DiffusionPipeline.from_pretrained(
-        entry.source, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs
-    )
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            entry.source, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs
+        )
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        # diffusers refuses (before importing anything) and names the file with its full path: say it plainly.
+        raise UnsafeModelError(
+            f"refusing {_short(Path(entry.name).name or entry.name)}: it ships custom code (a pipeline or component "
+            "class in a .py file) that would run when loaded; only diffusers' and transformers' own classes are "
+            "loaded (trust_remote_code is never set)"
+        ) from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():
