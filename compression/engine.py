@@ -57,6 +57,14 @@ MIN_SIZE, MAX_SIZE = 8, 1024  # pixels; 1024x1024 on an SD 1.5 UNet is already p
 MAX_SEED = 2**32 - 1
 BASELINE_CACHE_SIZE = 64
 
+# A pipeline's tokenizer (a Rust `tokenizers` backend in transformers 5) stores its padding and truncation settings
+# in the backend object and resets them on every call: while one thread encodes a prompt padded to 77 tokens,
+# another thread's call with other settings (`_truncated` counts tokens unpadded) can make it return the 12
+# unpadded ids, which changes the prompt embeddings and so both images of that request (seen in
+# tests/test_reliability.py). Every use of a tokenizer here holds this lock: one for all engines, because several
+# engines share one pipeline (the app's Compare and Sweep engines). Tokenizing and encoding take milliseconds.
+_TOKENIZER_LOCK = threading.Lock()
+
 # progress(fraction in [0, 1], description)
 Progress = Callable[[float, str], None]
 
@@ -428,7 +436,8 @@ class Engine:
 
     def _truncated(self, text: str) -> bool:
         tok = self.pipeline.tokenizer
-        return len(tok(text, truncation=False).input_ids) > tok.model_max_length
+        with _TOKENIZER_LOCK:
+            return len(tok(text, truncation=False).input_ids) > tok.model_max_length
 
     @torch.no_grad()
     def _draw(self, unet: nn.Module, embeds, seed: int, steps: int, guidance: float, height: int, width: int,
@@ -541,7 +550,7 @@ class Engine:
                 self._baselines.move_to_end(base_key)
 
         pipe = self.pipeline
-        with torch.no_grad():
+        with torch.no_grad(), _TOKENIZER_LOCK:
             embeds = pipe.encode_prompt(prompt, self.device, 1, guidance > 1.0, negative_prompt or None)
         baseline_cached = baseline is not None
         if baseline is None:
@@ -623,9 +632,9 @@ class Engine:
         entry, cached = self.compress(spec)
         pipe = self._variant(entry.unet)
         cfg = guidance > 1.0
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            list(prompts), self.device, 1, cfg, [negative_prompt] * len(prompts) if cfg and negative_prompt else None
-        )
+        negatives = [negative_prompt] * len(prompts) if cfg and negative_prompt else None
+        with _TOKENIZER_LOCK:
+            prompt_embeds, negative_embeds = pipe.encode_prompt(list(prompts), self.device, 1, cfg, negatives)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
