@@ -4,6 +4,7 @@
     python -m compression.bench --quick                # the embedded tiny model only, end to end in seconds
     python -m compression.bench --model sd15 --settings fp32,bf16,struct-30 --threads 1 --repeats 5
     python -m compression.bench --device cuda          # GPU: fp16 baseline, int8 dynamic, fp8, 2:4, structured
+    bash compression/gpu_bench.sh                      # the prepared GPU run (writes bench_cuda.json)
 
 Models: the embedded tiny pipeline's UNet (`assets/tiny-shapes-sd`) and a random-weight UNet built from the
 SD 1.5 UNet config (`assets/configs/sd15_unet_config.json`, 859.5M parameters; speed does not depend on weight
@@ -12,7 +13,8 @@ values, except through sparsity, which dense kernels ignore anyway).
 For every setting, in one process, with a fixed thread count:
 
 - **compression time**: wall time of `Engine.compress(spec)` on a cache miss (building the copy, pruning,
-  quantizing, and measuring its cost: everything a user waits for before drawing starts), and of a cache hit;
+  quantizing, and measuring its cost: everything a user waits for before drawing starts), and of a cache hit
+  (median of 21);
 - **UNet bytes, parameters, MACs**: bytes from the stored tensors (int8/uint8 data + scales), parameters
   counted, MACs counted on the meta device (one forward, batch 2);
 - **step latency**: one UNet forward with classifier-free guidance's batch of 2 (64x64 latent for SD 1.5, the
@@ -62,6 +64,7 @@ RESULTS_DIR = REPO_ROOT / "assets" / "results"
 CPU_RESULTS = RESULTS_DIR / "bench_cpu.json"
 STRUCTURED_TARGET = 0.30  # the structured settings remove about this share of the UNet's parameters
 STRUCTURED_METHOD = "l1-structured-channels"
+HITS = 21  # cache hits timed per setting (median reported, max kept)
 SD15_PARAMS = 859_520_964
 
 # The issue's targets on a CPU, SD-1.5-sized UNet, as ratios to fp32 measured in the same run.
@@ -271,9 +274,23 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
 
 
+def _compiled(unet: nn.Module, model: BenchModel) -> tuple[nn.Module, float]:
+    """`torch.compile(unet)` and the wall time of its first (compiling) call."""
+    compiled = torch.compile(unet)
+    start = time.perf_counter()
+    model.step(compiled)()
+    if model.sample.device.type == "cuda":
+        torch.cuda.synchronize()
+    return compiled, time.perf_counter() - start
+
+
 def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup: int,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Benchmark every setting on one model; returns the JSON-ready block of this model."""
+                log: Callable[[str], None] = print, compile: bool = False) -> dict[str, Any]:
+    """Benchmark every setting on one model; returns the JSON-ready block of this model.
+
+    With `compile`, the baseline and every setting run under `torch.compile` (inductor); the first call's
+    time is reported apart as `compile_s` and is not part of the step latency or the compression time.
+    """
     device = next(model.unet.parameters()).device
     cuda = device.type == "cuda"
     engine = Engine(types.SimpleNamespace(unet=model.unet), f"bench-{model.name}", cache_size=1,
@@ -285,7 +302,13 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
     log(f"[{model.name}] {model.description}: {base_cost.params / 1e6:.1f}M parameters, "
         f"{base_cost.bytes / 2**20:.0f} MiB, {base_macs / 1e9 if base_macs else float('nan'):.1f} GMAC/step; "
         f"structured amount {amount:.2f} of channels removes {removed / base_cost.params:.1%} of parameters")
-    base_step = model.step(model.unet)
+    base_compile_s = None
+    if compile:
+        base_unet, base_compile_s = _compiled(model.unet, model)
+        log(f"  baseline compiled in {base_compile_s:.1f} s")
+    else:
+        base_unet = model.unet
+    base_step = model.step(base_unet)
     metrics.measure_latency(base_step, warmup=max(1, warmup), repeats=1, device=device)  # first-use costs
     rows: list[dict[str, Any]] = []
     base_times: list[float] = []
@@ -315,9 +338,12 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start
             peak = _status_bytes("VmHWM") if peak_ok else None
-            start = time.perf_counter()
-            _, hit = engine.compress(spec)
-            hit_s = time.perf_counter() - start
+            hits = []
+            for _ in range(HITS):  # the median of many: one may land on a garbage-collector pause
+                start = time.perf_counter()
+                _, hit = engine.compress(spec)
+                hits.append(time.perf_counter() - start)
+            hit_s = statistics.median(hits)
             cost = entry.cost
             report = entry.prune_report
             row.update(
@@ -326,6 +352,7 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
                 build_s=entry.seconds,
                 cost_s=entry.cost_seconds,
                 cache_hit_ms=1000 * hit_s if hit else None,
+                cache_hit_max_ms=1000 * max(hits),
                 bytes=cost.bytes,
                 params=cost.params,
                 sparsity=cost.sparsity,
@@ -339,8 +366,12 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
                            scope_sparsity=report.sparsity)
             row["macs"] = (base_macs if spec.is_identity else
                            count_macs(entry.unet, model.sample, model.timestep, encoder_hidden_states=model.hidden))
-            lat = metrics.measure_latency_interleaved({"base": base_step, "this": model.step(entry.unet)},
+            step_unet = entry.unet
+            if compile:
+                step_unet, row["compile_s"] = _compiled(entry.unet, model)
+            lat = metrics.measure_latency_interleaved({"base": base_step, "this": model.step(step_unet)},
                                                       warmup, repeats, device)
+            del step_unet
             base_times.extend(lat["base"].times_s)
             row.update(step_ms=1000 * lat["this"].median_s, step_ms_ci=[1000 * lat["this"].ci_low_s,
                                                                          1000 * lat["this"].ci_high_s],
@@ -379,8 +410,9 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
         "model": model.name,
         "description": model.description,
         "device": str(device),
+        "compiled": compile,
         "baseline": {"bytes": base_cost.bytes, "params": base_cost.params, "macs": base_macs,
-                     "step_ms": 1000 * base_step_s if base_step_s else None,
+                     "step_ms": 1000 * base_step_s if base_step_s else None, "compile_s": base_compile_s,
                      "step_rounds": len(base_times), "dtype": str(next(model.unet.parameters()).dtype)},
         "structured": {"method": STRUCTURED_METHOD, "amount": amount, "channels_before": ch_before,
                        "channels_after": ch_after, "params_removed": removed / base_cost.params,
@@ -518,6 +550,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each side first (default 1)")
     p.add_argument("--out", help="JSON path (default assets/results/bench_<device>.json; --quick: none)")
     p.add_argument("--quick", action="store_true", help="tiny model, a few settings, 2 rounds: seconds")
+    p.add_argument("--compile", action="store_true", help="run the baseline and every setting under torch.compile "
+                   "(compile time reported apart; minutes per setting on a CPU, where it rarely pays)")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -544,6 +578,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "threads": args.threads,
+        "compiled": args.compile,
         "repeats": repeats,
         "warmup": warmup,
         "targets": TARGETS,
@@ -551,7 +586,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for name in models:
         model = tiny_model(device, dtype) if name == "tiny" else sd15_model(device, dtype)
-        block = bench_model(model, [known[k] for k in keys], repeats, warmup)
+        block = bench_model(model, [known[k] for k in keys], repeats, warmup, compile=args.compile)
         if name == "sd15" and device.type == "cpu":
             block["targets"] = evaluate_targets(block)
         results["models"].append(block)

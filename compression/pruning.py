@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .scratch import scratch
+
 MAX_AMOUNT = 0.95  # past this a UNet draws noise; 1.0 would zero every weight of the scope.
 CHUNK = 1 << 20  # elements scored at a time: 1M float32 = 4 MiB per temporary (stays in cache and in the
 # malloc heap; 16 MiB chunks fragmented the heap to +160 MiB peak on a 512 MiB model)
@@ -153,6 +155,14 @@ def scope_layers(module: nn.Module, scope: str = "all") -> list[tuple[str, nn.Mo
 
 # --------------------------------------------------------------------------------------------- plans
 
+# (shape, dtype) -> an uninitialised tensor to write a pruned parameter into.
+Alloc = Callable[[tuple, torch.dtype], torch.Tensor]
+
+
+def _fresh(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 
 class PrunePlan:
     """What a pruning method will do to a module, decided once from a read-only source module.
@@ -170,13 +180,16 @@ class PrunePlan:
     #: Zero weights over the scope once pruned, when the plan knows it without counting (else None).
     zeros: int | None = None
 
-    def tensor(self, layer: str, name: str, src: torch.Tensor) -> torch.Tensor | None:
+    def tensor(self, layer: str, name: str, src: torch.Tensor, alloc: Alloc | None = None) -> torch.Tensor | None:
         """The pruned version of parameter `name` of layer `layer`, as a NEW tensor, or None to keep `src`.
 
         Args:
             layer (`str`): the layer's qualified name in the module (`"down_blocks.0.resnets.0.conv1"`).
             name (`str`): the parameter's name in that layer (`"weight"`, `"bias"`).
             src (`torch.Tensor`): the source parameter (never written to).
+            alloc (`Callable[[tuple[int, ...], torch.dtype], torch.Tensor]`, *optional*): where the result
+                goes (the engine hands a reusable work buffer when the result is quantized right away and then
+                dropped); fresh memory by default.
         """
         return None
 
@@ -213,9 +226,11 @@ SAMPLE = 1 << 20  # scores sampled to bracket the k-th smallest one before the s
 
 
 def _l1_scores(index: int, weight: torch.Tensor) -> Iterator[torch.Tensor]:
+    # Each chunk is written into the same work buffer: a consumer is done with it before asking for the next.
     flat = weight.detach().reshape(-1)
     for start in range(0, flat.numel(), CHUNK):
-        yield flat[start : start + CHUNK].float().abs()
+        chunk = flat[start : start + CHUNK]
+        yield torch.abs(chunk, out=scratch(chunk.numel(), torch.float32, chunk.device, slot=10))
 
 
 def _l1_sample(index: int, weight: torch.Tensor, step: int) -> torch.Tensor:
@@ -229,7 +244,8 @@ def _random_scorer(seed: int) -> Scorer:
         gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + index)
         n = weight.numel()
         for start in range(0, n, CHUNK):
-            yield torch.rand(min(CHUNK, n - start), generator=gen).to(weight.device)
+            m = min(CHUNK, n - start)
+            yield torch.rand(m, generator=gen, out=scratch(m, torch.float32, "cpu", slot=10)).to(weight.device)
 
     return scores
 
@@ -289,8 +305,10 @@ def _count_below_and_gather(s: torch.Tensor, lo: float, hi: float) -> tuple[int,
     hardshrink (zeroes scores <= its lambda) and sums signs; the gather keeps a slightly wider open interval
     with one comparison, then filters the few survivors exactly.
     """
+    work = scratch(s.numel(), torch.float32, s.device, slot=11)
     if lo > 0:
-        above = F.hardshrink(s, math.nextafter(lo, 0.0)).sign_().sum()  # scores >= lo (NaN poisons the sum)
+        # scores >= lo (hardshrink zeroes those <= its lambda); NaN poisons the sum: count those exactly then
+        above = torch.ops.aten.hardshrink.out(s, math.nextafter(lo, 0.0), out=work).sign_().sum()
         above = int(above) if bool(torch.isfinite(above)) else int((s >= lo).sum()) + int(s.isnan().sum())
         below = s.numel() - above
     else:
@@ -301,7 +319,9 @@ def _count_below_and_gather(s: torch.Tensor, lo: float, hi: float) -> tuple[int,
         wide = s[s >= lo]
     else:
         mid, half = (lo + hi) / 2, (hi - lo) / 2
-        wide = s[(s - mid).abs_() <= half * (1 + 1e-5) + 1e-30]
+        mask = torch.le(torch.sub(s, mid, out=work).abs_(), half * (1 + 1e-5) + 1e-30,
+                        out=scratch(s.numel(), torch.bool, s.device, slot=12))
+        wide = s[mask]
     return below, wide[(wide >= lo) & (wide < hi)]
 
 
@@ -389,16 +409,17 @@ class _MaskPlan(PrunePlan):
         self.l1 = l1  # scores are |w|: one fused hardshrink does the zeroing
         self.zeros = zeros
 
-    def tensor(self, layer: str, name: str, src: torch.Tensor) -> torch.Tensor | None:
+    def tensor(self, layer: str, name: str, src: torch.Tensor, alloc: Alloc | None = None) -> torch.Tensor | None:
         if name != "weight" or layer not in self.layers:
             return None
         index, threshold, ties = self.layers[layer]
+        out = alloc(src.shape, src.dtype) if alloc is not None else _fresh(src.shape, src.dtype, src.device)
         if self.l1 and src.dtype == torch.float32 and threshold > 0:
             # hardshrink zeroes |w| <= lambda, so lambda = the float just below the threshold zeroes |w| < it,
             # in one pass that writes the copy (NaN stays, as in the scores).
-            out = F.hardshrink(src, math.nextafter(threshold, 0.0))
+            torch.ops.aten.hardshrink.out(src, math.nextafter(threshold, 0.0), out=out)
         else:
-            out = src.clone()
+            out.copy_(src)
             flat = out.view(-1)
             start = 0
             for s in self.scorer(index, src):
@@ -497,6 +518,7 @@ class _ChannelPlan(PrunePlan):
         self.p = p
         self.slices: dict[tuple[str, str], tuple[int, torch.Tensor]] = {}  # (layer, param) -> (dim, kept)
         self.attrs: dict[str, dict[str, int]] = {}  # layer -> attribute -> new value
+        self.module_attrs: dict[str, dict[str, int]] = {}  # the same for modules without tensors (Attention)
         self.units = 0
         self.channels_before = 0
         self.channels_after = 0
@@ -549,12 +571,41 @@ class _ChannelPlan(PrunePlan):
         self.channels_before += hidden
         self.channels_after += keep.numel()
 
-    def tensor(self, layer: str, name: str, src: torch.Tensor) -> torch.Tensor | None:
+    def add_attention(self, prefix: str, attn: nn.Module) -> None:
+        heads, inner = attn.heads, attn.to_q.out_features
+        width = inner // heads
+        parts = [(attn.to_q.weight, 0), (attn.to_k.weight, 0), (attn.to_v.weight, 0), (attn.to_out[0].weight, 1)]
+        per_head = _group_scores(parts, inner, self.p).view(heads, width).sum(dim=1)
+        kept_heads = per_head.topk(max(1, round((1 - self.amount) * heads))).indices.sort().values
+        keep = (kept_heads[:, None] * width + torch.arange(width)).flatten()
+        for proj in ("to_q", "to_k", "to_v"):
+            self._cut(f"{prefix}.{proj}", "weight", 0, keep)
+            self._cut(f"{prefix}.{proj}", "bias", 0, keep)
+            self.attrs[f"{prefix}.{proj}"] = {"out_features": keep.numel()}
+        self._cut(f"{prefix}.to_out.0", "weight", 1, keep)
+        self.attrs[f"{prefix}.to_out.0"] = {"in_features": keep.numel()}
+        # The processor splits q/k/v by `heads`; the head width (and so the softmax scale) stays as it was.
+        self.module_attrs[prefix] = {"heads": kept_heads.numel(), "inner_dim": keep.numel(),
+                                     "inner_kv_dim": keep.numel()}
+        self.units += 1
+        self.channels_before += inner
+        self.channels_after += keep.numel()
+
+    def finish_(self, module: nn.Module) -> None:
+        for name, attrs in self.module_attrs.items():  # modules that hold no tensor of their own
+            target = module.get_submodule(name)
+            for attr, value in attrs.items():
+                setattr(target, attr, value)
+
+    def tensor(self, layer: str, name: str, src: torch.Tensor, alloc: Alloc | None = None) -> torch.Tensor | None:
         cut = self.slices.get((layer, name))
         if cut is None:
             return None
         dim, keep = cut
-        return src.index_select(dim, keep.to(src.device))
+        shape = list(src.shape)
+        shape[dim] = keep.numel()
+        out = alloc(tuple(shape), src.dtype) if alloc is not None else _fresh(tuple(shape), src.dtype, src.device)
+        return torch.index_select(src, dim, keep.to(src.device), out=out)
 
     def fix_(self, layer: str, module: nn.Module) -> None:
         for attr, value in self.attrs.get(layer, {}).items():
@@ -562,12 +613,24 @@ class _ChannelPlan(PrunePlan):
 
 
 _FF_ACTIVATIONS = ("GEGLU", "SwiGLU", "GELU", "ApproximateGELU", "LinearActivation")
+_HEAD_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # they split q/k/v by `attn.heads`, nothing else
 
 
-def _channel_units(module: nn.Module, scope: str) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
-    """The ResNet blocks and feed-forwards whose channels the scope covers (by their first layer)."""
+def _head_prunable(attn: nn.Module) -> bool:
+    # diffusers' Attention with plain q/k/v/out Linears and a processor that only reads `heads`: no added
+    # k/v projections, no per-head norms, as many k/v heads as query heads.
+    return (type(getattr(attn, "processor", None)).__name__ in _HEAD_PROCESSORS
+            and all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("to_q", "to_k", "to_v"))
+            and isinstance(getattr(attn, "to_out", [None])[0], nn.Linear)
+            and getattr(attn, "add_k_proj", None) is None and getattr(attn, "norm_q", None) is None
+            and getattr(attn, "norm_k", None) is None and attn.to_q.out_features == attn.to_k.out_features
+            and attn.heads > 1 and attn.to_q.out_features % attn.heads == 0)
+
+
+def _channel_units(module: nn.Module, scope: str) -> tuple[list, list, list]:
+    """The ResNet blocks, feed-forwards and attention layers whose channels the scope covers (by first layer)."""
     names = {n for n, _ in scope_layers(module, scope)}
-    resnets, ffs = [], []
+    resnets, ffs, attns = [], [], []
     for prefix, sub in module.named_modules():
         kind = type(sub).__name__
         if kind == "ResnetBlock2D" and f"{prefix}.conv1" in names and isinstance(sub.conv1, nn.Conv2d):
@@ -575,17 +638,19 @@ def _channel_units(module: nn.Module, scope: str) -> tuple[list[tuple[str, nn.Mo
         elif (kind == "FeedForward" and len(sub.net) >= 3 and type(sub.net[0]).__name__ in _FF_ACTIVATIONS
               and f"{prefix}.net.0.proj" in names and isinstance(sub.net[2], nn.Linear)):
             ffs.append((prefix, sub))
-    return resnets, ffs
+        elif kind == "Attention" and f"{prefix}.to_q" in names and _head_prunable(sub):
+            attns.append((prefix, sub))
+    return resnets, ffs, attns
 
 
 def _channel_planner(p: int) -> Callable[[nn.Module, float, str, int], PrunePlan]:
     def plan(module: nn.Module, amount: float, scope: str, seed: int) -> PrunePlan:
-        resnets, ffs = _channel_units(module, scope)
-        if not resnets and not ffs:
+        resnets, ffs, attns = _channel_units(module, scope)
+        if not resnets and not ffs and not attns:
             raise ValueError(
                 f"pruning scope {scope!r} holds no channels that structured pruning removes (it takes the inner "
-                "channels of ResNet blocks and the hidden width of transformer feed-forwards); use all, no-io, "
-                "resnet, attention, feed-forward, down, mid or up"
+                "channels of ResNet blocks, the hidden width of transformer feed-forwards and attention heads); "
+                "use all, no-io, resnet, attention, self-attention, cross-attention, feed-forward, down, mid or up"
             )
         result = _ChannelPlan(amount, p)
         with torch.no_grad():
@@ -593,6 +658,8 @@ def _channel_planner(p: int) -> Callable[[nn.Module, float, str, int], PrunePlan
                 result.add_resnet(prefix, block)
             for prefix, ff in ffs:
                 result.add_feed_forward(prefix, ff)
+            for prefix, attn in attns:
+                result.add_attention(prefix, attn)
         return result
 
     return plan
@@ -610,7 +677,7 @@ def structured_size(module: nn.Module, amount: float, scope: str = "all") -> tup
         amount (`float`): fraction of channels to remove, 0.0 to `MAX_AMOUNT`.
         scope (`str`, defaults to `"all"`): a key of `SCOPES`.
     """
-    resnets, ffs = _channel_units(module, scope)
+    resnets, ffs, attns = _channel_units(module, scope)
     removed = before = after = 0
     for _, b in resnets:
         c = b.conv1.out_channels
@@ -631,6 +698,13 @@ def structured_size(module: nn.Module, amount: float, scope: str = "all") -> tup
         per_channel = (proj.out_features // hidden) * (proj.in_features + (proj.bias is not None)) + out.out_features
         removed += per_channel * (hidden - keep)
         before, after = before + hidden, after + keep
+    for _, attn in attns:
+        inner, heads = attn.to_q.out_features, attn.heads
+        keep = max(1, round((1 - amount) * heads)) * (inner // heads)
+        per_channel = sum(p.in_features + (p.bias is not None) for p in (attn.to_q, attn.to_k, attn.to_v))
+        per_channel += attn.to_out[0].out_features
+        removed += per_channel * (inner - keep)
+        before, after = before + inner, after + keep
     return removed, before, after
 
 
@@ -658,10 +732,11 @@ class _TwoFourPlan(PrunePlan):
         self.sparse_layers = 0  # converted to the GPU's compressed 2:4 format by finish_
         self.dense_layers = 0  # masked but left dense (shape or dtype the sparse kernels do not take)
 
-    def tensor(self, layer: str, name: str, src: torch.Tensor) -> torch.Tensor | None:
+    def tensor(self, layer: str, name: str, src: torch.Tensor, alloc: Alloc | None = None) -> torch.Tensor | None:
         if name != "weight" or layer not in self.layers:
             return None
-        return src * two_of_four_mask(src)
+        out = alloc(src.shape, src.dtype) if alloc is not None else _fresh(src.shape, src.dtype, src.device)
+        return torch.mul(src, two_of_four_mask(src), out=out)
 
     def finish_(self, module: nn.Module) -> None:
         from torch.sparse import to_sparse_semi_structured
@@ -751,11 +826,11 @@ class Pruner:
 
 _STRUCTURED_TEXT = (
     "Remove whole channels, so layers really shrink (fewer parameters and MACs, faster on any hardware): the "
-    "amount is the fraction of the inner channels of every ResNet block (conv1 outputs = conv2 inputs, with "
-    "norm2 and the time projection; the same number in each GroupNorm group) and of the hidden width of every "
-    "transformer feed-forward that are removed, ranked by the {norm} norm of their weights. Parameters shrink "
-    "by about 0.77x the amount on SD 1.5 (attention, shortcuts and I/O layers keep their width); measured "
-    "parameters are reported."
+    "amount is the fraction removed of the inner channels of every ResNet block (conv1 outputs = conv2 inputs, "
+    "with norm2 and the time projection; the same number in each GroupNorm group), of the hidden width of "
+    "every transformer feed-forward and of the heads of every attention layer, ranked by the {norm} norm of "
+    "their weights. Parameters shrink by about 0.88x the amount on SD 1.5 (shortcuts, up/down-samplers, "
+    "proj_in/out and I/O layers keep their width); measured parameters are reported."
 )
 
 PRUNERS: dict[str, Pruner] = {
