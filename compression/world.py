@@ -176,31 +176,64 @@ def _nearest_colour(rgb: np.ndarray) -> str:
     return _PALETTE_NAMES[int(np.argmin(((_PALETTE - rgb) ** 2).sum(-1)))]
 
 
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a boolean mask (a stray pixel must not stretch the bounding box)."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    best, best_size, current = 0, 0, 0
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if labels[y0, x0]:
+            continue
+        current += 1
+        labels[y0, x0] = current
+        stack, size = [(y0, x0)], 0
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = current
+                    stack.append((ny, nx))
+        if size > best_size:
+            best, best_size = current, size
+    return labels == best
+
+
 def judge_image(image: np.ndarray | Image.Image) -> dict[str, str | None]:
     """Read background, shape colour, position and shape class from a 64x64 image.
 
-    background = nearest palette colour to the median of the 2-pixel border; the shape = pixels further than a
-    fixed distance from the background colour; its colour = nearest palette colour to their median; position =
-    nearest nominal centre to their bounding-box centre; shape class from the fill ratio of their bounding box (square ~1,
-    circle ~pi/4, triangle ~1/2). An attribute that cannot be read (no shape pixels) is None.
+    background = nearest palette colour to the median of the 2-pixel border; shape colour = nearest other
+    palette colour to the median of the pixels far from the background (more than half the closest palette
+    distance); the shape = the largest connected region of pixels nearer the shape colour than the background
+    (a half-way edge, so a slightly blurred image keeps the shape's area); position = nearest nominal centre to
+    its bounding-box centre; shape class: a triangle (pointing up) holds about a quarter of its area in the top
+    half of its box, circles and squares half; then the fill ratio of the box tells square (1) from circle (pi/4).
+    An attribute that cannot be read (no shape pixels) is None.
     """
     x = np.asarray(image, dtype=np.float32)
     if x.shape != (SIZE, SIZE, 3):
         raise ValueError(f"expected a {SIZE}x{SIZE} RGB image, got shape {x.shape}")
     border = np.concatenate([x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[:, :2].reshape(-1, 3), x[:, -2:].reshape(-1, 3)])
-    bg_rgb = np.median(border, axis=0)
-    background = _nearest_colour(bg_rgb)
-    distance = np.sqrt(((x - _PALETTE[_PALETTE_NAMES.index(background)]) ** 2).sum(-1))
-    mask = distance > 35.0  # half the closest palette pair (orange-yellow, 71)
+    background = _nearest_colour(np.median(border, axis=0))
+    bg_rgb = _PALETTE[_PALETTE_NAMES.index(background)]
+    far = np.sqrt(((x - bg_rgb) ** 2).sum(-1)) > 35.0  # half the closest palette pair (orange-yellow, 71)
     result: dict[str, str | None] = {"background": background, "colour": None, "position": None, "shape": None}
-    if mask.sum() < 20:  # no shape drawn (a 14-px triangle still covers ~90 px)
+    if far.sum() < 20:  # no shape drawn (a 14-px triangle still covers ~90 px)
         return result
-    result["colour"] = _nearest_colour(np.median(x[mask], axis=0))
+    others = [i for i, name in enumerate(_PALETTE_NAMES) if name != background]
+    median = np.median(x[far], axis=0)
+    colour_index = others[int(np.argmin(((_PALETTE[others] - median) ** 2).sum(-1)))]
+    result["colour"] = _PALETTE_NAMES[colour_index]
+    nearer_shape = ((x - _PALETTE[colour_index]) ** 2).sum(-1) < ((x - bg_rgb) ** 2).sum(-1)
+    mask = _largest_component(nearer_shape)
     ys, xs = np.nonzero(mask)
     # The bounding-box centre, not the centroid: a triangle's centroid sits a third of its height low.
     y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
     box_centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
     result["position"] = _POSITION_NAMES[int(np.argmin(((_POSITION_CENTRES - box_centre) ** 2).sum(-1)))]
-    fill = mask.sum() / ((x1 - x0 + 1) * (y1 - y0 + 1))
-    result["shape"] = "square" if fill > 0.89 else "circle" if fill > 0.64 else "triangle"
+    box = mask[y0 : y1 + 1, x0 : x1 + 1]
+    half = box.shape[0] // 2
+    # An upright triangle holds a quarter of its area in the top half of its box; circles and squares half.
+    top_share = box[:half].sum() / max(1, box[:half].sum() + box[box.shape[0] - half :].sum())
+    fill = box.mean()
+    result["shape"] = "triangle" if top_share < 0.38 else "square" if fill > 0.88 else "circle"
     return result
