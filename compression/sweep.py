@@ -60,7 +60,7 @@ MAX_CELLS = 64
 MAX_IMAGES_PER_CELL = 5000
 MAX_TOTAL_IMAGES = 100_000
 SEED_STRIDE = 100_003  # > MAX_IMAGES_PER_CELL: image seeds of different seed values never collide
-METRICS_VERSION = 1  # bump when a metric's definition changes: finished cells are then recomputed
+METRICS_VERSION = 2  # bump when a metric's definition changes: finished cells are then recomputed
 REAL_SETTING = charts.REAL_SETTING  # rows measuring real images (the ceiling / floor a perfect model would reach)
 
 Progress = Callable[[float, str], None]
@@ -640,6 +640,10 @@ def run_sweep(
                                                                   f"of {latency_repeats} after {latency_warmup} warm-up"))
             est.append(metrics.speedup_estimate(lat["base"], lat["this"], n_boot))
         base_cost = engine.baseline_cost
+        macs = _unet_macs(engine, spec, height, width)
+        if macs is not None:
+            est.append(metrics.exact_estimate("UNet MACs", macs / 1e9, "GMAC", False,
+                                              note="one UNet forward at batch 1, counted on the meta device"))
         est += [
             metrics.exact_estimate("UNet size", cost.bytes / 2**20, "MB", False,
                                    note=f"baseline {base_cost.bytes / 2**20:.2f} MB"),
@@ -682,6 +686,20 @@ def run_sweep(
         _write_json(out / "summary.json", summary)
         write_report(table, summary, out, plotlyjs)
     return SweepResult(table, summary, out, computed, skipped)
+
+
+def _unet_macs(engine, spec: CompressionSpec, height: int, width: int) -> int | None:
+    """Multiply-accumulates of one UNet forward (batch 1) of this setting: structured pruning lowers them,
+    masked zeros do not. None where the UNet cannot be counted on the meta device."""
+    from .cost import count_macs
+
+    unet = engine.compress(spec)[0].unet
+    cfg = unet.config
+    scale = int(engine.pipeline.vae_scale_factor)
+    sample = torch.zeros(1, cfg.in_channels, height // scale, width // scale)
+    text = engine.pipeline.text_encoder.config
+    hidden = torch.zeros(1, int(getattr(engine.pipeline.tokenizer, "model_max_length", 77)), int(text.hidden_size))
+    return count_macs(unet, sample, torch.tensor(500), encoder_hidden_states=hidden)
 
 
 def _save_strip(images: Sequence[np.ndarray], path: Path) -> None:
@@ -807,8 +825,8 @@ def paired_difference(out_dir: str | Path, label_a: str, label_b: str, column: s
 
 def _quality_metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
     """(metric, reference) pairs to chart, KID before FD when N is below the FD-meaningful N."""
-    q = table[~table["metric"].isin(["latency", "speed-up", "UNet size", "parameters", "non-zero parameters",
-                                     "sparsity", "scope sparsity",
+    q = table[~table["metric"].isin(["latency", "speed-up", "UNet size", "UNet MACs", "parameters",
+                                     "non-zero parameters", "sparsity", "scope sparsity",
                                      "compression time", "non-finite images"]) & (table["setting"] != REAL_SETTING)]
     pairs = list(dict.fromkeys(zip(q["metric"], q["reference"].fillna(""))))
     fd_unreliable = q[q["metric"].str.startswith("FD-")]["note"].fillna("").str.len().gt(0).any()
@@ -845,7 +863,7 @@ def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
     figs.append(("UNet size", charts.cost_bars(table, "UNet size")))
     if qm:
         metric, ref = qm[0]
-        for cost in ("UNet size", "non-zero parameters", "latency"):
+        for cost in ("UNet size", "non-zero parameters", "UNet MACs", "latency"):
             values = table[(table["metric"] == cost) & (table["setting"] != REAL_SETTING)]["value"].astype(float)
             # A cost that no setting changes (masked pruning leaves the size as it is) has no front to show.
             if len(values) > 1 and values.max() > 1.02 * values.min():

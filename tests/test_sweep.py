@@ -88,7 +88,7 @@ def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_pat
     assert set(table["setting"]) == {"baseline", "L1 50%", sweep.REAL_SETTING}
     metrics_of = set(table[table["setting"] == "L1 50%"]["metric"])
     assert {"CLIP score (rand)", "accuracy: all", "PSNR", "SSIM", "FD-rand", "KID-rand", "latency", "UNet size",
-            "sparsity", "non-finite images", "speed-up"} <= metrics_of
+            "sparsity", "non-finite images", "speed-up", "UNet MACs"} <= metrics_of
     quality = table[table["reference"].isin(["baseline", "real", "prompt"]) & (table["metric"] != "speed-up")]
     assert (quality["n"] == 4).all()  # every aggregate says how many images it stands on
     finite = quality.dropna(subset=["value", "ci_low", "ci_high"])
