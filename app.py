@@ -445,15 +445,23 @@ def _sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, 
     req = svc.parse_sweep(LAB, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps,
                           guidance, latency_repeats)
     loaded = LAB.get(req.model)
-    progress(0.0, desc=f"{len(req.specs)} settings x {len(req.prompts)} prompts")
-    res = run_sweep(loaded.sweep_engine, req.specs, req.prompts, (0,), steps=req.steps, guidance=req.guidance,
-                    metric_set=loaded.metric_set, out_dir=svc.sweep_dir(loaded.name, loaded.fingerprint),
-                    latency_repeats=req.latency_repeats, progress=svc.progress_adapter(progress), show_bar=False,
-                    max_cells=svc.MAX_SWEEP_SETTINGS, n_boot=svc.SWEEP_BOOTSTRAP)
+    out_dir = svc.sweep_dir(loaded.name, loaded.fingerprint)
+    lock = svc.sweep_lock(out_dir)
+    if not lock.acquire(blocking=False):
+        progress(0.0, desc="waiting for another sweep of this model to finish")
+        lock.acquire()
+    try:  # one sweep per work folder at a time (svc.sweep_lock): the report copied below is this sweep's
+        progress(0.0, desc=f"{len(req.specs)} settings x {len(req.prompts)} prompts")
+        res = run_sweep(loaded.sweep_engine, req.specs, req.prompts, (0,), steps=req.steps, guidance=req.guidance,
+                        metric_set=loaded.metric_set, out_dir=out_dir, latency_repeats=req.latency_repeats,
+                        progress=svc.progress_adapter(progress), show_bar=False, max_cells=svc.MAX_SWEEP_SETTINGS,
+                        n_boot=svc.SWEEP_BOOTSTRAP)
+        report = svc.download_path("sweep-report", ".html")
+        shutil.copyfile(res.out_dir / "report.html", report)
+    finally:
+        lock.release()
     table = res.table
     csv = svc.write_download(table, "sweep")
-    report = svc.download_path("sweep-report", ".html")
-    shutil.copyfile(res.out_dir / "report.html", report)
     figures = sweep_figures(table, req.layer_study)
     nonfinite = table[(table["metric"] == "non-finite images") & (table["value"] > 0)]
     for r in nonfinite.itertuples():

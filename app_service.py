@@ -578,6 +578,22 @@ def sweep_dir(model: str, fingerprint: str) -> Path:
     return SWEEP_DIR / f"{safe}-{fingerprint}"
 
 
+_SWEEP_LOCKS: dict[str, threading.Lock] = {}
+_SWEEP_LOCKS_GUARD = threading.Lock()
+
+
+def sweep_lock(folder: Path) -> threading.Lock:
+    """The lock of one sweep work folder: sweeps in the same folder take turns.
+
+    With APP_MODEL_CONCURRENCY > 1 two sweeps of one model could run at once; they would write the same
+    memory-mapped baseline file (one truncating it under the other), the same results.csv and report.html (a
+    visitor could download the other sweep's report), and share the model's sweep engine, whose cache holds one
+    UNet. With the default concurrency of 1 the lock is always free.
+    """
+    with _SWEEP_LOCKS_GUARD:
+        return _SWEEP_LOCKS.setdefault(str(Path(folder).resolve()), threading.Lock())
+
+
 # ------------------------------------------------------------------------------------------ pictures
 
 
