@@ -180,6 +180,7 @@ def _attempts(downloads: Path, sweeps: Path) -> list[str]:
         paths += [route + t for t in targets]
     paths += [
         "/gradio_api/file=%2Fetc%2Fpasswd",
+        "/gradio_api/file=" + app_py.replace("/", "%2F"),
         "/gradio_api/file=%252Fetc%252Fpasswd",
         "/gradio_api/file=..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd",
         "/gradio_api/file=%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
@@ -220,7 +221,7 @@ def test_path_traversal_gets_no_file(lab_app):
     assert status == 200 and body.startswith(b"\x89PNG")
 
     attempts = _attempts(downloads, sweeps)
-    assert len(attempts) >= 50
+    assert len(attempts) >= 60
     served = []
     for path in attempts:
         status, body = raw_get(url, path)
