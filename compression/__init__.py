@@ -7,7 +7,10 @@ The library behind the app; it never imports gradio. Main entry points:
   the registries, each entry with a description and `available(device) -> (ok, reason)`;
 - `module_cost` (cost.py): real bytes, parameters and measured sparsity of a module;
 - `CATALOG` / `load_pipeline` (models.py): the models and the one safe loader;
-- `Engine` (engine.py): baseline + cached compressed UNets -> `generate_pair(...)` -> `PairResult`.
+- `Engine` (engine.py): baseline + cached compressed UNets -> `generate_pair(...)` -> `PairResult`;
+  `build_compressed` makes a compressed copy layer by layer;
+- `count_macs` (cost.py), `structured_size` (pruning.py): measured MACs, and what a structured amount means in
+  parameters; `compression.bench` measures speed and memory (`load_results`/`results_frame` for charts).
 
 Example:
     >>> from compression import CompressionSpec, Engine, load_pipeline
@@ -17,10 +20,11 @@ Example:
     ...                          CompressionSpec(prune_amount=0.3, quant_mode="int8-weight"))
 """
 
-from .cost import ModuleCost, module_bytes, module_cost, param_count, weight_sparsity
-from .engine import CompressedUNet, Engine, PairResult, state_dict_digest
+from .cost import ModuleCost, count_macs, module_bytes, module_cost, param_count, weight_sparsity
+from .engine import CompressedUNet, Engine, PairResult, build_compressed, state_dict_digest
 from .models import CATALOG, ModelInfo, load_pipeline, resolve_model
-from .pruning import PRUNERS, SCOPES, PruneReport, apply_pruning_, available_pruners, get_pruner, scope_layers
+from .pruning import (PRUNERS, SCOPES, PrunePlan, PruneReport, apply_pruning_, available_pruners, get_pruner,
+                      scope_layers, structured_size)
 from .quantization import QUANT_MODES, apply_quantization_, available_quant_modes, get_quant_mode
 from .spec import CompressionSpec
 
@@ -35,11 +39,14 @@ __all__ = [
     "ModelInfo",
     "ModuleCost",
     "PairResult",
+    "PrunePlan",
     "PruneReport",
     "apply_pruning_",
     "apply_quantization_",
     "available_pruners",
     "available_quant_modes",
+    "build_compressed",
+    "count_macs",
     "get_pruner",
     "get_quant_mode",
     "load_pipeline",
@@ -49,5 +56,6 @@ __all__ = [
     "resolve_model",
     "scope_layers",
     "state_dict_digest",
+    "structured_size",
     "weight_sparsity",
 ]

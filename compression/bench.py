@@ -36,7 +36,6 @@ import ctypes
 import datetime as _dt
 import gc
 import json
-import math
 import os
 import platform
 import re
@@ -52,7 +51,7 @@ import torch
 from torch import nn
 
 from . import metrics
-from .cost import count_macs, module_cost
+from .cost import count_macs
 from .engine import Engine
 from .pruning import PRUNERS, structured_size
 from .quantization import QUANT_MODES
@@ -416,8 +415,9 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
                      "step_rounds": len(base_times), "dtype": str(next(model.unet.parameters()).dtype)},
         "structured": {"method": STRUCTURED_METHOD, "amount": amount, "channels_before": ch_before,
                        "channels_after": ch_after, "params_removed": removed / base_cost.params,
-                       "meaning": "amount = fraction of the inner channels of every ResNet block and of the hidden "
-                                  "width of every transformer feed-forward that are removed"},
+                       "meaning": "amount = fraction removed of the inner channels of every ResNet block, of the "
+                                  "hidden width of every transformer feed-forward and of the heads of every "
+                                  "attention layer"},
         "rows": rows,
     }
 
@@ -550,9 +550,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each side first (default 1)")
     p.add_argument("--out", help="JSON path (default assets/results/bench_<device>.json; --quick: none)")
     p.add_argument("--quick", action="store_true", help="tiny model, a few settings, 2 rounds: seconds")
+    p.add_argument("--show", metavar="JSON", help="print the tables (text and Markdown) and targets of a results "
+                   "file written earlier, run nothing")
     p.add_argument("--compile", action="store_true", help="run the baseline and every setting under torch.compile "
                    "(compile time reported apart; minutes per setting on a CPU, where it rarely pays)")
     args = p.parse_args(argv)
+    if args.show:
+        shown = load_results(args.show)
+        for block in shown["models"]:
+            print(format_table(block), "", markdown_table(block), "", sep="\n")
+            for t in block.get("targets", []):
+                value = "-" if t["measured"] is None else f"{t['measured']:.3f}"
+                verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+                print(f"- {t['target']}: {value} (limit {t['limit']}) {verdict} {t['detail']}")
+        return shown
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

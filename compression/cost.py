@@ -56,8 +56,10 @@ def param_count(module: nn.Module) -> int:
 
 def _dense(weight: torch.Tensor) -> torch.Tensor:
     # Quantized weights: count zeros of what the kernels compute with (int8 symmetric keeps zeros exactly;
-    # an asymmetric int4 grid may not, and that loss of sparsity is real).
-    return weight.dequantize() if type(weight) not in (torch.Tensor, nn.Parameter) else weight
+    # an asymmetric int4 grid may not, and that loss of sparsity is real). Sparse GPU formats (2:4) densify.
+    if type(weight) in (torch.Tensor, nn.Parameter):
+        return weight
+    return weight.dequantize() if hasattr(weight, "dequantize") else weight.to_dense()
 
 
 def _zeros(weight: torch.Tensor) -> int:
