@@ -39,7 +39,9 @@ from reliability_tools import GUIDANCE, STEPS, Watcher, digests, redraw, redraw_
 
 pytestmark = [pytest.mark.load,
               pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*",
-                                         "ignore:.*:Warning:gradio.queueing")]
+                                         "ignore:.*:Warning:gradio.queueing",
+                                         # gc.get_objects() meets torch's deprecated module attribute
+                                         "ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning")]
 
 CLIENTS = 8
 PER_CLIENT = 25  # 14 random + 10 repeated + 1 sweep
@@ -54,7 +56,7 @@ REPEATED = [  # (prompt, seed, spec): drawn again and again by every session
 SWEEPS = [[0, 30], [0, 60]]  # prune percentages; L1, fp32, 2 prompts
 REQUEST_TIMEOUT_S = 120
 LOAD_BOUND_S = 300  # ~90 s on 2 shared CPU cores; the bound catches a hang or a serialisation gone wrong
-MEMORY_MARGIN = 192 * 2**20  # measured: 30-95 MB of growth after malloc_trim over this load, from heap
+MEMORY_MARGIN = 192 * 2**20  # measured: 30-130 MB of growth after malloc_trim over this load, from heap
 # fragmentation by UNets of ever-changing shapes (structured pruning; without it the level stays flat) and the 9
 # sessions' state. A UNet leaked per random request would add 112 x 10.7 MB = 1.2 GB; an image kept per request
 # is caught by the count of live images.
