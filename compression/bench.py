@@ -568,7 +568,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda needs a CUDA GPU")
-    torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     dtype = torch.float16 if device.type == "cuda" else torch.float32  # models.py's policy for baselines
     models = ["tiny"] if args.quick else (["tiny", "sd15"] if args.model == "both" else [args.model])
     known = {s.key: s for s in SETTINGS}
@@ -584,6 +585,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repeats, warmup = (2, 1) if args.quick else (args.repeats, args.warmup)
     out = None if args.quick and not args.out else Path(args.out or RESULTS_DIR / f"bench_{device.type}.json")
 
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # fixed for the whole run; given back after (tests call main())
+    try:
+        return _run(args, device, dtype, models, [known[k] for k in keys], repeats, warmup, out, argv)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, models: list[str],
+         settings: list[Setting], repeats: int, warmup: int, out: Path | None, argv: list[str] | None
+         ) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": "python -m compression.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -597,7 +609,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for name in models:
         model = tiny_model(device, dtype) if name == "tiny" else sd15_model(device, dtype)
-        block = bench_model(model, [known[k] for k in keys], repeats, warmup, compile=args.compile)
+        block = bench_model(model, settings, repeats, warmup, compile=args.compile)
         if name == "sd15" and device.type == "cpu":
             block["targets"] = evaluate_targets(block)
         results["models"].append(block)

@@ -25,6 +25,9 @@ def quick(tmp_path_factory):
 def test_quick_runs_end_to_end_in_under_a_minute(quick):
     results, out, seconds = quick
     assert seconds < 60, f"--quick took {seconds:.0f} s"
+    import torch
+
+    assert torch.get_num_threads() == 1  # conftest's setting, given back after the run
     assert json.loads(out.read_text()) == json.loads(json.dumps(results, default=str))
     assert results["threads"] == 1 and results["machine"]["torch"] and results["command"].startswith("python -m")
     (block,) = results["models"]
@@ -88,9 +91,15 @@ def test_targets_are_judged_from_the_rows():
     assert got["int4-weight bytes"]["met"] is None  # not measured is not "met"
 
 
-def test_unknown_setting_is_refused():
+def test_unknown_setting_is_refused_and_threads_are_given_back():
+    # main() sets the thread count for its run only: a refused call (default --threads 2) or a finished run must
+    # leave the caller's setting alone (2 threads on this shared 2-core box made every later test ~5x slower).
+    import torch
+
+    threads = torch.get_num_threads()
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--settings", "int3"])
+    assert torch.get_num_threads() == threads
 
 
 def test_the_committed_cpu_results_load_if_present():
