@@ -455,7 +455,7 @@ class Engine:
     def _draw(self, unet: nn.Module, embeds, seed: int, steps: int, guidance: float, height: int, width: int,
               progress: Progress | None, span: tuple[float, float], what: str) -> _Drawn:
         pipe = self._variant(unet)
-        prompt_embeds, negative_embeds = embeds
+        prompt_embeds = embeds[0]
         lo, hi = span
 
         def on_step(p, i, t, kwargs):
@@ -463,6 +463,15 @@ class Engine:
                 progress(lo + (hi - lo) * (i + 1) / steps, f"{what}: step {i + 1}/{steps}")
             return {}
 
+        latents, seconds = self._denoise(pipe, embeds, torch.Generator("cpu").manual_seed(seed), steps, guidance,
+                                         height, width, on_step)
+        images, nonfinite, nsfw = self._decode(pipe, latents, prompt_embeds.dtype)
+        return _Drawn(Image.fromarray(images[0]), seconds, bool(nonfinite[0]), bool(nsfw[0]))
+
+    def _denoise(self, pipe, embeds, generator, steps: int, guidance: float, height: int, width: int,
+                 on_step=None) -> tuple[torch.Tensor, float]:
+        """Run the denoising loop alone (prompts already encoded, no VAE decode) and time it."""
+        prompt_embeds, negative_embeds = embeds
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -473,25 +482,33 @@ class Engine:
             guidance_scale=guidance,
             height=height,
             width=width,
-            generator=torch.Generator("cpu").manual_seed(seed),
+            generator=generator,
             output_type="latent",
             callback_on_step_end=on_step,
         ).images
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        return latents, time.perf_counter() - start
 
-        nonfinite = not bool(torch.isfinite(latents).all())
+    @torch.no_grad()
+    def _decode(self, pipe, latents: torch.Tensor, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Latents -> uint8 images (n, H, W, 3), with per-image non-finite and NSFW flags.
+
+        Non-finite latents or pixels would become 0 (black) in the uint8 conversion anyway; they are made
+        black explicitly and flagged, so callers report them instead of scoring a silent black image.
+        """
+        n = len(latents)
+        nonfinite = ~torch.isfinite(latents.reshape(n, -1)).all(1).cpu().numpy()
         vae = pipe.vae
-        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        image, nsfw = pipe.run_safety_checker(image, self.device, prompt_embeds.dtype)
-        nsfw_flag = bool(nsfw[0]) if nsfw is not None else False
-        array = pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[not nsfw_flag])[0]
-        nonfinite = nonfinite or not bool(np.isfinite(array).all())
-        # NaN would become 0 (black) in the uint8 conversion anyway; make it explicit and report it.
-        array = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0)
-        pil = Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
-        return _Drawn(pil, seconds, nonfinite, nsfw_flag)
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        decoded, nsfw = pipe.run_safety_checker(decoded, self.device, dtype)
+        nsfw = np.array([bool(x) for x in nsfw], dtype=bool) if nsfw is not None else np.zeros(n, bool)
+        arrays = pipe.image_processor.postprocess(decoded, output_type="np", do_denormalize=[not x for x in nsfw])
+        nonfinite |= ~np.isfinite(arrays.reshape(n, -1)).all(1)
+        arrays = np.nan_to_num(arrays, nan=0.0, posinf=1.0, neginf=0.0)
+        images = (arrays * 255).round().clip(0, 255).astype(np.uint8)
+        images[nonfinite] = 0
+        return images, nonfinite, nsfw
 
     def validate(self, prompt, seed, steps, guidance, negative_prompt, height, width) -> tuple[int, int]:
         """Check `generate_pair`'s arguments; returns the resolved (height, width).
@@ -647,32 +664,9 @@ class Engine:
         negatives = [negative_prompt] * len(prompts) if cfg and negative_prompt else None
         with _TOKENIZER_LOCK:
             prompt_embeds, negative_embeds = pipe.encode_prompt(list(prompts), self.device, 1, cfg, negatives)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        latents = pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=height,
-            width=width,
-            generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
-            output_type="latent",
-        ).images
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-
-        nonfinite = ~torch.isfinite(latents.reshape(len(latents), -1)).all(1).cpu().numpy()
-        vae = pipe.vae
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        decoded, nsfw = pipe.run_safety_checker(decoded, self.device, prompt_embeds.dtype)
-        nsfw = np.array([bool(x) for x in nsfw], dtype=bool) if nsfw is not None else np.zeros(len(seeds), bool)
-        arrays = pipe.image_processor.postprocess(decoded, output_type="np", do_denormalize=[not x for x in nsfw])
-        nonfinite |= ~np.isfinite(arrays.reshape(len(arrays), -1)).all(1)
-        arrays = np.nan_to_num(arrays, nan=0.0, posinf=1.0, neginf=0.0)
-        images = (arrays * 255).round().clip(0, 255).astype(np.uint8)
-        images[nonfinite] = 0  # shown black, as generate_pair does, and flagged
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        latents, seconds = self._denoise(pipe, (prompt_embeds, negative_embeds), generators, steps, guidance,
+                                         height, width)
+        images, nonfinite, nsfw = self._decode(pipe, latents, prompt_embeds.dtype)
         return BatchResult(images, nonfinite, nsfw, seconds, spec, entry.cost, entry.prune_report,
                            0.0 if cached else entry.seconds)
