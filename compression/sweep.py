@@ -75,7 +75,8 @@ PRESETS: dict[str, dict] = {
                               scope="down,mid,up,resnet,attention,self-attention,cross-attention,feed-forward,projection"),
     # Every CPU quantization mode alone and on top of 30% L1 pruning.
     "quantization": dict(prune="0,30", method="l1-unstructured", scope="all",
-                         quant="fp32,bf16,int8-weight,int8-dynamic,int4-weight,simulated-int:8,simulated-int:4"),
+                         quant="fp32,bf16,int8-weight,bf16+int8-weight,int8-dynamic,int4-weight,"
+                               "simulated-int:8,simulated-int:4"),
 }
 
 
