@@ -438,7 +438,8 @@ def frechet_distance_features(reference: np.ndarray, generated: np.ndarray) -> f
     fid = _fd_metric(ref.shape[1])
     fid.update(ref, real=True)
     fid.update(gen, real=False)
-    return float(fid.compute())
+    # A squared distance: eigenvalue round-off gives -1e-5 for identical sets, which a table should not show.
+    return max(0.0, float(fid.compute()))
 
 
 def kid_features(reference: np.ndarray, generated: np.ndarray) -> float:
@@ -525,7 +526,7 @@ def distance_estimates(reference: np.ndarray, generated: np.ndarray, feature_nam
         fd_boot[b] = float(metric.compute())
     q_lo, q_hi = _percentile_interval(fd_boot)
     centre = float(np.median(fd_boot))
-    fd_lo, fd_hi = fd - (centre - q_lo), fd + (q_hi - centre)
+    fd_lo, fd_hi = max(0.0, fd - (centre - q_lo)), fd + (q_hi - centre)
 
     weights = torch.from_numpy(np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64))
     kid_lo, kid_hi = _percentile_interval(_kid_bootstrap(ref, gen, weights))
