@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--clip-steps", type=int, default=1000)
+    p.add_argument("--clip-steps", type=int, default=2500)
     p.add_argument("--unet-steps", type=int, default=12000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--sample-every", type=int, default=1000)
