@@ -81,12 +81,13 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, notes: Seque
         title=dict(text=title, x=0.01, xanchor="left", font=dict(size=16)),
         template="plotly_white",
         font=FONT,
-        legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, xanchor="left"),
-        margin=dict(l=70, r=20, t=60, b=110 + 18 * len(notes)),
+        # Legend above the plot: below it, it collided with rotated tick labels and the x-axis title.
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, xanchor="left"),
+        margin=dict(l=70, r=20, t=90, b=110 + 18 * len(notes)),
         hovermode="closest",
     )
     for i, note in enumerate(notes):
-        fig.add_annotation(text=html.escape(note), xref="paper", yref="paper", x=0, y=-0.33 - 0.07 * i,
+        fig.add_annotation(text=html.escape(note), xref="paper", yref="paper", x=0, y=-0.37 - 0.07 * i,
                            showarrow=False, xanchor="left", align="left", font=dict(size=11, color="#555"))
     return fig
 
@@ -312,6 +313,13 @@ def _front_labels(part: pd.DataFrame) -> list[str]:
     return labels
 
 
+def _away_from_edges(x: pd.Series, all_x: pd.Series) -> list[str]:
+    """Label positions that grow into the plot: right of points in the left half, left of the others
+    (centred labels on the outermost points were cut off by the figure's edge)."""
+    mid = (float(all_x.min()) + float(all_x.max())) / 2
+    return ["top right" if float(v) <= mid else "top left" for v in x]
+
+
 def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str = "UNet size",
                         reference: str | None = None, title: str | None = None) -> go.Figure:
     """Quality against cost, one point per setting, the Pareto front highlighted and joined.
@@ -347,7 +355,8 @@ def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str 
                    arrayminus=(part["value"] - part["ci_low"]).clip(lower=0), color=colour, thickness=1)
         fig.add_trace(go.Scatter(
             x=part["value_cost"], y=part["value"], mode="lines+markers+text" if on_front else "markers",
-            name=f"{name} ({len(part)})", text=_front_labels(part) if on_front else None, textposition="top center",
+            name=f"{name} ({len(part)})", text=_front_labels(part) if on_front else None,
+            textposition=_away_from_edges(part["value_cost"], merged["value_cost"]),
             line=dict(color=colour, dash="dot") if on_front else None, marker=dict(color=colour, size=9),
             error_y=err, customdata=np.stack([part["setting"], part["n"]], axis=1),
             hovertemplate="%{customdata[0]}<br>cost %{x:.4g}<br>quality %{y:.4g} (N=%{customdata[1]})<extra></extra>"))
