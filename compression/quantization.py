@@ -608,6 +608,23 @@ def get_quant_mode(mode: str) -> QuantMode:
         raise ValueError(f"unknown quantization mode {text}; known: {', '.join(QUANT_MODES)}") from None
 
 
+def prepare_int4_kernels() -> str | None:
+    """Build optimum-quanto's C++ int4 unpacking kernel now; return None when it is ready, else why not.
+
+    quanto compiles it on first use (torch.utils.cpp_extension, into its package folder, once per install):
+    ~35 s on 2 cores, and the first int4-weight compression on a fresh install was measured at 53 s. The app
+    calls this in the background at startup so that no visitor's first int4 request pays it. Needs a C++
+    compiler; without one int4-weight fails with quanto's build error, which this reports.
+    """
+    try:
+        with _quiet_backend_import():
+            import optimum.quanto  # noqa: F401  (registers torch.ops.quanto)
+        torch.ops.quanto.unpack(torch.zeros(2, 2, dtype=torch.uint8), 4)
+    except Exception as err:  # a failed build raises many types (OSError, RuntimeError, CalledProcessError)
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
 def available_quant_modes(device: torch.device | str = "cpu") -> list[str]:
     """Names of the modes that can run on `device`, in registry order (what the UI offers)."""
     return [name for name, q in QUANT_MODES.items() if q.available(device)[0]]

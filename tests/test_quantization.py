@@ -152,3 +152,12 @@ def test_registry_entries_describe_themselves(mode):
     assert q.name == mode and len(q.description) > 20
     if not q.real_gain:
         assert "no speed or memory gain" in q.description
+
+
+def test_int4_kernels_can_be_prepared_ahead_and_then_unpack():
+    # The app builds quanto's C++ unpacker at startup (a first int4 request on a fresh install took 53 s).
+    from compression.quantization import prepare_int4_kernels
+
+    assert prepare_int4_kernels() is None
+    packed = torch.tensor([[0x21, 0x43]], dtype=torch.uint8)  # two 4-bit values per byte, low nibble first
+    assert torch.ops.quanto.unpack(packed, 4).tolist() == [[1, 3], [2, 4]]
