@@ -297,9 +297,7 @@ def sweep_figures(table: pd.DataFrame, layer_study: bool) -> list:
     figs.append(charts.quality_cost_pareto(table, quality, "UNet size", ref) if quality
                 else charts.empty_figure("No quality metric for a Pareto chart."))
     if layer_study and quality:
-        parts = table[table["prune_scope"] != "all"]
-        # taller: its bar labels are long and slanted, and the note sits under them
-        figs.append(charts.layer_sensitivity(parts, quality, ref).update_layout(height=680))
+        figs.append(charts.layer_sensitivity(table, quality, ref))
     else:
         figs.append(charts.empty_figure("Choose the layer-sensitivity study to fill this chart."))
     for fig in figs:

@@ -380,7 +380,9 @@ def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = Non
     "hurts most" can be read per weight removed, not only in total.
     """
     rows = _select(df, metric, reference)
-    rows = rows[rows["prune_amount"] > 0] if len(rows) else rows
+    # Bars: settings that prune one part; whole-UNet settings in the same table are left out, and the unpruned
+    # fp32 baseline is the reference line.
+    rows = rows[(rows["prune_amount"] > 0) & (rows["prune_scope"] != "all")] if len(rows) else rows
     if rows.empty:
         return empty_figure(f"No layer-sensitivity results for {metric} yet.")
     sparsity = _select(df, "sparsity", None)[["setting", "value"]].rename(columns={"value": "unet_sparsity"})
@@ -389,26 +391,29 @@ def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = Non
     # The most harmful part first: lowest quality when higher is better, highest distance otherwise.
     rows = rows.merge(sparsity, on="setting", how="left").sort_values("value", ascending=higher)
     unit = str(rows["unit"].dropna().iloc[0]) if rows["unit"].notna().any() else ""
-    labels = [f"{s} ({u:.1f}% of UNet weights zeroed)" if np.isfinite(u) else str(s)
+    labels = [f"{s} ({u:.1f}% of weights)" if np.isfinite(u) else str(s)
               for s, u in zip(rows["prune_scope"], rows["unet_sparsity"].astype(float))]
+    # Horizontal bars, the most harmful part on top: the scope labels are long and read level, not rotated.
     fig = go.Figure(go.Bar(
-        x=labels, y=rows["value"], marker_color=PALETTE[2],
-        error_y=dict(type="data", array=(rows["ci_high"] - rows["value"]).clip(lower=0),
+        y=labels, x=rows["value"], orientation="h", marker_color=PALETTE[2],
+        error_x=dict(type="data", array=(rows["ci_high"] - rows["value"]).clip(lower=0),
                      arrayminus=(rows["value"] - rows["ci_low"]).clip(lower=0)),
         customdata=np.stack([rows["setting"], rows["n"]], axis=1),
-        hovertemplate="%{customdata[0]}<br>%{y:.4g} (N=%{customdata[1]})<extra></extra>", showlegend=False))
+        hovertemplate="%{customdata[0]}<br>%{x:.4g} (N=%{customdata[1]})<extra></extra>", showlegend=False))
+    fig.update_yaxes(autorange="reversed", automargin=True)
     base = _select(df, metric, reference)
-    base = base[(base["prune_amount"] == 0) & (base["quant_mode"] == "fp32")]
+    base = base[(base["prune_amount"].fillna(-1) == 0) & (base["quant_mode"] == "fp32")]
     if not base.empty:
         b = float(base["value"].iloc[0])
-        fig.add_hline(y=b, line=dict(color="#333", dash="dash", width=1), annotation_text=f"baseline {b:.4g}",
-                      annotation_position="top left")
+        fig.add_vline(x=b, line=dict(color="#333", dash="dash", width=1), annotation_text=f"unpruned {b:.4g}",
+                      annotation_position="top")
     amounts = sorted({round(float(a) * 100) for a in rows["prune_amount"]})
     methods = ", ".join(sorted(rows["prune_method"].astype(str).unique()))
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
     title = title or (f"Layer sensitivity: {metric}{ref_text} with {'/'.join(map(str, amounts))}% of one part pruned "
                       f"({methods}, {_n_text(rows['n'])})")
-    return _layout(fig, title, "pruned part of the UNet (scope)", axis_title(metric, unit, reference or ""), _notes(rows))
+    fig = _layout(fig, title, axis_title(metric, unit, reference or ""), "", _notes(rows))
+    return fig.update_layout(height=max(420, 120 + 38 * len(rows)))
 
 
 # ------------------------------------------------------------------------------ the app's history charts

@@ -858,7 +858,7 @@ def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
     if scopes:
         for metric, ref in qm[:4]:
             figs.append((f"Layer sensitivity: {metric}" + (f" vs {ref}" if ref not in ("", "prompt") else ""),
-                         charts.layer_sensitivity(table[table["prune_scope"] != "all"], metric, ref)))
+                         charts.layer_sensitivity(table, metric, ref)))
     figs.append(("Latency", charts.cost_bars(table, "latency")))
     figs.append(("Speed-up over the baseline", charts.cost_bars(table, "speed-up")))
     figs.append(("UNet size", charts.cost_bars(table, "UNet size")))

@@ -106,10 +106,12 @@ def test_layer_sensitivity_bars_carry_the_share_of_weights():
         s = f"L1 50% ({scope})"
         rows += [_row(s, 0.5, "l1-unstructured", "accuracy: all", acc, "prompt", "%", scope=scope, higher=True),
                  _row(s, 0.5, "l1-unstructured", "sparsity", share, unit="%", n=1, ci=0, scope=scope)]
+    # A whole-UNet setting in the same table (scope "all") is not one of the parts: no bar for it.
+    rows.append(_row("L1 50%", 0.5, "l1-unstructured", "accuracy: all", 60, "prompt", "%", higher=True))
     fig = charts.layer_sensitivity(pd.DataFrame(rows), "accuracy: all", "prompt")
-    labels = list(fig.data[0].x)
-    assert labels[0].startswith("up (28.6% of UNet weights zeroed)")  # the most harmful part first
-    assert "baseline 95" in _texts(fig) and "50%" in fig.layout.title.text
+    labels = list(fig.data[0].y)  # horizontal bars
+    assert labels == ["up (28.6% of weights)", "down (10.8% of weights)", "projection (1.7% of weights)"]
+    assert "unpruned 95" in _texts(fig) and "50%" in fig.layout.title.text
 
 
 def test_history_charts_from_pair_rows():
