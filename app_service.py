@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 
 from compression import CATALOG, SCOPES, CompressionSpec, Engine, available_pruners, available_quant_modes
 from compression.models import DEFAULT_MODEL, UnsafeModelError, default_device, load_pipeline, resolve_model
-from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES, prepare_int4_kernels
+from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
 
 log = logging.getLogger("dcl.app")
 
@@ -312,17 +312,6 @@ class Lab:
                 model.judge.clip_score(np.zeros((1, *model.native, 3), np.uint8), ["warm up"])
             model.engine.clear_cache()
             self.warm_seconds = time.perf_counter() - started
-            if "int4-weight" in available_quant_modes(model.engine.device):
-                threading.Thread(target=_prepare_int4, name="int4-kernels", daemon=True).start()
-
-
-def _prepare_int4() -> None:
-    started = time.perf_counter()
-    problem = prepare_int4_kernels()
-    if problem:
-        log.warning("int4-weight kernels could not be built (%s): int4 requests will fail", problem)
-    else:
-        log.info("int4-weight kernels ready in %.1f s", time.perf_counter() - started)
 
 
 def _load_failure(name: str, err: Exception) -> str:

@@ -65,6 +65,30 @@ def _quiet_backend_import():
             lg.setLevel(level)
 
 
+def _unpack_in_torch(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """quanto's unpacking of 2/4-bit values from uint8 (low bits first, stacked along dim 0), in torch ops."""
+    parts = [(packed & (2 ** (bits * (i + 1)) - 1)) >> (bits * i) for i in range(8 // bits)]
+    return torch.cat(parts).to(torch.uint8)
+
+
+_QUANTO_CPU_LIB = None
+
+
+def _use_torch_unpack_on_cpu() -> None:
+    """Route `quanto::unpack` on CPU to `_unpack_in_torch` instead of quanto's C++ extension.
+
+    quanto compiles that extension on first use (torch.utils.cpp_extension, into its package folder): ~35-50 s
+    on 2 cores, a C++ compiler required, and a build killed midway (a restarted Space, a test's server
+    subprocess) leaves a lock file behind on which every later int4 request waits forever -- CI hung on exactly
+    that. The same six tensor ops run in microseconds per layer, so the lab never builds it.
+    """
+    global _QUANTO_CPU_LIB
+    if _QUANTO_CPU_LIB is None:
+        lib = torch.library.Library("quanto", "IMPL")
+        lib.impl("unpack", _unpack_in_torch, "CPU", allow_override=True)
+        _QUANTO_CPU_LIB = lib  # kept alive: the registration is dropped with the Library object
+
+
 @functools.lru_cache(maxsize=None)
 def _quanto():
     # Imported once: the per-layer paths would otherwise pay the logging-level dance for every layer
@@ -88,6 +112,7 @@ def _quanto():
         def forward(self, input: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.linear(input, self.weight.dequantize(), self.bias)
 
+    _use_torch_unpack_on_cpu()
     return types.SimpleNamespace(qint4=qint4, qint8=qint8, quantize_module=quantize_module,
                                  WeightQBytesTensor=WeightQBytesTensor, WeightQBitsTensor=WeightQBitsTensor,
                                  PackedTensor=PackedTensor, QLinear=QLinear, DequantQLinear=DequantQLinear)
@@ -606,23 +631,6 @@ def get_quant_mode(mode: str) -> QuantMode:
         text = repr(mode)
         text = text if len(text) <= 40 else text[:37] + "..."
         raise ValueError(f"unknown quantization mode {text}; known: {', '.join(QUANT_MODES)}") from None
-
-
-def prepare_int4_kernels() -> str | None:
-    """Build optimum-quanto's C++ int4 unpacking kernel now; return None when it is ready, else why not.
-
-    quanto compiles it on first use (torch.utils.cpp_extension, into its package folder, once per install):
-    ~35 s on 2 cores, and the first int4-weight compression on a fresh install was measured at 53 s. The app
-    calls this in the background at startup so that no visitor's first int4 request pays it. Needs a C++
-    compiler; without one int4-weight fails with quanto's build error, which this reports.
-    """
-    try:
-        with _quiet_backend_import():
-            import optimum.quanto  # noqa: F401  (registers torch.ops.quanto)
-        torch.ops.quanto.unpack(torch.zeros(2, 2, dtype=torch.uint8), 4)
-    except Exception as err:  # a failed build raises many types (OSError, RuntimeError, CalledProcessError)
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    return None
 
 
 def available_quant_modes(device: torch.device | str = "cpu") -> list[str]:
