@@ -1,6 +1,6 @@
 """Train the embedded default model and its metric CLIP from scratch, on the shapes world, on a CPU.
 
-    python -m tinyworld.train                    # everything (~2-3 h on a 2-core CPU); writes assets/
+    python -m tinyworld.train                    # everything (~95 min on an idle 2-core CPU); writes assets/
     python -m tinyworld.train --stages unet      # one stage again (reuses the others' checkpoints)
 
 Stages, in order (each writes a checkpoint under --work, so a later stage can be rerun alone):
