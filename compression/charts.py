@@ -402,7 +402,7 @@ def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = Non
         hovertemplate="%{customdata[0]}<br>%{x:.4g} (N=%{customdata[1]})<extra></extra>", showlegend=False))
     fig.update_yaxes(autorange="reversed", automargin=True)
     base = _select(df, metric, reference)
-    base = base[(base["prune_amount"].fillna(-1) == 0) & (base["quant_mode"] == "fp32")]
+    base = base[(base["prune_amount"] == 0) & (base["quant_mode"] == "fp32")]
     if not base.empty:
         b = float(base["value"].iloc[0])
         fig.add_vline(x=b, line=dict(color="#333", dash="dash", width=1), annotation_text=f"unpruned {b:.4g}",

@@ -71,22 +71,18 @@ def _unpack_in_torch(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.cat(parts).to(torch.uint8)
 
 
-_QUANTO_CPU_LIB = None
-
-
-def _use_torch_unpack_on_cpu() -> None:
+def _torch_unpack_on_cpu() -> torch.library.Library:
     """Route `quanto::unpack` on CPU to `_unpack_in_torch` instead of quanto's C++ extension.
 
     quanto compiles that extension on first use (torch.utils.cpp_extension, into its package folder): ~35-50 s
     on 2 cores, a C++ compiler required, and a build killed midway (a restarted Space, a test's server
     subprocess) leaves a lock file behind on which every later int4 request waits forever -- CI hung on exactly
-    that. The same six tensor ops run in microseconds per layer, so the lab never builds it.
+    that. The same six tensor ops run in microseconds per layer, so the lab never builds it. The registration
+    lives as long as the returned Library: `_quanto()` (cached, so called once) keeps it.
     """
-    global _QUANTO_CPU_LIB
-    if _QUANTO_CPU_LIB is None:
-        lib = torch.library.Library("quanto", "IMPL")
-        lib.impl("unpack", _unpack_in_torch, "CPU", allow_override=True)
-        _QUANTO_CPU_LIB = lib  # kept alive: the registration is dropped with the Library object
+    lib = torch.library.Library("quanto", "IMPL")
+    lib.impl("unpack", _unpack_in_torch, "CPU", allow_override=True)
+    return lib
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,10 +108,10 @@ def _quanto():
         def forward(self, input: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.linear(input, self.weight.dequantize(), self.bias)
 
-    _use_torch_unpack_on_cpu()
-    return types.SimpleNamespace(qint4=qint4, qint8=qint8, quantize_module=quantize_module,
-                                 WeightQBytesTensor=WeightQBytesTensor, WeightQBitsTensor=WeightQBitsTensor,
-                                 PackedTensor=PackedTensor, QLinear=QLinear, DequantQLinear=DequantQLinear)
+    return types.SimpleNamespace(unpack_lib=_torch_unpack_on_cpu(), qint4=qint4, qint8=qint8,
+                                 quantize_module=quantize_module, WeightQBytesTensor=WeightQBytesTensor,
+                                 WeightQBitsTensor=WeightQBitsTensor, PackedTensor=PackedTensor, QLinear=QLinear,
+                                 DequantQLinear=DequantQLinear)
 
 
 @functools.lru_cache(maxsize=None)
