@@ -391,8 +391,12 @@ def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = Non
     # The most harmful part first: lowest quality when higher is better, highest distance otherwise.
     rows = rows.merge(sparsity, on="setting", how="left").sort_values("value", ascending=higher)
     unit = str(rows["unit"].dropna().iloc[0]) if rows["unit"].notna().any() else ""
-    labels = [f"{s} ({u:.1f}% of weights)" if np.isfinite(u) else str(s)
-              for s, u in zip(rows["prune_scope"], rows["unet_sparsity"].astype(float))]
+    amounts = sorted({round(float(a) * 100) for a in rows["prune_amount"]})
+    # With several amounts in one study each part appears once per amount: the label says which.
+    parts = [f"{s} at {round(float(a) * 100)}%" if len(amounts) > 1 else str(s)
+             for s, a in zip(rows["prune_scope"], rows["prune_amount"])]
+    labels = [f"{p} ({u:.1f}% of weights)" if np.isfinite(u) else p
+              for p, u in zip(parts, rows["unet_sparsity"].astype(float))]
     # Horizontal bars, the most harmful part on top: the scope labels are long and read level, not rotated.
     fig = go.Figure(go.Bar(
         y=labels, x=rows["value"], orientation="h", marker_color=PALETTE[2],
@@ -407,7 +411,6 @@ def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = Non
         b = float(base["value"].iloc[0])
         fig.add_vline(x=b, line=dict(color="#333", dash="dash", width=1), annotation_text=f"unpruned {b:.4g}",
                       annotation_position="top")
-    amounts = sorted({round(float(a) * 100) for a in rows["prune_amount"]})
     methods = ", ".join(sorted(rows["prune_method"].astype(str).unique()))
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
     title = title or (f"Layer sensitivity: {metric}{ref_text} with {'/'.join(map(str, amounts))}% of one part pruned "

@@ -161,3 +161,12 @@ def test_quality_by_mode_groups_bars_by_pruning(table):
                                                         "l1-unstructured 60%", "random-unstructured 60%"]
     assert list(fig.data[0].x) == ["fp32", "int8-weight"] and fig.data[0].y[1] == 94
     assert "real images: 100" in _texts(fig) and "%" in fig.layout.yaxis.title.text
+
+
+def test_layer_sensitivity_labels_name_the_amount_when_a_study_has_several():
+    rows = [_row("baseline", 0.0, "l1-unstructured", "accuracy: all", 95, "prompt", "%", higher=True)]
+    for amount, acc in ((0.3, 90), (0.6, 70)):
+        rows.append(_row(f"L1 {amount:.0%} (up)", amount, "l1-unstructured", "accuracy: all", acc, "prompt", "%",
+                         scope="up", higher=True))
+    fig = charts.layer_sensitivity(pd.DataFrame(rows), "accuracy: all", "prompt")
+    assert list(fig.data[0].y) == ["up at 60%", "up at 30%"]
