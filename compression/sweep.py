@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import html
 import json
 import math
 import os
-import re
 import sys
-import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +45,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import charts, metrics, world
+from . import charts, latency, metrics, world
+from .report import (  # noqa: F401 - re-exported: the report moved out of this module, its names stay here
+    first_clear_drop, headline_table, paired_difference, quality_holds_until, report_figures, summarize, write_pngs,
+    write_report,
+)
+from .report import _quality_metrics  # noqa: F401
 from .spec import CompressionSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -434,6 +436,103 @@ def _quality_estimates(per: dict[str, np.ndarray], ms: MetricSet, refs: dict[str
     return est
 
 
+@dataclass(frozen=True)
+class SweepConfig:
+    """How a sweep draws and measures: everything but the engine, the grid, the prompts and where to write.
+
+    Args:
+        steps (`int`, defaults to 20), guidance (`float`, defaults to 4.0), negative_prompt (`str`), height,
+            width (`int`, *optional*: the model's native size): sampler settings, the same for every setting.
+        batch_size (`int`, defaults to 25): images per denoising batch (memory ~ batch x image size).
+        latency_repeats (`int`, defaults to 5), latency_warmup (`int`, defaults to 1): timing of one image
+            (batch 1) per setting, in alternating rounds with the baseline. 0 repeats skips latency.
+        n_boot (`int`, defaults to 1000): bootstrap resamples per interval.
+        show_bar (`bool`, defaults to True): a tqdm progress bar (gr.Progress(track_tqdm=True) follows it).
+        max_cells (`int`, defaults to 64): refuse larger grids.
+        plotlyjs (`str`, defaults to "inline"): the report embeds plotly.js ("inline", works offline) or links it
+            ("cdn", small file).
+        samples_per_cell (`int`, defaults to 8): first images of each setting shown in the report.
+    """
+
+    steps: int = 20
+    guidance: float = 4.0
+    negative_prompt: str = ""
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 25  # 25 tiny-model images are ~40 MB of activations; SD 1.5 wants far fewer
+    latency_repeats: int = 5
+    latency_warmup: int = 1
+    n_boot: int = metrics.N_BOOT
+    show_bar: bool = True
+    max_cells: int = MAX_CELLS
+    plotlyjs: str = "inline"
+    samples_per_cell: int = 8
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class _Plan:
+    """What a sweep will do, worked out before anything is drawn: the images, the cell keys, the folders."""
+
+    engine: object
+    cfg: SweepConfig
+    ms: MetricSet
+    specs: list[CompressionSpec]
+    prompts: list[str]  # one per image: the prompt set once per seed value
+    seeds: list[int]  # one generator seed per image
+    attrs: list | None  # parsed captions per image (shapes world), else None
+    use_real: bool
+    height: int
+    width: int
+    sampler: dict  # what the baseline images depend on (the cache key of the baseline)
+    measure: dict  # what the scores depend on besides the images
+    keys: dict[CompressionSpec, str]
+    out: Path | None
+    cache: Path | None
+
+    @property
+    def n(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def model(self) -> str:
+        return self.engine.model_name
+
+    def slices(self):
+        b = self.cfg.batch_size
+        return [slice(i, min(self.n, i + b)) for i in range(0, self.n, b)]
+
+    def draw(self, spec: CompressionSpec, sl: slice, prompts=None, seeds=None):
+        c = self.cfg
+        return self.engine.generate_batch(self.prompts[sl] if prompts is None else prompts,
+                                          self.seeds[sl] if seeds is None else seeds, c.steps, c.guidance, spec,
+                                          c.negative_prompt, self.height, self.width)
+
+    def attrs_of(self, sl: slice):
+        return self.attrs[sl] if self.attrs else None
+
+    def finished(self, spec: CompressionSpec) -> dict | None:
+        path = self.out / "cells" / f"{self.keys[spec]}.json" if self.out else None
+        if path and path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        return None
+
+
+@dataclass
+class _Refs:
+    """The references every setting is measured against: the baseline's images and per-image numbers, and the
+    features (with non-finite masks) of each reference distribution ("baseline", "real")."""
+
+    images: np.ndarray | None = None
+    nonfinite: np.ndarray | None = None
+    per: dict[str, np.ndarray] = field(default_factory=dict)
+    features: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    feature_nonfinite: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 def run_sweep(
     engine,
     specs: Sequence[CompressionSpec],
@@ -459,6 +558,9 @@ def run_sweep(
 ) -> SweepResult:
     """Run a grid of settings over a prompt set and measure each against the baseline (and real data).
 
+    The keyword arguments build a `SweepConfig` (see it for each one); `run_sweep_with(engine, specs, prompts,
+    seeds, config)` takes one directly.
+
     Args:
         engine (`Engine`): holds the baseline pipeline; each setting is compressed through its cache.
         specs (`Sequence[CompressionSpec]`): the settings; 0% cells are deduplicated and the baseline is
@@ -466,22 +568,11 @@ def run_sweep(
         prompts (`Sequence[str]`): the prompt set (see `load_prompts`).
         seeds (`Sequence[int]`, defaults to (0,)): each prompt is drawn once per seed value (N = prompts x
             seeds); image i of seed s uses generator seed s * 100_003 + i.
-        steps (`int`, defaults to 20), guidance (`float`, defaults to 4.0), negative_prompt, height, width:
-            sampler settings, the same for every setting.
         metric_set (`MetricSet`, *optional*): judge and feature extractors; defaults to
             `default_metric_set(engine.model_name)`.
         out_dir (`str` or `Path`, *optional*): where cells, caches, results.csv, summary.json, report.html go.
             Without it nothing is written and nothing can be resumed.
-        batch_size (`int`, defaults to 25): images per denoising batch (memory ~ batch x image size).
-        latency_repeats (`int`, defaults to 5), latency_warmup (`int`, defaults to 1): timing of one image
-            (batch 1) per setting. 0 repeats skips latency.
-        n_boot (`int`, defaults to 1000): bootstrap resamples per interval.
         progress (`Callable[[float, str], None]`, *optional*): called after every batch with (fraction, text).
-        show_bar (`bool`, defaults to True): a tqdm progress bar (gr.Progress(track_tqdm=True) follows it).
-        max_cells (`int`, defaults to 64): refuse larger grids.
-        plotlyjs (`str`, defaults to "inline"): the report embeds plotly.js ("inline", works offline) or
-            links it ("cdn", small file).
-        samples_per_cell (`int`, defaults to 8): first images of each setting shown in the report.
 
     Returns:
         `SweepResult`.
@@ -497,27 +588,55 @@ def run_sweep(
         >>> res = run_sweep(engine, specs, load_prompts("tiny-shapes", 50), out_dir="runs/quick")
         >>> res.table.query("metric == 'accuracy: all'")[["setting", "value", "ci_low", "ci_high", "n"]]
     """
+    config = SweepConfig(steps=steps, guidance=guidance, negative_prompt=negative_prompt, height=height,
+                         width=width, batch_size=batch_size, latency_repeats=latency_repeats,
+                         latency_warmup=latency_warmup, n_boot=n_boot, show_bar=show_bar, max_cells=max_cells,
+                         plotlyjs=plotlyjs, samples_per_cell=samples_per_cell)
+    return run_sweep_with(engine, specs, prompts, seeds, config, metric_set=metric_set, out_dir=out_dir, progress=progress)
+
+
+def run_sweep_with(engine, specs: Sequence[CompressionSpec], prompts: Sequence[str], seeds: Sequence[int] = (0,),
+                   config: SweepConfig = SweepConfig(), *, metric_set: MetricSet | None = None,
+                   out_dir: str | Path | None = None, progress: Progress | None = None) -> SweepResult:
+    """`run_sweep` with its settings as one `SweepConfig`: baseline, real data, each setting, outputs."""
+    plan = _plan(engine, specs, prompts, seeds, config, metric_set, out_dir)
+    done = {spec: plan.finished(spec) for spec in plan.specs}
+    todo = [s for s in plan.specs if done[s] is None]
+    batches = len(plan.slices())
+    # Baseline images depend on the sampler only; their scores also on the metric set (own file each).
+    base_ready = bool(plan.cache and (plan.cache / "baseline.done").is_file() and _baseline_scores_path(plan).is_file())
+    work = _Work(batches * len(todo) + (0 if not todo or base_ready else batches), progress, config.show_bar)
+    skipped = [s.label for s in plan.specs if done[s] is not None]
+
+    refs = _baseline_phase(plan, work) if todo else _Refs()
+    real_rows = _real_phase(plan, refs, bool(todo))
+    computed = []
+    for spec in todo:
+        done[spec] = _setting_phase(plan, spec, refs, work)
+        computed.append(spec.label)
+    work.close()
+    return _outputs(plan, done, real_rows, computed, skipped)
+
+
+def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) -> _Plan:
+    """Check the grid against the limits, name every cell, make the folders."""
     specs = list(dict.fromkeys([CompressionSpec(), *(canonical(s) for s in specs)]))
     prompts, seeds = list(prompts), [int(s) for s in seeds]
-    n = _check_limits(specs, prompts, seeds, max_cells)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    height, width = engine.validate(prompts[0], 0, steps, guidance, negative_prompt, height, width)
+    _check_limits(specs, prompts, seeds, cfg.max_cells)
+    height, width = engine.validate(prompts[0], 0, cfg.steps, cfg.guidance, cfg.negative_prompt, cfg.height,
+                                    cfg.width)
     ms = metric_set if metric_set is not None else default_metric_set(engine.model_name)
     model = engine.model_name
-
-    all_prompts = [p for _ in seeds for p in prompts]
-    all_seeds = [s * SEED_STRIDE + i for s in seeds for i in range(len(prompts))]
     parsed = [world.parse_caption(p) for p in prompts]
     attrs = [a for _ in seeds for a in parsed] if all(a is not None for a in parsed) else None
     use_real = ms.real_reference and attrs is not None
 
     sampler = dict(model=model, weights=model_fingerprint(engine.pipeline), prompts=_digest(prompts),
-                   n_prompts=len(prompts), seeds=seeds, steps=steps, guidance=guidance, negative=negative_prompt,
-                   height=height, width=width, batch=batch_size)
+                   n_prompts=len(prompts), seeds=seeds, steps=cfg.steps, guidance=cfg.guidance,
+                   negative=cfg.negative_prompt, height=height, width=width, batch=cfg.batch_size)
     base_key = _digest(sampler)
-    measure = dict(ms.signature(), real=use_real, n_boot=n_boot, latency=[latency_warmup, latency_repeats],
-                   version=METRICS_VERSION)
+    measure = dict(ms.signature(), real=use_real, n_boot=cfg.n_boot,
+                   latency=[cfg.latency_warmup, cfg.latency_repeats], version=METRICS_VERSION)
     keys = {spec: _digest(dict(base=base_key, spec=spec.to_dict(), measure=measure)) for spec in specs}
 
     out = Path(out_dir) if out_dir is not None else None
@@ -526,167 +645,179 @@ def run_sweep(
         for sub in ("cells", "samples"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
+    return _Plan(engine, cfg, ms, specs, [p for _ in seeds for p in prompts],
+                 [s * SEED_STRIDE + i for s in seeds for i in range(len(prompts))], attrs, use_real, height, width,
+                 sampler, measure, keys, out, cache)
 
-    def finished(spec) -> dict | None:
-        path = out / "cells" / f"{keys[spec]}.json" if out else None
-        if path and path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-        return None
 
-    done = {spec: finished(spec) for spec in specs}
-    todo = [s for s in specs if done[s] is None]
-    batches = math.ceil(n / batch_size)
-    # Baseline images depend on the sampler only; their scores also on the metric set (own file each).
+def _baseline_scores_path(plan: _Plan) -> Path | None:
+    return plan.cache / f"baseline-scores-{_digest(plan.measure)}.npz" if plan.cache else None
+
+
+def _baseline_phase(plan: _Plan, work: _Work) -> _Refs:
+    """The baseline: images (memory-mapped on disk when there is an out_dir), per-image scores and features,
+    drawn and scored once and reused by later sweeps with the same sampler and metric set."""
+    cache, n = plan.cache, plan.n
     images_ready = bool(cache and (cache / "baseline.done").is_file())
-    scores_path = cache / f"baseline-scores-{_digest(measure)}.npz" if cache else None
-    scores_ready = bool(scores_path and scores_path.is_file())
-    base_work = 0 if not todo or (images_ready and scores_ready) else batches
-    work = _Work(batches * len(todo) + base_work, progress, show_bar)
-    computed, skipped = [], [s.label for s in specs if done[s] is not None]
+    scores_path = _baseline_scores_path(plan)
+    refs = _Refs()
+    if images_ready:
+        refs.images = np.load(cache / "baseline.npy", mmap_mode="r")
+        refs.nonfinite = np.load(cache / "baseline-nonfinite.npy")
+    else:
+        shape = (n, plan.height, plan.width, 3)
+        refs.images = (np.lib.format.open_memmap(cache / "baseline.npy", mode="w+", dtype=np.uint8, shape=shape)
+                       if cache else np.zeros(shape, np.uint8))
+        refs.nonfinite = np.zeros(n, dtype=bool)
+    if scores_path and scores_path.is_file():
+        loaded = np.load(scores_path)
+        refs.per = {k: loaded[k] for k in loaded.files}
+    else:
+        parts = []
+        for sl in plan.slices():
+            if not images_ready:
+                r = plan.draw(CompressionSpec(), sl)
+                refs.images[sl], refs.nonfinite[sl] = r.images, r.nonfinite
+            parts.append(_score_batch(np.asarray(refs.images[sl]), refs.nonfinite[sl], plan.ms, plan.prompts[sl],
+                                      plan.attrs_of(sl), None, None))
+            work.step(f"baseline {sl.stop}/{n}")
+        refs.per = _concat(parts)
+        if cache:
+            if not images_ready:
+                refs.images.flush()
+                np.save(cache / "baseline-nonfinite.npy", refs.nonfinite)
+                (cache / "baseline.done").write_text("ok\n")
+            np.savez(scores_path, **refs.per)
+    refs.features["baseline"] = {k: v for k, v in refs.per.items() if k.startswith("feat:")}
+    refs.feature_nonfinite["baseline"] = refs.nonfinite
+    return refs
 
-    # ---- the baseline: images (memory-mapped on disk when there is an out_dir), scores, features
-    refs: dict[str, dict[str, np.ndarray]] = {}
-    ref_nonfinite: dict[str, np.ndarray] = {}
-    base_images = base_nonfinite = None
-    base_per: dict[str, np.ndarray] = {}
-    if todo:
-        if images_ready:
-            base_images = np.load(cache / "baseline.npy", mmap_mode="r")
-            base_nonfinite = np.load(cache / "baseline-nonfinite.npy")
+
+def _real_path(plan: _Plan) -> Path | None:
+    if not plan.out:
+        return None
+    return plan.out / "cells" / f"real-{_digest(dict(base=_digest(plan.sampler), measure=plan.measure))}.json"
+
+
+def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool) -> list[dict]:
+    """Real images of the same prompts (shapes world): the reference distribution, added to `refs`, and its
+    floor (a second, independent real set measured like a setting). Rows from disk where nothing is redrawn."""
+    path = _real_path(plan)
+    if not plan.use_real:
+        return []
+    if not settings_to_do and path and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["rows"]
+    n, ms = plan.n, plan.ms
+    real_a = np.stack([np.asarray(world.render(a, s)) for a, s in zip(plan.attrs, plan.seeds)])
+    real_b = np.stack([np.asarray(world.render(a, s + 2**32)) for a, s in zip(plan.attrs, plan.seeds)])
+    per_a = _score_batch(real_a, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
+    per_b = _score_batch(real_b, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
+    refs.features["real"] = {k: v for k, v in per_a.items() if k.startswith("feat:")}
+    refs.feature_nonfinite["real"] = np.zeros(n, dtype=bool)
+    floor = _quality_estimates(per_b, ms, {"real": refs.features["real"]}, plan.cfg.n_boot, np.zeros(n, bool),
+                               refs.feature_nonfinite)
+    floor = [e for e in floor if e.metric != "non-finite images"]
+    floor = [metrics.Estimate(**{**e.to_dict(), "note": (e.note + "; " if e.note else "") +
+                                 ("two independent real sets: the floor a perfect model would reach"
+                                  if e.reference == "real" else "real images: the ceiling")}) for e in floor]
+    rows = _rows(None, floor, plan.model, "real")
+    if path and rows:
+        _write_json(path, {"rows": rows})
+    return rows
+
+
+def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict:
+    """One setting: draw and score its images batch by batch, time it, count its cost; the finished cell is
+    written to disk at once (so an interrupted sweep resumes after it)."""
+    cfg, n, key = plan.cfg, plan.n, plan.keys[spec]
+    parts, nonfinite = [], np.zeros(n, dtype=bool)
+    cost = report = None
+    comp_seconds = 0.0
+    samples = []
+    for sl in plan.slices():
+        if spec.is_identity:  # the baseline itself: reuse its images, draw nothing
+            images, nf = np.asarray(refs.images[sl]), refs.nonfinite[sl]
+            cost, report = plan.engine.baseline_cost, None
         else:
-            shape = (n, height, width, 3)
-            base_images = (np.lib.format.open_memmap(cache / "baseline.npy", mode="w+", dtype=np.uint8, shape=shape)
-                           if cache else np.zeros(shape, np.uint8))
-            base_nonfinite = np.zeros(n, dtype=bool)
-        if scores_ready:
-            loaded = np.load(scores_path)
-            base_per = {k: loaded[k] for k in loaded.files}
-        else:
-            parts = []
-            for b in range(batches):
-                sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-                if not images_ready:
-                    r = engine.generate_batch(all_prompts[sl], all_seeds[sl], steps, guidance, CompressionSpec(),
-                                              negative_prompt, height, width)
-                    base_images[sl], base_nonfinite[sl] = r.images, r.nonfinite
-                parts.append(_score_batch(np.asarray(base_images[sl]), base_nonfinite[sl], ms, all_prompts[sl],
-                                          attrs[sl] if attrs else None, None, None))
-                work.step(f"baseline {sl.stop}/{n}")
-            base_per = _concat(parts)
-            if cache:
-                if not images_ready:
-                    base_images.flush()
-                    np.save(cache / "baseline-nonfinite.npy", base_nonfinite)
-                    (cache / "baseline.done").write_text("ok\n")
-                np.savez(scores_path, **base_per)
-        refs["baseline"] = {k: v for k, v in base_per.items() if k.startswith("feat:")}
-        ref_nonfinite["baseline"] = base_nonfinite
+            r = plan.draw(spec, sl)
+            images, nf = r.images, r.nonfinite
+            cost, report = r.cost, r.prune_report
+            comp_seconds += r.compression_seconds
+        nonfinite[sl] = nf
+        parts.append(_score_batch(images, nf, plan.ms, plan.prompts[sl], plan.attrs_of(sl),
+                                  np.asarray(refs.images[sl]), refs.nonfinite[sl]))
+        if len(samples) < cfg.samples_per_cell:
+            samples.extend(images[: cfg.samples_per_cell - len(samples)])
+        work.step(f"{spec.label} {sl.stop}/{n}")
+    per = _concat(parts)
+    est = _quality_estimates(per, plan.ms, refs.features, cfg.n_boot, nonfinite, refs.feature_nonfinite)
+    if cfg.latency_repeats > 0:
+        est += _latency_estimates(plan, spec)
+    est += _cost_estimates(plan, spec, cost, report, comp_seconds)
+    cell = {"key": key, "label": spec.label, "spec": spec.to_dict(), "n": n,
+            "rows": _rows(spec, est, plan.model, key)}
+    if plan.out:
+        if samples:
+            _save_strip(samples, plan.out / "samples" / f"{key}.png")
+        per_image = pd.DataFrame({"prompt": plan.prompts, "seed": plan.seeds, "nonfinite": nonfinite,
+                                  **{k: v for k, v in per.items() if v.ndim == 1}})
+        per_image.to_csv(plan.out / "cells" / f"{key}.images.csv", index=False)
+        _write_json(plan.out / "cells" / f"{key}.json", cell)
+    return cell
 
-    # ---- real images of the same prompts (shapes world): the reference distribution, and its floor
-    real_rows: list[dict] = []
-    real_path = out / "cells" / f"real-{_digest(dict(base=base_key, measure=measure))}.json" if out else None
-    if use_real and (todo or not (real_path and real_path.is_file())):
-        real_a = np.stack([np.asarray(world.render(a, s)) for a, s in zip(attrs, all_seeds)])
-        real_b = np.stack([np.asarray(world.render(a, s + 2**32)) for a, s in zip(attrs, all_seeds)])
-        per_a = _score_batch(real_a, np.zeros(n, bool), ms, all_prompts, attrs, None, None)
-        per_b = _score_batch(real_b, np.zeros(n, bool), ms, all_prompts, attrs, None, None)
-        refs["real"] = {k: v for k, v in per_a.items() if k.startswith("feat:")}
-        ref_nonfinite["real"] = np.zeros(n, dtype=bool)
-        floor = _quality_estimates(per_b, ms, {"real": refs["real"]}, n_boot, np.zeros(n, bool), ref_nonfinite)
-        floor = [e for e in floor if e.metric != "non-finite images"]
-        floor = [metrics.Estimate(**{**e.to_dict(), "note": (e.note + "; " if e.note else "") +
-                                     ("two independent real sets: the floor a perfect model would reach"
-                                      if e.reference == "real" else "real images: the ceiling")}) for e in floor]
-        real_rows = _rows(None, floor, model, "real")
-        del real_a, real_b
 
-    # ---- every setting
-    for spec in specs:
-        if done[spec] is not None:
-            continue
-        key = keys[spec]
-        parts, nonfinite = [], np.zeros(n, dtype=bool)
-        cost = report = None
-        comp_seconds = 0.0
-        samples = []
-        for b in range(batches):
-            sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-            if spec.is_identity:  # the baseline itself: reuse its images, draw nothing
-                images, nf = np.asarray(base_images[sl]), base_nonfinite[sl]
-                cost, report = engine.baseline_cost, None
-            else:
-                r = engine.generate_batch(all_prompts[sl], all_seeds[sl], steps, guidance, spec, negative_prompt,
-                                          height, width)
-                images, nf = r.images, r.nonfinite
-                cost, report = r.cost, r.prune_report
-                comp_seconds += r.compression_seconds
-            nonfinite[sl] = nf
-            parts.append(_score_batch(images, nf, ms, all_prompts[sl], attrs[sl] if attrs else None,
-                                      np.asarray(base_images[sl]), base_nonfinite[sl]))
-            if len(samples) < samples_per_cell:
-                samples.extend(images[: samples_per_cell - len(samples)])
-            work.step(f"{spec.label} {sl.stop}/{n}")
-        per = _concat(parts)
-        est = _quality_estimates(per, ms, refs, n_boot, nonfinite, ref_nonfinite)
+def _latency_estimates(plan: _Plan, spec: CompressionSpec) -> list[metrics.Estimate]:
+    """Latency of one image (batch 1) and the speed-up, timed in alternating rounds with the baseline so that
+    machine load drifts hit both alike."""
+    cfg = plan.cfg
 
-        if latency_repeats > 0:
-            def timer(s: CompressionSpec) -> Callable[[], float]:
-                return lambda: engine.generate_batch(all_prompts[:1], all_seeds[:1], steps, guidance, s,
-                                                     negative_prompt, height, width).seconds
+    def timer(s: CompressionSpec) -> Callable[[], float]:
+        return lambda: plan.draw(s, slice(0, 1)).seconds
 
-            # Timed in alternating rounds with the baseline, so machine load drifts hit both alike.
-            lat = metrics.measure_latency_interleaved({"base": timer(CompressionSpec()), "this": timer(spec)},
-                                                      latency_warmup, latency_repeats, engine.device)
-            est.append(lat["this"].estimate("latency", "ms", note=f"denoising loop, {steps} steps, batch 1; median "
-                                                                  f"of {latency_repeats} after {latency_warmup} warm-up"))
-            est.append(metrics.speedup_estimate(lat["base"], lat["this"], n_boot))
-        base_cost = engine.baseline_cost
-        macs = _unet_macs(engine, spec, height, width)
-        if macs is not None:
-            est.append(metrics.exact_estimate("UNet MACs", macs / 1e9, "GMAC", False,
-                                              note="one UNet forward at batch 1, counted on the meta device"))
-        est += [
-            metrics.exact_estimate("UNet size", cost.bytes / 2**20, "MB", False,
-                                   note=f"baseline {base_cost.bytes / 2**20:.2f} MB"),
-            metrics.exact_estimate("parameters", cost.params / 1e6, "M", None),
-            metrics.exact_estimate("non-zero parameters", (cost.params - cost.zeros) / 1e6, "M", False,
-                                   note="what a sparse format would have to store"),
-            metrics.exact_estimate("sparsity", 100 * cost.sparsity, "%", None,
-                                   note="measured zeros over all Linear/Conv2d weights of the UNet"),
-            metrics.exact_estimate("compression time", comp_seconds, "s", False),
-        ]
-        if report is not None:
-            est.append(metrics.exact_estimate("scope sparsity", 100 * report.sparsity, "%", None,
-                                              note=f"measured over the {report.scope!r} scope ({report.layers} layers)"))
-        cell = {"key": key, "label": spec.label, "spec": spec.to_dict(), "n": n,
-                "rows": _rows(spec, est, model, key)}
-        if out:
-            if samples:
-                _save_strip(samples, out / "samples" / f"{key}.png")
-            per_image = pd.DataFrame({"prompt": all_prompts, "seed": all_seeds, "nonfinite": nonfinite,
-                                      **{k: v for k, v in per.items() if v.ndim == 1}})
-            per_image.to_csv(out / "cells" / f"{key}.images.csv", index=False)
-            _write_json(out / "cells" / f"{key}.json", cell)
-        done[spec] = cell
-        computed.append(spec.label)
-    work.close()
+    pair = latency.paired_latency(timer(CompressionSpec()), timer(spec), cfg.latency_warmup, cfg.latency_repeats,
+                                  plan.engine.device)
+    return pair.sweep_estimates(cfg.steps, cfg.latency_warmup, cfg.n_boot)
 
-    if real_path and use_real and not real_rows and real_path.is_file():
-        real_rows = json.loads(real_path.read_text(encoding="utf-8"))["rows"]
-    elif real_path and real_rows:
-        _write_json(real_path, {"rows": real_rows})
 
-    rows = [r for spec in specs for r in done[spec]["rows"]] + real_rows
+def _cost_estimates(plan: _Plan, spec: CompressionSpec, cost, report, comp_seconds: float) -> list[metrics.Estimate]:
+    """Measured cost of a setting: MACs, bytes, parameters, sparsity (whole UNet and scope), compression time."""
+    est = []
+    base_cost = plan.engine.baseline_cost
+    macs = _unet_macs(plan.engine, spec, plan.height, plan.width)
+    if macs is not None:
+        est.append(metrics.exact_estimate("UNet MACs", macs / 1e9, "GMAC", False,
+                                          note="one UNet forward at batch 1, counted on the meta device"))
+    est += [
+        metrics.exact_estimate("UNet size", cost.bytes / 2**20, "MB", False,
+                               note=f"baseline {base_cost.bytes / 2**20:.2f} MB"),
+        metrics.exact_estimate("parameters", cost.params / 1e6, "M", None),
+        metrics.exact_estimate("non-zero parameters", (cost.params - cost.zeros) / 1e6, "M", False,
+                               note="what a sparse format would have to store"),
+        metrics.exact_estimate("sparsity", 100 * cost.sparsity, "%", None,
+                               note="measured zeros over all Linear/Conv2d weights of the UNet"),
+        metrics.exact_estimate("compression time", comp_seconds, "s", False),
+    ]
+    if report is not None:
+        est.append(metrics.exact_estimate("scope sparsity", 100 * report.sparsity, "%", None,
+                                          note=f"measured over the {report.scope!r} scope ({report.layers} layers)"))
+    return est
+
+
+def _outputs(plan: _Plan, done: dict, real_rows: list[dict], computed: list[str], skipped: list[str]) -> SweepResult:
+    """The tidy table of every cell (and the real rows), the summary, and on disk results.csv, summary.json and
+    report.html."""
+    rows = [r for spec in plan.specs for r in done[spec]["rows"]] + real_rows
     table = pd.DataFrame(rows, columns=COLUMNS)
-    config = {**sampler, "prompts_digest": sampler.pop("prompts"), "n_images": n, **measure}
-    summary = summarize(table, config, fd_min={f.name: metrics.fd_min_n(f.num_features) for f in ms.features})
-    summary["cells"] = [{"label": s.label, "key": keys[s], "spec": s.to_dict(),
-                         "status": "computed" if s.label in computed else "reused"} for s in specs]
-    if out:
-        table.to_csv(out / "results.csv", index=False)
-        _write_json(out / "summary.json", summary)
-        write_report(table, summary, out, plotlyjs)
-    return SweepResult(table, summary, out, computed, skipped)
+    sampler = dict(plan.sampler)
+    config = {**sampler, "prompts_digest": sampler.pop("prompts"), "n_images": plan.n, **plan.measure}
+    summary = summarize(table, config, fd_min={f.name: metrics.fd_min_n(f.num_features) for f in plan.ms.features})
+    summary["cells"] = [{"label": s.label, "key": plan.keys[s], "spec": s.to_dict(),
+                         "status": "computed" if s.label in computed else "reused"} for s in plan.specs]
+    if plan.out:
+        table.to_csv(plan.out / "results.csv", index=False)
+        _write_json(plan.out / "summary.json", summary)
+        write_report(table, summary, plan.out, plan.cfg.plotlyjs)
+    return SweepResult(table, summary, plan.out, computed, skipped)
 
 
 def _unet_macs(engine, spec: CompressionSpec, height: int, width: int) -> int | None:
@@ -711,218 +842,13 @@ def _save_strip(images: Sequence[np.ndarray], path: Path) -> None:
     strip.save(path)
 
 
-# --------------------------------------------------------------------------------------------- summary
-
-
-def quality_holds_until(table: pd.DataFrame, metric: str, reference: str, method: str, max_drop: float,
-                        quant_mode: str = "fp32", scope: str = "all") -> float | None:
-    """The largest pruning amount up to which `metric` stays within `max_drop` of the unpruned value at every
-    measured amount (a "knee" with an explicit tolerance), or None when the metric or the 0% cell is missing.
-
-    Args:
-        max_drop (`float`): tolerance in the metric's unit, in its bad direction (e.g. 5 percentage points of
-            accuracy, or a KID increase of 0.01).
-    """
-    rows = table[(table["metric"] == metric) & (table["reference"].fillna("") == reference)
-                 & (table["quant_mode"] == quant_mode)]
-    rows = rows[(rows["prune_amount"] == 0) | ((rows["prune_method"] == method) & (rows["prune_scope"] == scope))]
-    rows = rows.drop_duplicates("prune_amount").sort_values("prune_amount")
-    base = rows[rows["prune_amount"] == 0]
-    if base.empty or len(rows) < 2:
-        return None
-    higher = bool(rows["higher_is_better"].dropna().iloc[0]) if rows["higher_is_better"].notna().any() else True
-    b = float(base["value"].iloc[0])
-    holds = 0.0
-    for amount, value in zip(rows["prune_amount"], rows["value"].astype(float)):
-        drop = (b - value) if higher else (value - b)
-        if not math.isfinite(value) or drop > max_drop:
-            break
-        holds = float(amount)
-    return holds
-
-
-def first_clear_drop(table: pd.DataFrame, metric: str, reference: str, method: str, quant_mode: str = "fp32",
-                     scope: str = "all") -> float | None:
-    """The smallest pruning amount whose 95% interval lies entirely on the bad side of the unpruned value's
-    interval (a knee without a chosen tolerance; conservative: non-overlap of two intervals)."""
-    rows = table[(table["metric"] == metric) & (table["reference"].fillna("") == reference)
-                 & (table["quant_mode"] == quant_mode)]
-    rows = rows[(rows["prune_amount"] == 0) | ((rows["prune_method"] == method) & (rows["prune_scope"] == scope))]
-    rows = rows.drop_duplicates("prune_amount").sort_values("prune_amount")
-    base = rows[rows["prune_amount"] == 0]
-    if base.empty:
-        return None
-    higher = bool(rows["higher_is_better"].dropna().iloc[0]) if rows["higher_is_better"].notna().any() else True
-    lo, hi = float(base["ci_low"].iloc[0]), float(base["ci_high"].iloc[0])
-    for amount, clo, chi in zip(rows["prune_amount"], rows["ci_low"].astype(float), rows["ci_high"].astype(float)):
-        if amount > 0 and ((chi < lo) if higher else (clo > hi)):
-            return float(amount)
-    return None
+# ------------------------------------------------------------------------------------------- prompts
 
 
 def available_prompt_sets() -> list[str]:
     """Names of the prompt sets shipped in assets/prompts/ (for the app's Sweep tab)."""
     return sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
 
-
-def summarize(table: pd.DataFrame, config: dict, fd_min: dict[str, int]) -> dict:
-    """The JSON summary: configuration, per-setting headline numbers (value, CI, N), floors and knees."""
-    headline = {}
-    for setting, part in table.groupby("setting", sort=False):
-        headline[setting] = {
-            r.metric + (f" vs {r.reference}" if isinstance(r.reference, str) and r.reference not in ("", "prompt")
-                        else ""):
-            {"value": r.value, "ci": [r.ci_low, r.ci_high], "n": r.n, "unit": r.unit}
-            for r in part.itertuples()
-        }
-    # Knees of every fp32, whole-UNet pruning curve: where the 95% intervals part from the unpruned model's,
-    # and, for accuracies, how far it stays within 5 percentage points.
-    knees = {}
-    pruned = table[(table["prune_amount"] > 0) & (table["prune_scope"] == "all") & (table["quant_mode"] == "fp32")]
-    for method in sorted(pruned["prune_method"].dropna().unique()):
-        if pruned[pruned["prune_method"] == method]["prune_amount"].nunique() < 2:
-            continue
-        k = {}
-        for metric, ref in _quality_metrics(table):
-            entry = {"first_clear_drop": first_clear_drop(table, metric, ref, method)}
-            if metric.startswith("accuracy"):
-                entry["holds_within_5pp"] = quality_holds_until(table, metric, ref, method, 5.0)
-            k[f"{metric} vs {ref}" if ref not in ("", "prompt") else metric] = entry
-        knees[method] = k
-    return {"config": config, "fd_min_n": fd_min, "headline": headline, "knees": knees,
-            "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-def paired_difference(out_dir: str | Path, label_a: str, label_b: str, column: str = "acc:all",
-                      n_boot: int = metrics.N_BOOT, seed: int = 0) -> metrics.Estimate:
-    """Mean of (a - b) over the images two settings of one sweep share (same prompt and seed), with a bootstrap
-    95% interval over image pairs: e.g. "does L1 beat random at 40%?" without the noise of two separate means.
-
-    Args:
-        out_dir (`str` or `Path`): a sweep folder (its summary.json and cells/*.images.csv).
-        label_a, label_b (`str`): setting labels, e.g. "L1 40%" and "random 40%".
-        column (`str`, defaults to "acc:all"): a per-image column: "acc:<attribute>" (0/100), "clip", "psnr",
-            "ssim".
-
-    Raises:
-        ValueError: an unknown label or column.
-    """
-    out = Path(out_dir)
-    cells = {c["label"]: c["key"] for c in json.loads((out / "summary.json").read_text())["cells"]}
-    for label in (label_a, label_b):
-        if label not in cells:
-            raise ValueError(f"no setting {label!r} in {out}; known: {', '.join(cells)}")
-    a = pd.read_csv(out / "cells" / f"{cells[label_a]}.images.csv")
-    b = pd.read_csv(out / "cells" / f"{cells[label_b]}.images.csv")
-    if column not in a or column not in b:
-        known = ", ".join(c for c in a.columns if c not in ("prompt", "seed"))
-        raise ValueError(f"no per-image column {column!r}; known: {known}")
-    diff = (a[column] - b[column]).to_numpy(dtype=float)  # NaN where either image was non-finite: left out
-    return metrics.mean_estimate(f"{column}: {label_a} - {label_b}", diff, label_b, "", None, n_boot=n_boot, seed=seed)
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def _quality_metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
-    """(metric, reference) pairs to chart, KID before FD when N is below the FD-meaningful N."""
-    q = table[~table["metric"].isin(["latency", "speed-up", "UNet size", "UNet MACs", "parameters",
-                                     "non-zero parameters", "sparsity", "scope sparsity",
-                                     "compression time", "non-finite images"]) & (table["setting"] != REAL_SETTING)]
-    pairs = list(dict.fromkeys(zip(q["metric"], q["reference"].fillna(""))))
-    fd_unreliable = q[q["metric"].str.startswith("FD-")]["note"].fillna("").str.len().gt(0).any()
-
-    def rank(p):
-        m = p[0]
-        order = ["accuracy: all", "CLIP score", "KID-", "FD-", "PSNR", "SSIM", "accuracy: "]
-        if fd_unreliable:
-            order = ["accuracy: all", "CLIP score", "KID-", "PSNR", "SSIM", "FD-", "accuracy: "]
-        return next((i for i, o in enumerate(order) if m.startswith(o)), len(order))
-
-    return sorted(pairs, key=rank)
-
-
-def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
-    """The report's figures, in reading order."""
-    figs = []
-    pruned = table[table["prune_amount"] > 0]
-    scopes = set(pruned["prune_scope"].dropna()) - {"all"}
-    qm = _quality_metrics(table)
-    modes = table[table["setting"] != REAL_SETTING].apply(lambda r: (r["quant_mode"], r["bits"]), axis=1).nunique()
-    by_mode = modes > 2 and table["prune_amount"].nunique() <= 3  # a quantization study: bars read better
-    if (pruned["prune_scope"] == "all").any() or pruned.empty:
-        for metric, ref in qm:
-            name = f"{metric}" + (f" vs {ref}" if ref not in ("", "prompt") else "")
-            figs.append((name, charts.quality_by_mode(table, metric, ref) if by_mode
-                         else charts.quality_vs_pruning(table, metric, ref)))
-    if scopes:
-        for metric, ref in qm[:4]:
-            figs.append((f"Layer sensitivity: {metric}" + (f" vs {ref}" if ref not in ("", "prompt") else ""),
-                         charts.layer_sensitivity(table, metric, ref)))
-    figs.append(("Latency", charts.cost_bars(table, "latency")))
-    figs.append(("Speed-up over the baseline", charts.cost_bars(table, "speed-up")))
-    figs.append(("UNet size", charts.cost_bars(table, "UNet size")))
-    if qm:
-        metric, ref = qm[0]
-        for cost in ("UNet size", "non-zero parameters", "UNet MACs", "latency"):
-            values = table[(table["metric"] == cost) & (table["setting"] != REAL_SETTING)]["value"].astype(float)
-            # A cost that no setting changes (masked pruning leaves the size as it is) has no front to show.
-            if len(values) > 1 and values.max() > 1.02 * values.min():
-                figs.append((f"Pareto: {metric} vs {cost}", charts.quality_cost_pareto(table, metric, cost, ref)))
-    return figs
-
-
-def write_report(table: pd.DataFrame, summary: dict, out: Path, plotlyjs: str = "inline") -> Path:
-    """report.html in `out`: configuration, headline table, figures and a strip of sample images per setting."""
-    import base64
-
-    cfg = summary.get("config", {})
-    fd_min = summary.get("fd_min_n", {})
-    bits = [f"<b>model</b> {html.escape(str(cfg.get('model')))}", f"<b>images per setting</b> N={cfg.get('n_images')}",
-            f"<b>steps</b> {cfg.get('steps')}", f"<b>guidance</b> {cfg.get('guidance')}",
-            f"<b>size</b> {cfg.get('height')}x{cfg.get('width')}",
-            f"<b>judge</b> {html.escape(str(cfg.get('judge')))}"]
-    intro = "<p>" + " &middot; ".join(bits) + "</p>"
-    for name, need in fd_min.items():
-        n = cfg.get("n_images") or 0
-        verdict = "above it: FD is usable" if n >= need else "below it: read KID; FD is shown for completeness"
-        intro += (f"<p>Frechet distance on {html.escape(name)} features ({need // 5} wide) is taken seriously from "
-                  f"N={need} images per set (5 x width); this sweep has N={n}, {verdict}.</p>")
-    intro += ("<p>Every number is a mean (latency: median) over N with a bootstrap 95% interval. "
-              "References: <i>baseline</i> = the uncompressed model, same prompts and seeds; <i>real</i> = images "
-              "of the data generator for the same prompts; <i>prompt</i> = the text.</p>")
-    head = table[table["metric"].isin(["accuracy: all", "PSNR", "speed-up", "UNet size", "sparsity"])
-                 | table["metric"].str.startswith("KID-") | table["metric"].str.startswith("CLIP score")]
-    if not head.empty:
-        head = head.assign(col=head["metric"] + head["reference"].fillna("").map(lambda r: f" vs {r}" if r not in ("", "prompt") else "")
-                           + head["unit"].fillna("").map(lambda u: f" ({u})" if u else ""),
-                           txt=[f"{v:.4g} [{lo:.3g}, {hi:.3g}]" if n > 1 else f"{v:.4g}"
-                                for v, lo, hi, n in zip(head["value"], head["ci_low"], head["ci_high"], head["n"])])
-        wide = head.pivot_table(index="setting", columns="col", values="txt", aggfunc="first", sort=False)
-        wide.index.name, wide.columns.name = None, None
-        intro += "<h2>Headline numbers (value [95% CI])</h2>" + wide.to_html(escape=True, na_rep="")
-    strips = ""
-    for cell in summary.get("cells", []):
-        path = out / "samples" / f"{cell['key']}.png"
-        if path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode()
-            strips += (f"<div><code>{html.escape(cell['label'])}</code><br><img alt='samples' style='image-rendering:pixelated;"
-                       f"height:64px' src='data:image/png;base64,{data}'></div>")
-    if strips:
-        strips = "<h2>First images of each setting (same prompts and seeds)</h2>" + strips
-    path = charts.write_report_html(report_figures(table), out / "report.html",
-                                    f"Compression sweep: {cfg.get('model')}", intro, plotlyjs)
-    if strips:
-        text = path.read_text(encoding="utf-8").replace("</body>", strips + "</body>")
-        path.write_text(text, encoding="utf-8")
-    return path
-
-
-def write_pngs(table: pd.DataFrame, folder: Path) -> list[Path]:
-    """Every report figure as a PNG (numbered in reading order), rendered by headless Chromium."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return [charts.save_png(fig, folder / f"{i:02d}-{charts.slug(title)}.png")
-            for i, (title, fig) in enumerate(report_figures(table))]
 
 
 # ------------------------------------------------------------------------------------------------- CLI
