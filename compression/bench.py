@@ -19,7 +19,7 @@ For every setting, in one process, with a fixed thread count:
   counted, MACs counted on the meta device (one forward, batch 2);
 - **step latency**: one UNet forward with classifier-free guidance's batch of 2 (64x64 latent for SD 1.5, the
   model's own sample size otherwise), median over `--repeats` rounds after `--warmup`, timed in alternating
-  rounds with the baseline (`metrics.measure_latency_interleaved`) so machine-load drift hits both alike;
+  rounds with the baseline (`latency.paired_latency`) so machine-load drift hits both alike;
 - **peak RSS while compressing**: the kernel's high-water mark (VmHWM, reset through /proc/self/clear_refs
   after returning freed heap to the system) minus the RSS before, also as a multiple of the compressed UNet's
   bytes;
@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 import types
@@ -50,7 +49,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import metrics
+from . import latency
 from .cost import count_macs
 from .engine import Engine
 from .pruning import PRUNERS, structured_size
@@ -308,7 +307,7 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
     else:
         base_unet = model.unet
     base_step = model.step(base_unet)
-    metrics.measure_latency(base_step, warmup=max(1, warmup), repeats=1, device=device)  # first-use costs
+    latency.measure_latency(base_step, warmup=max(1, warmup), repeats=1, device=device)  # first-use costs
     rows: list[dict[str, Any]] = []
     base_times: list[float] = []
     for setting in settings:
@@ -342,7 +341,7 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
                 start = time.perf_counter()
                 _, hit = engine.compress(spec)
                 hits.append(time.perf_counter() - start)
-            hit_s = statistics.median(hits)
+            hit_s = latency.median_or_none(hits)
             cost = entry.cost
             report = entry.prune_report
             row.update(
@@ -368,19 +367,10 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
             step_unet = entry.unet
             if compile:
                 step_unet, row["compile_s"] = _compiled(entry.unet, model)
-            lat = metrics.measure_latency_interleaved({"base": base_step, "this": model.step(step_unet)},
-                                                      warmup, repeats, device)
+            pair = latency.paired_latency(base_step, model.step(step_unet), warmup, repeats, device)
             del step_unet
-            base_times.extend(lat["base"].times_s)
-            row.update(step_ms=1000 * lat["this"].median_s, step_ms_ci=[1000 * lat["this"].ci_low_s,
-                                                                         1000 * lat["this"].ci_high_s],
-                       paired_baseline_step_ms=1000 * lat["base"].median_s,
-                       step_ratio=lat["this"].median_s / lat["base"].median_s,
-                       step_times_ms=[1000 * t for t in lat["this"].times_s],
-                       paired_baseline_times_ms=[1000 * t for t in lat["base"].times_s])
-            speed = metrics.speedup_estimate(lat["base"], lat["this"])
-            row["step_ratio_ci"] = [1 / speed.ci_high if speed.ci_high else None,
-                                    1 / speed.ci_low if speed.ci_low else None]
+            base_times.extend(pair.base.times_s)
+            row.update(pair.bench_fields(), step_ratio_ci=pair.ratio_interval())
         except Exception as err:  # noqa: BLE001 - one broken setting (a GPU kernel missing) must not lose the rest
             row["error"] = f"{type(err).__name__}: {err}"[:300]
             log(f"  {setting.key:28s} ERROR {row['error']}")
@@ -395,7 +385,7 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
             log(f"  {setting.key:28s} compress {row['compression_s']:7.2f}s  bytes x{row['bytes'] / base_cost.bytes:5.3f}"
                 f"  step {row['step_ms']:9.1f} ms  x{row['step_ratio']:5.3f}")
 
-    base_step_s = statistics.median(base_times) if base_times else None  # every paired baseline round
+    base_step_s = latency.median_or_none(base_times)  # every paired baseline round
     for row in rows:
         if "bytes" not in row:
             continue
