@@ -22,7 +22,6 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import html  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import uuid  # noqa: E402
@@ -30,8 +29,13 @@ import uuid  # noqa: E402
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
+import app_format as fmt  # noqa: E402
 import app_service as svc  # noqa: E402
-from compression import PRUNERS, QUANT_MODES, SCOPES, charts, world  # noqa: E402
+from app_format import (  # noqa: E402, F401 - the formatting helpers' names stay importable from app
+    HISTORY_COLUMNS, SUMMARY_METRICS, SWEEP_PLOTS, SWEEP_QUALITY, SWEEP_TABS, history_figures, history_table,
+    numbers_table, phone_friendly, status_markdown, sweep_figures, sweep_summary,
+)
+from compression import QUANT_MODES, SCOPES, charts  # noqa: E402
 from compression.metrics import pair_row  # noqa: E402
 
 log = logging.getLogger("dcl.app")
@@ -98,228 +102,6 @@ CSS = """
 """
 
 
-# ------------------------------------------------------------------------------------------- formatting
-
-
-def _num(v, digits: int = 3, unit: str = "") -> str:
-    """A number for a table cell: significant digits, NaN shown as a dash."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    text = f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:,.0f}"
-    return f"{text}{unit}"
-
-
-def _finite_or_none(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def numbers_table(row: dict, result, judge_name: str) -> pd.DataFrame:
-    """The pair's numbers: one row per measure, baseline / compressed / compressed relative to baseline."""
-    nf = result.compressed_nonfinite
-    not_scored = "NaN/inf: not scored"
-    ratio = (lambda a, b: f"{a / b:.2f}x" if b else "-")
-    clip_note = f"CLIP score ({judge_name}, 0-100)" if judge_name else "CLIP score (no judge loaded)"
-    rows = [
-        [clip_note, _num(row["clip_baseline"]), not_scored if nf else _num(row["clip_compressed"]),
-         "-" if nf or not math.isfinite(row["clip_compressed"]) or not math.isfinite(row["clip_baseline"])
-         else f"{row['clip_compressed'] - row['clip_baseline']:+.2f}"],
-        ["PSNR vs baseline (dB)", "-", not_scored if nf else _num(row["psnr_db"]), ""],
-        ["SSIM vs baseline (0-1)", "-", not_scored if nf else _num(row["ssim"]), ""],
-        ["UNet size (MB)", _num(row["unet_mb_baseline"]), _num(row["unet_mb"]),
-         ratio(row["unet_mb"], row["unet_mb_baseline"])],
-        ["parameters (M)", _num(row["params_baseline"] / 1e6), _num(row["params"] / 1e6),
-         ratio(row["params"], row["params_baseline"])],
-        ["measured sparsity, whole UNet (%)", _num(100 * result.baseline_cost.sparsity, 3),
-         _num(row["sparsity_pct"], 3), ""],
-    ]
-    if result.prune_report is not None and result.prune_report.scope != "all":
-        rows.append([f"measured sparsity, scope '{result.prune_report.scope}' (%)", "-",
-                     _num(100 * result.prune_report.sparsity, 3), ""])
-    rows += [
-        ["compression time (s)", "-",
-         "cached" if result.compression_cached and not result.spec.is_identity else _num(row["compression_s"], 2),
-         ""],
-        ["denoising latency (ms, N=1)",
-         _num(row["latency_baseline_ms"], 4) + (" (cached)" if result.baseline_cached else ""),
-         _num(row["latency_ms"], 4), ratio(row["latency_ms"], row["latency_baseline_ms"])],
-    ]
-    return pd.DataFrame(rows, columns=["measure", "baseline", "compressed", "ratio"])
-
-
-def status_markdown(req: svc.CompareRequest, result, stats: dict, warnings: list[str]) -> str:
-    spec = result.spec
-    cache = []
-    cache.append("baseline from cache (same prompt, seed and sampler settings: not redrawn)" if result.baseline_cached
-                 else "baseline drawn now")
-    if spec.is_identity:
-        cache.append("nothing to compress (0% pruning, fp32): the compressed side is the baseline UNet")
-    elif result.compression_cached:
-        cache.append("compressed UNet from cache (not recompressed)")
-    else:
-        cache.append(f"compressed UNet built now in {result.compression_seconds:.2f} s")
-    lines = [
-        f"**{html.escape(spec.label)}** vs **baseline** on `{html.escape(req.model)}` · seed {req.seed} · "
-        f"{req.steps} steps · guidance {req.guidance:g} · {req.width}×{req.height} px",
-        " · ".join(cache),
-    ]
-    if not QUANT_MODES[spec.quant_mode].real_gain:
-        lines.append("Simulated quantization: weights are rounded to fewer bits but stored as float, so the size "
-                     "and speed are the baseline's.")
-    if spec.prunes and "unstructured" in spec.prune_method:
-        lines.append("Unstructured pruning writes zeros into dense weights: no dense kernel gets faster and the "
-                     "stored size does not shrink; the numbers below show it.")
-    lines += [f"⚠ {html.escape(w)}" for w in warnings]
-    return "\n\n".join(lines)
-
-
-HISTORY_COLUMNS = {
-    "setting": "setting", "prompt": "prompt", "seed": "seed", "steps": "steps", "clip_baseline": "CLIP base",
-    "clip_compressed": "CLIP comp", "psnr_db": "PSNR dB", "ssim": "SSIM", "unet_mb": "UNet MB",
-    "sparsity_pct": "sparsity %", "latency_baseline_ms": "base ms", "latency_ms": "comp ms", "speedup": "ms ratio",
-}
-
-
-def history_table(rows: list[dict]) -> pd.DataFrame:
-    """The history shown on the page (the CSV has every column)."""
-    if not rows:
-        return pd.DataFrame(columns=["#", *HISTORY_COLUMNS.values()])
-    df = pd.DataFrame(rows)
-    show = df[list(HISTORY_COLUMNS)].rename(columns=HISTORY_COLUMNS)
-    for col in ("CLIP base", "CLIP comp", "PSNR dB", "UNet MB", "sparsity %"):
-        show[col] = show[col].map(lambda v: _num(v, 3))
-    show["SSIM"] = show["SSIM"].map(lambda v: _num(v, 3))
-    for col in ("base ms", "comp ms"):
-        show[col] = show[col].map(lambda v: _num(v, 4))
-    # compressed / baseline latency, as in the numbers table and the captions (below 1: faster)
-    show["ms ratio"] = show["ms ratio"].map(lambda v: "-" if not (math.isfinite(v) and v > 0) else f"{1 / v:.2f}x")
-    show.loc[df["nonfinite"].astype(bool), "CLIP comp"] = "NaN/inf"
-    show.insert(0, "#", range(1, len(show) + 1))
-    return show.iloc[::-1].reset_index(drop=True)  # newest first
-
-
-# Columns of the sweep summary table, in reading order: (metric prefix, reference, column name).
-SUMMARY_METRICS = [
-    ("accuracy: all", "prompt", "accuracy %"), ("CLIP score", "prompt", "CLIP score"),
-    ("KID-", "baseline", "KID vs baseline"), ("KID-", "real", "KID vs real"), ("PSNR", "baseline", "PSNR dB"),
-    ("SSIM", "baseline", "SSIM"), ("latency", "", "latency ms"), ("UNet size", "", "UNet MB"),
-    ("sparsity", "", "sparsity %"), ("non-finite images", "", "NaN/inf images"),
-]
-
-
-def sweep_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting: value [95% CI] of the headline metrics (N is in the status line)."""
-    settings = [s for s in dict.fromkeys(table["setting"]) if s != charts.REAL_SETTING]
-    out = pd.DataFrame({"setting": settings})
-    for prefix, ref, name in SUMMARY_METRICS:
-        rows = table[table["metric"].astype(str).str.startswith(prefix)]
-        if ref:
-            rows = rows[rows["reference"].fillna("") == ref]
-        if rows.empty:
-            continue
-        rows = rows[rows["metric"] == rows["metric"].iloc[0]]
-        col = {}
-        for r in rows.itertuples():
-            if not math.isfinite(r.value):
-                col[r.setting] = "-"
-            elif r.n and r.n > 1 and math.isfinite(r.ci_low) and r.ci_low != r.ci_high:
-                col[r.setting] = f"{r.value:.3g} [{r.ci_low:.2g}, {r.ci_high:.2g}]"
-            else:
-                col[r.setting] = f"{r.value:.4g}"
-        out[name] = [col.get(s, "") for s in settings]
-    return out
-
-
-def phone_friendly(fig):
-    """Take the notes under a chart out of the figure (returned as text) and put the legend below the axes.
-
-    charts.py writes each note as one line of text at a fixed place under the axes; on a phone the line is
-    cut off and a legend that wraps to several rows runs into it. As page text the notes wrap on any screen.
-    """
-    notes = [html.unescape(a.text) for a in fig.layout.annotations
-             if a.yref == "paper" and a.y is not None and a.y < 0 and a.text]
-    fig.layout.annotations = [a for a in fig.layout.annotations
-                              if not (a.yref == "paper" and a.y is not None and a.y < 0)]
-    title = fig.layout.title.text or ""
-    if " (" in title:  # the N part on a line of its own: long titles are clipped on narrow screens
-        head, tail = title.split(" (", 1)
-        fig.update_layout(title_text=f"{head}<br><sup>({tail}</sup>")
-    fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.18, yanchor="top"),
-                      margin=dict(t=80, b=130))
-    return fig, notes
-
-
-def history_figures(history: pd.DataFrame | None) -> tuple:
-    """The two history charts and their notes (Markdown)."""
-    if history is not None and "prompt" in history:
-        # Plotly renders a subset of HTML (<a href>, <b>, ...) in hover labels: a visitor's prompt is shown as the
-        # text typed (Plotly decodes the entities back), never as markup. The CSV keeps the raw prompt.
-        history = history.assign(prompt=history["prompt"].astype(str).map(lambda p: html.escape(p, quote=False)))
-    cost, quality = charts.history_cost(history), charts.history_quality(history)
-    if history is None or not len(history):
-        return cost, quality, ""
-    cost, cost_notes = phone_friendly(cost)
-    quality, quality_notes = phone_friendly(quality)
-    cost.update_layout(height=460)
-    quality.update_yaxes(title_font=dict(size=11))
-    notes = list(dict.fromkeys(cost_notes + quality_notes))
-    return cost, quality, "\n".join(f"- {html.escape(n, quote=False)}" for n in notes)
-
-
-def _pick(table: pd.DataFrame, prefix: str, reference: str | None) -> str | None:
-    names = table["metric"].astype(str)
-    rows = table[names.str.startswith(prefix)]
-    if reference is not None:
-        rows = rows[rows["reference"].fillna("") == reference]
-    return None if rows.empty else str(rows["metric"].iloc[0])
-
-
-def sweep_figures(table: pd.DataFrame, layer_study: bool) -> list:
-    """The sweep tab's charts, in the order of SWEEP_PLOTS."""
-    grid = table[(table["prune_scope"].isin(["all", ""])) | (table["prune_amount"].fillna(0) == 0)
-                 | (table["setting"] == charts.REAL_SETTING)]
-    figs = []
-    for label, prefix, ref in SWEEP_QUALITY:
-        metric = _pick(table, prefix, ref)
-        if metric is None:
-            figs.append(charts.empty_figure(f"This model's sweep has no {label}."))
-        elif layer_study:
-            figs.append(charts.empty_figure("Layer-sensitivity study: see the last tab."))
-        else:
-            figs.append(charts.quality_vs_pruning(grid, metric, ref))
-    figs.append(charts.cost_bars(table, "latency"))
-    figs.append(charts.cost_bars(table, "UNet size"))
-    quality = _pick(table, "accuracy: all", "prompt") or _pick(table, "CLIP score", "prompt")
-    ref = "prompt"
-    if quality is None:
-        quality, ref = _pick(table, "KID-", "baseline"), "baseline"
-    figs.append(charts.quality_cost_pareto(table, quality, "UNet size", ref) if quality
-                else charts.empty_figure("No quality metric for a Pareto chart."))
-    if layer_study and quality:
-        figs.append(charts.layer_sensitivity(table, quality, ref))
-    else:
-        figs.append(charts.empty_figure("Choose the layer-sensitivity study to fill this chart."))
-    for fig in figs:
-        if fig.layout.height is None:
-            fig.update_layout(height=520)  # room below the axes for the legend and the notes
-    return figs
-
-
-# (tab label, metric prefix, reference) of the quality-vs-pruning charts.
-SWEEP_QUALITY = [
-    ("prompt accuracy (pixel judge)", "accuracy: all", "prompt"),
-    ("CLIP score", "CLIP score", "prompt"),
-    ("KID vs baseline", "KID-", "baseline"),
-    ("KID vs real data", "KID-", "real"),
-    ("FD vs real data", "FD-", "real"),
-]
-SWEEP_PLOTS = [label for label, _, _ in SWEEP_QUALITY] + ["latency", "UNet size", "Pareto", "layer sensitivity"]
-# Tabs of the sweep charts (few enough to fit a phone's width without an overflow menu): plot indices.
-SWEEP_TABS = [("Quality vs pruning", (0, 1)), ("Distances", (2, 3, 4)), ("Cost", (5, 6)), ("Pareto", (7,)),
-              ("Layer sensitivity", (8,))]
-
-
 # --------------------------------------------------------------------------------------------- handlers
 
 
@@ -365,16 +147,7 @@ def _compare(prompt, negative_prompt, seed, steps, guidance, model, prune_percen
                                          progress=svc.progress_adapter(progress))
     progress(1.0, desc="scoring")
     row = pair_row(result, req.prompt, loaded.judge)
-    warnings = []
-    if result.prompt_truncated:
-        warnings.append("The prompt is longer than the text encoder's 77 tokens: the model ignored the rest.")
-    if result.negative_prompt_truncated:
-        warnings.append("The negative prompt is longer than 77 tokens: the model ignored the rest.")
-    if result.compressed_nonfinite:
-        warnings.append("The compressed model produced NaN/inf values: its image is not a picture and is not "
-                        "scored (too much pruning or too few bits).")
-    if result.baseline_nonfinite:
-        warnings.append("The baseline produced NaN/inf values: this setting is not comparable.")
+    warnings = fmt.pair_warnings(result)
     for w in warnings:
         gr.Warning(w)
 
@@ -383,42 +156,18 @@ def _compare(prompt, negative_prompt, seed, steps, guidance, model, prune_percen
     comp_img = result.compressed_image if not result.compressed_nonfinite else svc.nonfinite_placeholder(size)
     if result.baseline_nonfinite or result.compressed_nonfinite:
         heat, stats = svc.nonfinite_placeholder(size, "no difference: NaN/inf"), {}
-        heat_caption = "**Difference**: not computed (an output held NaN/inf)"
+        heat_caption = fmt.difference_caption(None)
     else:
         heat, stats = svc.difference_heatmap(result.baseline_image, result.compressed_image)
-        heat_caption = (f"**|compressed − baseline|** ×{stats['gain']:g} · mean {stats['mean_abs_diff']:.1f}, "
-                        f"max {stats['max_abs_diff']:.0f} of 255")
-    base_caption = f"**Baseline** · fp32 · {1000 * result.baseline_seconds:,.0f} ms" + (
-        " (cached)" if result.baseline_cached else "")
-    ratio = result.compressed_seconds / result.baseline_seconds if result.baseline_seconds else math.nan
-    comp_caption = (f"**{html.escape(result.spec.label)}** · {1000 * result.compressed_seconds:,.0f} ms "
-                    f"({ratio:.2f}× baseline)")
-    if result.compressed_nonfinite:
-        comp_caption += " · NaN/inf"
+        heat_caption = fmt.difference_caption(stats)
+    base_caption, comp_caption = fmt.pair_captions(result)
 
     row = {"model": req.model, **row}
     history = [*(history or []), row][-svc.HISTORY_LIMIT:]
     hist_df = pd.DataFrame(history)
     csv = svc.write_download(hist_df, "history")
-    details = {
-        "model": req.model,
-        "spec": result.spec.to_dict(),
-        "setting": result.spec.label,
-        "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt,
-        "seed": result.seed, "steps": result.steps, "guidance": result.guidance,
-        "height": result.height, "width": result.width,
-        "baseline_cached": result.baseline_cached,
-        "compression_cached": result.compression_cached,
-        "prompt_truncated": result.prompt_truncated,
-        "compressed_nonfinite": result.compressed_nonfinite,
-        "baseline_nonfinite": result.baseline_nonfinite,
-        "warnings": warnings,
-        "baseline_sha256": svc.image_sha256(result.baseline_image),
-        "compressed_sha256": svc.image_sha256(result.compressed_image),
-        "difference": stats,
-        "numbers": {k: _finite_or_none(v) for k, v in row.items() if k not in ("prompt", "model")},
-    }
+    hashes = (svc.image_sha256(result.baseline_image), svc.image_sha256(result.compressed_image))
+    details = fmt.pair_details(req, result, row, stats, warnings, hashes)
     judge = loaded.judge.name if loaded.judge is not None else ""
     return (
         base_img, comp_img, base_caption, comp_caption, (base_img, comp_img), heat, heat_caption,
@@ -461,13 +210,9 @@ def _sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, 
     table = res.table
     csv = svc.write_download(table, "sweep")
     figures = sweep_figures(table, req.layer_study)
-    nonfinite = table[(table["metric"] == "non-finite images") & (table["value"] > 0)]
-    for r in nonfinite.itertuples():
-        gr.Warning(f"{r.setting}: {int(r.value)} of {int(r.n)} images held NaN/inf; they are left out of its scores.")
-    status = (f"**{len(req.specs)} settings × {len(req.prompts)} prompts** (N={len(req.prompts)} images per "
-              f"setting, `{req.prompt_set}` prompt set) on `{html.escape(req.model)}` · {req.steps} steps · "
-              f"guidance {req.guidance:g} · computed {len(res.computed)}, reused from earlier sweeps {len(res.skipped)} · "
-              f"intervals: bootstrap 95% ({svc.SWEEP_BOOTSTRAP} resamples).")
+    for w in fmt.nonfinite_warnings(table):
+        gr.Warning(w)
+    status = fmt.sweep_status(req, res, svc.SWEEP_BOOTSTRAP)
     return (status, sweep_summary(table), str(csv), str(report), *figures)
 
 
@@ -518,9 +263,7 @@ def sweep_plan(prune_percents, prune_methods, quant_modes, study, n_prompts):
                               DEFAULTS.steps, DEFAULTS.guidance, 0)
     except ValueError as err:
         return f"⚠ {html.escape(str(err))}"
-    n = len(req.specs) * len(req.prompts)
-    return (f"{len(req.specs)} settings (baseline included) × {len(req.prompts)} prompts = **{n} images**, plus "
-            "latency timing per setting.")
+    return fmt.sweep_plan_text(req)
 
 
 def clear_history():
@@ -531,50 +274,7 @@ def clear_history():
 
 
 def _model_line() -> str:
-    loaded = LAB.loaded(LAB.default_model)
-    if LAB.startup_error:
-        return f"⚠ {html.escape(LAB.startup_error)}"
-    if loaded is None:
-        return f"Model `{LAB.default_model}` loads on the first request (device: {LAB.device})."
-    cost = loaded.engine.baseline_cost
-    side = f"{loaded.native[1]}×{loaded.native[0]} px"
-    return (f"Model **{loaded.name}** on **{loaded.device}** · draws {side} · UNet {cost.bytes / 2**20:.1f} MB, "
-            f"{cost.params / 1e6:.2f} M parameters")
-
-
-def _grammar_note() -> str:
-    if not DEFAULTS.tiny:
-        return ""
-    return (f"The tiny model knows one sentence: *a [colour] [shape] [position] on a [colour] background* · "
-            f"colours: {', '.join(world.COLOURS)} · shapes: {', '.join(world.SHAPES)} · positions: "
-            f"{', '.join(world.POSITIONS)}.")
-
-
-def _about() -> str:
-    lines = ["### What the controls do", "", "| kind | name | available here | what it does |", "|---|---|---|---|"]
-    for kind, registry in (("pruning", PRUNERS), ("quantization", QUANT_MODES)):
-        for name, item in registry.items():
-            ok, why = item.available(LAB.device)
-            lines.append(f"| {kind} | `{name}` | {'yes' if ok else 'no: ' + html.escape(why)} | "
-                         f"{html.escape(item.description)} |")
-    lines += ["", "| scope | layers pruned |", "|---|---|"]
-    lines += [f"| `{name}` | {html.escape(text)} |" for name, text in SCOPES.items()]
-    lines += [
-        "", "### How to read the numbers", "",
-        "- **Same-seed pairs**: both images start from the same noise, so PSNR/SSIM against the baseline measure "
-        "only what compression changed (N=1 per comparison: read trends, not decimals; sweeps give N and 95% "
-        "intervals).",
-        "- **CLIP score**: 100 × cosine(image, prompt) with the tiny metric CLIP trained on the shapes world "
-        "(openai CLIP for hub models when cached). Higher is better.",
-        "- **Latency**: the denoising loop only, batch 1, one run (N=1) on a shared machine. Sweeps report the "
-        "median of several runs.",
-        "- **Honest costs**: unstructured pruning writes zeros into dense weights: no speed-up and no smaller file "
-        "unless stored sparse. Simulated N-bit weights are stored as float: no gain at all. int8/int4 weights shrink "
-        "the UNet but are dequantized on the fly, so they are rarely faster on a CPU.",
-        "- **Caches**: the baseline image is reused while prompt, seed and sampler settings stay the same; the last "
-        f"{LAB.cache_size} compressed UNets are kept, so returning to a setting does not recompress.",
-    ]
-    return "\n".join(lines)
+    return fmt.model_line(LAB)
 
 
 def _pruner_choices():
@@ -606,7 +306,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                                         max_length=svc.MAX_PROMPT_CHARS, elem_id="prompt")
                     gr.Examples([[p] for p in EXAMPLES], inputs=[prompt], label="Example prompts")
                     if DEFAULTS.tiny:
-                        gr.Markdown(_grammar_note(), elem_classes="note")
+                        gr.Markdown(fmt.grammar_note(DEFAULTS.tiny), elem_classes="note")
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=42, precision=0, label="Seed", minimum=0, maximum=svc.MAX_SEED,
                                          min_width=120, scale=3, elem_id="seed")
@@ -727,7 +427,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                                                           label=SWEEP_PLOTS[i], elem_id=f"sweep-plot-{i}")
 
         with gr.Tab("About", id="about"):
-            gr.Markdown(_about())
+            gr.Markdown(fmt.about(LAB.device, LAB.cache_size))
 
     # ------------------------------------------------------------------------------------------ wiring
     compare_inputs = [prompt, negative, seed, steps, guidance, model, prune, method, scope, quant, bits, height,
@@ -738,10 +438,8 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     # preprocess=False: the raw values reach app_service's checks, which refuse NaN, non-integers and unknown
     # names with plain messages (Gradio's own preprocessing rounds 3.5 to 4 and echoes bad choices).
     model_work = dict(concurrency_id=MODEL_WORK, concurrency_limit=MODEL_CONCURRENCY, preprocess=False)
-    generate.click(compare, compare_inputs, compare_outputs, api_name="compare", validator=validate_compare,
-                   **model_work)
-    prompt.submit(compare, compare_inputs, compare_outputs, api_visibility="private", validator=validate_compare,
-                  **model_work)
+    gr.on([generate.click, prompt.submit], compare, compare_inputs, compare_outputs, api_name="compare",
+          validator=validate_compare, **model_work)
     quant.change(on_quant_change, quant, bits, queue=False, api_visibility="private")
     model.change(on_model_change, model, [steps, guidance, height, width], queue=False, api_visibility="private")
     sw_model.change(lambda name: on_model_change(name)[:2], sw_model, [sw_steps, sw_guidance], queue=False,
@@ -755,9 +453,8 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     run_sweep_btn.click(sweep, sweep_inputs, [sw_status, sw_table, sw_csv, sw_report, *sw_plots], api_name="sweep",
                         validator=validate_sweep, **model_work)
     plan_inputs = [sw_percents, sw_methods, sw_quant, sw_study, sw_prompts]
-    for comp in plan_inputs:
-        comp.change(sweep_plan, plan_inputs, sw_plan, queue=False, api_visibility="private")
-    demo.load(sweep_plan, plan_inputs, sw_plan, queue=False, api_visibility="private")
+    gr.on([demo.load, *(comp.change for comp in plan_inputs)], sweep_plan, plan_inputs, sw_plan, queue=False,
+          api_visibility="private")
     demo.load(_model_line, None, model_line, queue=False, api_visibility="private")
 
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
