@@ -282,6 +282,75 @@ def _compiled(unet: nn.Module, model: BenchModel) -> tuple[nn.Module, float]:
     return compiled, time.perf_counter() - start
 
 
+def _measure_setting(engine: Engine, model: BenchModel, spec: CompressionSpec, row: dict[str, Any], base_step,
+                     base_macs: int | None, repeats: int, warmup: int, compile: bool, log: Callable[[str], None],
+                     key: str) -> list[float]:
+    """Compress one setting and time it against the baseline; fills `row`, returns the paired baseline rounds."""
+    device = next(model.unet.parameters()).device
+    cuda = device.type == "cuda"
+    base_times: list[float] = []
+    try:
+        engine.clear_cache()
+        _trim_heap()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before_gpu = torch.cuda.memory_allocated()
+        rss_before = _status_bytes("VmRSS")
+        peak_ok = _reset_peak()
+        start = time.perf_counter()
+        entry, cached = engine.compress(spec)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        peak = _status_bytes("VmHWM") if peak_ok else None
+        hits = []
+        for _ in range(HITS):  # the median of many: one may land on a garbage-collector pause
+            start = time.perf_counter()
+            _, hit = engine.compress(spec)
+            hits.append(time.perf_counter() - start)
+        hit_s = latency.median_or_none(hits)
+        cost = entry.cost
+        report = entry.prune_report
+        row.update(
+            built=entry.built,
+            compression_s=0.0 if cached else wall,
+            build_s=entry.seconds,
+            cost_s=entry.cost_seconds,
+            cache_hit_ms=1000 * hit_s if hit else None,
+            cache_hit_max_ms=1000 * max(hits),
+            bytes=cost.bytes,
+            params=cost.params,
+            sparsity=cost.sparsity,
+            rss_before_bytes=rss_before,
+            peak_rss_growth_bytes=(peak - rss_before) if peak is not None and rss_before is not None else None,
+        )
+        if cuda:
+            row["peak_gpu_growth_bytes"] = torch.cuda.max_memory_allocated() - before_gpu
+        if report is not None:
+            row.update(params_removed=report.params_removed, channels_removed=report.channels_removed,
+                       scope_sparsity=report.sparsity)
+        row["macs"] = (base_macs if spec.is_identity else
+                       count_macs(entry.unet, model.sample, model.timestep, encoder_hidden_states=model.hidden))
+        step_unet = entry.unet
+        if compile:
+            step_unet, row["compile_s"] = _compiled(entry.unet, model)
+        pair = latency.paired_latency(base_step, model.step(step_unet), warmup, repeats, device)
+        del step_unet
+        base_times.extend(pair.base.times_s)
+        row.update(pair.bench_fields(), step_ratio_ci=pair.ratio_interval())
+    except Exception as err:  # noqa: BLE001 - one broken setting (a GPU kernel missing) must not lose the rest
+        row["error"] = f"{type(err).__name__}: {err}"[:300]
+        log(f"  {key:28s} ERROR {row['error']}")
+    finally:
+        engine.clear_cache()
+        entry = None
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+    return base_times
+
+
 def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup: int,
                 log: Callable[[str], None] = print, compile: bool = False) -> dict[str, Any]:
     """Benchmark every setting on one model; returns the JSON-ready block of this model.
@@ -290,7 +359,6 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
     time is reported apart as `compile_s` and is not part of the step latency or the compression time.
     """
     device = next(model.unet.parameters()).device
-    cuda = device.type == "cuda"
     engine = Engine(types.SimpleNamespace(unet=model.unet), f"bench-{model.name}", cache_size=1,
                     baseline_cache_size=0)
     base_cost = engine.baseline_cost
@@ -321,65 +389,8 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
             rows.append(row)
             log(f"  {setting.key:28s} skipped: {missing[0]}")
             continue
-        try:
-            engine.clear_cache()
-            _trim_heap()
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                before_gpu = torch.cuda.memory_allocated()
-            rss_before = _status_bytes("VmRSS")
-            peak_ok = _reset_peak()
-            start = time.perf_counter()
-            entry, cached = engine.compress(spec)
-            if cuda:
-                torch.cuda.synchronize()
-            wall = time.perf_counter() - start
-            peak = _status_bytes("VmHWM") if peak_ok else None
-            hits = []
-            for _ in range(HITS):  # the median of many: one may land on a garbage-collector pause
-                start = time.perf_counter()
-                _, hit = engine.compress(spec)
-                hits.append(time.perf_counter() - start)
-            hit_s = latency.median_or_none(hits)
-            cost = entry.cost
-            report = entry.prune_report
-            row.update(
-                built=entry.built,
-                compression_s=0.0 if cached else wall,
-                build_s=entry.seconds,
-                cost_s=entry.cost_seconds,
-                cache_hit_ms=1000 * hit_s if hit else None,
-                cache_hit_max_ms=1000 * max(hits),
-                bytes=cost.bytes,
-                params=cost.params,
-                sparsity=cost.sparsity,
-                rss_before_bytes=rss_before,
-                peak_rss_growth_bytes=(peak - rss_before) if peak is not None and rss_before is not None else None,
-            )
-            if cuda:
-                row["peak_gpu_growth_bytes"] = torch.cuda.max_memory_allocated() - before_gpu
-            if report is not None:
-                row.update(params_removed=report.params_removed, channels_removed=report.channels_removed,
-                           scope_sparsity=report.sparsity)
-            row["macs"] = (base_macs if spec.is_identity else
-                           count_macs(entry.unet, model.sample, model.timestep, encoder_hidden_states=model.hidden))
-            step_unet = entry.unet
-            if compile:
-                step_unet, row["compile_s"] = _compiled(entry.unet, model)
-            pair = latency.paired_latency(base_step, model.step(step_unet), warmup, repeats, device)
-            del step_unet
-            base_times.extend(pair.base.times_s)
-            row.update(pair.bench_fields(), step_ratio_ci=pair.ratio_interval())
-        except Exception as err:  # noqa: BLE001 - one broken setting (a GPU kernel missing) must not lose the rest
-            row["error"] = f"{type(err).__name__}: {err}"[:300]
-            log(f"  {setting.key:28s} ERROR {row['error']}")
-        finally:
-            engine.clear_cache()
-            entry = None
-            gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
+        base_times += _measure_setting(engine, model, spec, row, base_step, base_macs, repeats, warmup, compile, log,
+                                       setting.key)
         rows.append(row)
         if "error" not in row:
             log(f"  {setting.key:28s} compress {row['compression_s']:7.2f}s  bytes x{row['bytes'] / base_cost.bytes:5.3f}"
