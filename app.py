@@ -4,8 +4,8 @@ Compare tab: prune and quantize a copy of the UNet, draw the baseline and the co
 prompt and seed, and see the pair, the difference and the measured cost and quality; every comparison of the
 session goes into a table and two charts. Sweep tab: grids of settings over a prompt set, with intervals and N.
 
-Layout, event wiring and formatting only: the work lives in `compression/`, the loaded models and the request
-checks in `app_service.py`.
+Layout and event wiring only: the work lives in `compression/`, the loaded models and the request checks in
+`app_service.py`, the formatting of results (tables, captions, texts) in `app_format.py`.
 
 Run: `python app.py [--model NAME]` (env: MODEL_ID, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, APP_OUTPUT_DIR,
 APP_CACHE_SIZE, APP_MAX_MODELS, APP_QUEUE_SIZE, APP_MODEL_CONCURRENCY). API endpoints: /compare, /sweep
