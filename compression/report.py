@@ -42,12 +42,12 @@ def plain_number(value: float, digits: int = 3) -> str:
 
 
 def value_ci_text(value: float, ci_low: float, ci_high: float, n) -> str:
-    """"37.5 [35, 40]": a value with its 95% interval, or the value alone (4 digits) where there is no interval
-    (N=1, or an exact count whose interval is the value itself)."""
+    """"37.5 [12.5, 62.5]": a value with its 95% interval (3 significant digits each), or the value alone
+    (4 digits) where there is no interval (N=1, or an exact count whose interval is the value itself)."""
     if not math.isfinite(value):
         return "-"
     if n and n > 1 and math.isfinite(ci_low) and ci_low != ci_high:
-        return f"{plain_number(value, 3)} [{plain_number(ci_low, 2)}, {plain_number(ci_high, 2)}]"
+        return f"{plain_number(value, 3)} [{plain_number(ci_low, 3)}, {plain_number(ci_high, 3)}]"
     return plain_number(value, 4)
 
 

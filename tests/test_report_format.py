@@ -45,7 +45,7 @@ def test_app_summary_prints_100_not_1e02(table):
     assert list(out["setting"]) == ["baseline", "L1 30%"]  # the real-images row is not a setting
     by = out.set_index("setting")
     assert by.loc["baseline", "accuracy %"] == "100"  # an interval of one value: the value alone
-    assert by.loc["L1 30%", "accuracy %"] == "37.5 [12, 62]"
+    assert by.loc["L1 30%", "accuracy %"] == "37.5 [12.5, 62.5]"
     assert by.loc["L1 30%", "sparsity %"] == "30"
     assert by.loc["L1 30%", "latency ms"] == "1230 [1100, 1300]"
     assert by.loc["baseline", "latency ms"] == ""  # not measured for this setting
