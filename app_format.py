@@ -14,6 +14,7 @@ import pandas as pd
 from compression import PRUNERS, QUANT_MODES, SCOPES, charts, world
 from compression.report import headline_columns, headline_table
 
+
 def num(v, digits: int = 3, unit: str = "") -> str:
     """A number for a table cell: significant digits, NaN shown as a dash."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):

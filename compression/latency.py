@@ -17,7 +17,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from .metrics import N_BOOT, Estimate, LatencyStats, measure_latency, measure_latency_interleaved, speedup_estimate
+from .metrics import (
+    N_BOOT,
+    Estimate,
+    LatencyStats,
+    measure_latency,
+    measure_latency_interleaved,
+    speedup_estimate,
+)
 
 __all__ = ["LatencyStats", "PairedLatency", "measure_latency", "measure_latency_interleaved", "median_or_none",
            "paired_latency", "speedup_estimate"]
