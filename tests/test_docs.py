@@ -96,8 +96,9 @@ def table_keys(text: str, first_column: str) -> list[str]:
     raise AssertionError(f"docs/library.md has no table whose first column is '{first_column}'")
 
 
-@pytest.mark.parametrize("column, registry", [("method", PRUNERS), ("mode", QUANT_MODES), ("scope", SCOPES),
-                                               ("model", CATALOG)])
+@pytest.mark.parametrize(
+    "column, registry", [("method", PRUNERS), ("mode", QUANT_MODES), ("scope", SCOPES), ("model", CATALOG)]
+)
 def test_library_tables_match_the_registries(column, registry):
     documented = table_keys((DOCS / "library.md").read_text(), column)
     assert len(documented) == len(set(documented)), f"a {column} is listed twice: {documented}"
@@ -114,8 +115,9 @@ def test_readme_example_runs(tmp_path):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len(code.strip().splitlines()) <= 12, "the README's example should stay about ten lines"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "x the bytes" in run.stdout and "zeros" in run.stdout, run.stdout
     assert (tmp_path / "baseline.png").exists() and (tmp_path / "compressed.png").exists()
