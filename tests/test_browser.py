@@ -2,7 +2,8 @@
 
 Loads the page at 1280x800, sets the pruning slider and the quantization mode, presses Generate, and checks
 that two images and a Plotly chart appear; then the same page on a 400 px wide phone screen must not scroll
-sideways. Screenshots go to artifacts/ (gitignored) for people to look at.
+sideways. Screenshots go to artifacts/ (gitignored) for people to look at; with UPDATE_SCREENSHOTS=1 the
+1280 px one also replaces docs/images/compare.png, the README's picture (quantized to a palette: a few hundred KB).
 
 Without /usr/bin/chromium the test is skipped with a message, unless REQUIRE_BROWSER=1 (CI), where it fails.
 """
@@ -16,6 +17,7 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+README_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "compare.png"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
@@ -52,6 +54,19 @@ def choose(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=False).first.click()
 
 
+def save_readme_screenshot(page) -> None:
+    """The Compare tab's top (prompt, controls, the image pair) as a small palette PNG for the README."""
+    from PIL import Image
+
+    page.evaluate("() => window.scrollTo(0, 0)")
+    shot = ARTIFACTS / "readme-compare-1280.png"
+    page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1280, "height": 1100}, full_page=True)
+    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(shot) as im:
+        # 128 colours: the page is flat UI colours plus two 64x64 drawings, so a palette keeps it legible.
+        im.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(README_SCREENSHOT, optimize=True)
+
+
 def test_compare_in_a_browser(lab_app, browser):
     _, url = lab_app
     ARTIFACTS.mkdir(exist_ok=True)
@@ -82,6 +97,8 @@ def test_compare_in_a_browser(lab_app, browser):
     assert page.locator("#quality-plot .js-plotly-plot").count() == 1
     assert page.locator("#history").get_by_text("L1 45% + sim int6 (fake)").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "browser-compare-1280.png"), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        save_readme_screenshot(page)
 
     page.set_viewport_size({"width": 400, "height": 800})
     page.wait_for_timeout(500)
