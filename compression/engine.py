@@ -56,12 +56,12 @@ from .build import (  # noqa: F401 - re-exported
 from .cost import ModuleCost, module_cost
 from .pruning import PruneReport, apply_pruning_
 from .quantization import apply_quantization_
-from .spec import CompressionSpec
+from .spec import MAX_SEED, CompressionSpec
 
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MIN_SIZE, MAX_SIZE = 8, 1024  # pixels; 1024x1024 on an SD 1.5 UNet is already past what a CPU can draw
-MAX_SEED = 2**32 - 1
+SIZE_MULTIPLE = 8  # the VAE halves the side three times
 BASELINE_CACHE_SIZE = 64
 
 # A pipeline's tokenizer (a Rust `tokenizers` backend in transformers 5) stores its padding and truncation settings
@@ -224,7 +224,8 @@ class Engine:
     # ------------------------------------------------------------------------------------- compression
 
     def compress(self, spec: CompressionSpec, progress: Progress | None = None) -> tuple[CompressedUNet, bool]:
-        """The compressed UNet for `spec`, from the cache or built now.
+        """The compressed UNet for `spec`, from the cache or built now (the one place a spec's type is checked:
+        `generate_pair` and `generate_batch` come through here; the spec checked its own fields).
 
         Returns:
             `(entry, cached)`: cached is True when no compression work was done.
@@ -359,9 +360,9 @@ class Engine:
         height = dh if height is None else height
         width = dw if width is None else width
         for name, v in (("height", height), ("width", width)):
-            if not _is_int(v) or not MIN_SIZE <= v <= MAX_SIZE or v % 8:
+            if not _is_int(v) or not MIN_SIZE <= v <= MAX_SIZE or v % SIZE_MULTIPLE:
                 raise ValueError(
-                    f"{name} must be a multiple of 8 from {MIN_SIZE} to {MAX_SIZE} pixels, got {_short(v)}"
+                    f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE} pixels, got {_short(v)}"
                 )
         return int(height), int(width)
 
@@ -396,8 +397,6 @@ class Engine:
             ValueError: an argument out of range (the message names the range).
         """
         height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
-        if not isinstance(spec, CompressionSpec):
-            raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
         seed, steps, guidance = int(seed), int(steps), float(guidance)
 
         entry, compression_cached = self.compress(spec, progress)
@@ -484,8 +483,6 @@ class Engine:
             raise ValueError(f"one seed per prompt is needed, got {len(prompts)} prompts and {len(seeds)} seeds")
         for prompt, seed in zip(prompts, seeds):
             height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
-        if not isinstance(spec, CompressionSpec):
-            raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
         steps, guidance = int(steps), float(guidance)
         entry, cached = self.compress(spec)
         pipe = self._variant(entry.unet)
