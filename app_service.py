@@ -41,9 +41,27 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from compression import CATALOG, SCOPES, CompressionSpec, Engine, available_pruners, available_quant_modes
-from compression.models import DEFAULT_MODEL, UnsafeModelError, default_device, load_pipeline, resolve_model
+from compression import (
+    CATALOG,
+    SCOPES,
+    CompressionSpec,
+    Engine,
+    available_pruners,
+    available_quant_modes,
+)
+from compression.engine import SIZE_MULTIPLE
+from compression.models import (
+    DEFAULT_MODEL,
+    CatalogEntry,
+    UnsafeModelError,
+    default_device,
+    load_pipeline,
+    resolve_model,
+)
+from compression.pruning import MAX_AMOUNT
 from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
+from compression.spec import MAX_SEED
+from compression.sweep import PRESETS
 
 log = logging.getLogger("dcl.app")
 
@@ -53,12 +71,12 @@ DOWNLOAD_DIR = OUTPUT_DIR / "downloads"  # the only folder Gradio may serve besi
 SWEEP_DIR = OUTPUT_DIR / "sweeps"
 DOWNLOAD_TTL_S = 3600  # CSVs older than this are deleted when the next one is written: disk stays bounded
 
-# Limits of the public app (the library's are wider: a researcher on their own machine uses the CLI).
+# Limits of the public app (the library's are wider: a researcher on their own machine uses the CLI). Where the
+# app allows what the library allows (seed, pruning amount, bits, size multiple), the library's constant is read.
 MAX_PROMPT_CHARS = 1000  # the model reads 77 CLIP tokens (~300-400 characters); more is certainly a mistake
 MAX_STEPS = 100
 MAX_GUIDANCE = 20.0
-MAX_PRUNE_PERCENT = 95.0
-MAX_SEED = 2**32 - 1
+MAX_PRUNE_PERCENT = round(MAX_AMOUNT * 100, 6)
 MAX_SWEEP_SETTINGS = 24  # settings per sweep, the baseline included
 MAX_SWEEP_IMAGES = 1200  # settings x prompts per sweep: about 5 minutes of the tiny model on one CPU core
 MAX_SWEEP_PROMPTS = 200
@@ -67,8 +85,8 @@ SWEEP_BOOTSTRAP = 200  # resamples per interval: each FD resample is a 128x128 e
 # and 1000 of them per setting and reference made a 2-setting sweep of 4 images take 50 s
 HISTORY_LIMIT = 100  # comparisons kept per session (the oldest go first)
 SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
-LAYER_SCOPES = ("down", "mid", "up", "resnet", "attention", "self-attention", "cross-attention", "feed-forward",
-                "projection")  # the layer-sensitivity study prunes one of these at a time
+# The layer-sensitivity study prunes one of these at a time: the same parts as the CLI's preset.
+LAYER_SCOPES = tuple(PRESETS["layer-sensitivity"]["scope"].split(","))
 
 
 class RequestError(ValueError):
@@ -162,22 +180,28 @@ def choices(name: str, values: object, known: Sequence[str], hint: str = "") -> 
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    """Sampler defaults the UI shows for a model."""
+    """What the UI shows for a model before it is loaded: its catalog entry's sampler defaults and examples."""
 
     steps: int
     guidance: float
     side: int  # native image side in pixels
-    tiny: bool
+    prompt_set: str  # the sweep's prompt set
+    examples: tuple[str, ...]  # example prompts
+    grammar: str  # a note on the only prompts the model understands ("" for general models)
+
+    @property
+    def tiny(self) -> bool:
+        """Kept for callers that still ask; use `grammar`, `examples`, `prompt_set` instead."""
+        return bool(self.grammar)
 
 
 def model_defaults(name: str) -> ModelDefaults:
-    """Defaults before the model is loaded: the embedded model draws 64x64 and follows its one grammar best at
-    guidance 4; SD-style hub models draw 512x512 at the usual guidance 7.5."""
+    """The catalog entry's defaults (a name the catalog does not know gets a general model's)."""
     try:
-        tiny = resolve_model(name).tiny
+        entry = resolve_model(name)
     except ValueError:
-        tiny = False
-    return ModelDefaults(20, 4.0, 64, True) if tiny else ModelDefaults(25, 7.5, 512, False)
+        entry = CatalogEntry(str(name), str(name), "", local=False)
+    return ModelDefaults(entry.steps, entry.guidance, entry.side, entry.prompt_set, entry.examples, entry.grammar)
 
 
 @dataclass
@@ -283,7 +307,7 @@ class Lab:
             engine = Engine(pipe, info.name, cache_size=self.cache_size)
             sweep_engine = Engine(pipe, info.name, cache_size=1, baseline_cache_size=0)
             loaded = LoadedModel(info.name, engine, sweep_engine, metric_set, engine.default_size(), info.device,
-                                 model_fingerprint(info.source))
+                                 weight_files_digest(info.source))
             self._models[name] = loaded
             while len(self._models) > self.max_models:
                 victim = next((k for k in self._models if k != self.default_model), None)
@@ -348,8 +372,8 @@ def _size(name: str, value, lo: int, hi: int, default: int, model: str) -> int:
     if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
         return default  # empty / 0: the model's native size
     v = _number(value)
-    if v is None or not math.isfinite(v) or v != math.floor(v) or not lo <= v <= hi or int(v) % 8:
-        raise RequestError(f"{name} must be a multiple of 8 from {lo} to {hi} pixels for {model} (0: native size).")
+    if v is None or not math.isfinite(v) or v != math.floor(v) or not lo <= v <= hi or int(v) % SIZE_MULTIPLE:
+        raise RequestError(f"{name} must be a multiple of {SIZE_MULTIPLE} from {lo} to {hi} pixels for {model} (0: native size).")
     return int(v)
 
 
@@ -498,7 +522,7 @@ def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, s
         return values, {"n_prompts": (
             f"{len(specs)} settings x {n} prompts = {len(specs) * n} images; the app draws at most "
             f"{MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings.")}
-    prompt_set = "tiny-shapes" if model_defaults(values["model"]).tiny else "general"
+    prompt_set = model_defaults(values["model"]).prompt_set
     available = load_prompts(prompt_set)
     if n > len(available):
         return values, {"n_prompts": f"prompts must be a whole number from 1 to {len(available)} for the "
@@ -556,8 +580,8 @@ def write_download(frame, stem: str) -> Path:
     return path
 
 
-def model_fingerprint(source: str) -> str:
-    """A short digest of a model's weight files (names, sizes, modification times).
+def weight_files_digest(source: str) -> str:
+    """A short digest of a model's weight files (names, sizes, modification times), without reading them.
 
     Part of the sweep folder's name: the sweep reuses finished settings by model NAME, so retraining the
     embedded model in place must not serve the old model's results."""
@@ -570,6 +594,9 @@ def model_fingerprint(source: str) -> str:
             st = p.stat()
             h.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:10]
+
+
+model_fingerprint = weight_files_digest  # the former name; `compression.sweep.model_fingerprint` digests weights
 
 
 def sweep_dir(model: str, fingerprint: str) -> Path:

@@ -8,7 +8,7 @@ The library behind the app; it never imports gradio. Main entry points:
 - `module_cost` (cost.py): real bytes, parameters and measured sparsity of a module;
 - `CATALOG` / `load_pipeline` (models.py): the models and the one safe loader;
 - `Engine` (engine.py): baseline + cached compressed UNets -> `generate_pair(...)` -> `PairResult`;
-  `build_compressed` makes a compressed copy layer by layer;
+- `build_compressed` (build.py): a compressed copy of a UNet, layer by layer, from a UNet and a spec;
 - `count_macs` (cost.py), `structured_size` (pruning.py): measured MACs, and what a structured amount means in
   parameters; `compression.bench` measures speed and memory (`load_results`/`results_frame` for charts).
 
@@ -21,7 +21,8 @@ Example:
 """
 
 from .cost import ModuleCost, count_macs, module_bytes, module_cost, param_count, weight_sparsity
-from .engine import CompressedUNet, Engine, PairResult, build_compressed, state_dict_digest
+from .build import CompressedUNet, build_compressed, state_dict_digest
+from .engine import Engine, PairResult
 from .models import CATALOG, ModelInfo, load_pipeline, resolve_model
 from .pruning import (PRUNERS, SCOPES, PrunePlan, PruneReport, apply_pruning_, available_pruners, get_pruner,
                       scope_layers, structured_size)

@@ -4,7 +4,7 @@
 size. How it keeps the comparison honest:
 
 - the baseline pipeline is never touched: a compressed UNet is built layer by layer from the baseline's
-  weights (`build_compressed`: an empty skeleton copy, then each layer pruned and quantized as it is filled in,
+  weights (`build_compressed`, in build.py: an empty skeleton copy, then each layer pruned and quantized as it is filled in,
   so memory never holds a second float UNet and nothing is computed twice), or, for registry entries without a
   per-layer form, a deep copy pruned then quantized; the variant pipeline is built from the baseline's
   components with that UNet (text encoder, VAE, tokenizer are shared, read-only);
@@ -31,8 +31,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import inspect
 import math
 import numbers
@@ -47,16 +45,23 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .cost import ModuleCost, meta_copy, module_cost
-from .pruning import PruneReport, apply_pruning_, check_amount, get_pruner, scope_layers
-from .quantization import apply_quantization_, get_quant_mode
-from .scratch import scratch
-from .spec import CompressionSpec
+from ._text import short_repr as _short
+from .build import (  # noqa: F401 - re-exported
+    CompressedUNet,
+    _storage,
+    build_compressed,
+    layerwise_supported,
+    state_dict_digest,
+)
+from .cost import ModuleCost, module_cost
+from .pruning import PruneReport, apply_pruning_
+from .quantization import apply_quantization_
+from .spec import MAX_SEED, CompressionSpec
 
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MIN_SIZE, MAX_SIZE = 8, 1024  # pixels; 1024x1024 on an SD 1.5 UNet is already past what a CPU can draw
-MAX_SEED = 2**32 - 1
+SIZE_MULTIPLE = 8  # the VAE halves the side three times
 BASELINE_CACHE_SIZE = 64
 
 # A pipeline's tokenizer (a Rust `tokenizers` backend in transformers 5) stores its padding and truncation settings
@@ -69,182 +74,6 @@ _TOKENIZER_LOCK = threading.Lock()
 
 # progress(fraction in [0, 1], description)
 Progress = Callable[[float, str], None]
-
-
-def _short(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _tensor_bytes_for_digest(t: torch.Tensor) -> bytes:
-    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "__tensor_flatten__"):
-        names, _ = t.__tensor_flatten__()
-        return b"".join(_tensor_bytes_for_digest(getattr(t, n)) for n in names if getattr(t, n, None) is not None)
-    t = t.detach().cpu().contiguous()
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def state_dict_digest(module: nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of a module's state_dict (proves "never mutated")."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes_for_digest(t))
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class CompressedUNet:
-    """A cache entry: the compressed UNet and what making it cost.
-
-    Args:
-        unet (`nn.Module`): the compressed copy (the baseline's own UNet for an identity spec).
-        spec (`CompressionSpec`): what was applied.
-        prune_report (`PruneReport`, *optional*): measured pruning over the scope (None when nothing pruned).
-        seconds (`float`): copy + prune + quantize wall time.
-        cost (`ModuleCost`): bytes, parameters, sparsity of the result.
-        built (`str`, defaults to `"layerwise"`): how the copy was made: `"layerwise"` (`build_compressed`),
-            `"deepcopy"` (registry entries without a per-layer form) or `"baseline"` (identity spec).
-        cost_seconds (`float`, defaults to 0.0): time spent measuring `cost` (after `seconds`).
-    """
-
-    unet: nn.Module
-    spec: CompressionSpec
-    prune_report: PruneReport | None
-    seconds: float
-    cost: ModuleCost
-    built: str = "layerwise"
-    cost_seconds: float = 0.0
-
-
-def _storage(t: torch.Tensor) -> int | None:
-    if type(t) not in (torch.Tensor, nn.Parameter) or t.device.type == "meta":
-        return None  # a quantized tensor subclass is always new; meta tensors hold nothing
-    return t.untyped_storage().data_ptr()
-
-
-def layerwise_supported(source: nn.Module, spec: CompressionSpec) -> bool:
-    """Whether `build_compressed` can make `spec` (the registry entries have per-layer forms)."""
-    pruner, mode = get_pruner(spec.prune_method), get_quant_mode(spec.quant_mode)
-    if spec.prunes and pruner.plan is None:
-        return False
-    if mode.layer_ is None:
-        return False
-    # diffusers keeps some modules in fp32 when a model is cast; the whole-model path knows how.
-    return not getattr(source, "_keep_in_fp32_modules", None)
-
-
-@torch.no_grad()
-def build_compressed(source: nn.Module, spec: CompressionSpec, source_zeros: int | None = None
-                     ) -> tuple[nn.Module, PruneReport | None]:
-    """A new compressed module made layer by layer from `source`, which is only read.
-
-    An empty copy of `source` (meta tensors: the structure, no memory) is filled one module at a time: each
-    parameter is the pruning plan's new tensor or the source's own, then the quantization mode's `layer_`
-    turns the module into its compressed form, and whatever still shares memory with the source is copied.
-    So the float weights are read once, only the result is written, and peak memory is the result plus one
-    layer's temporaries (a deep copy first would add a whole float UNet: 3.2 GiB for SD 1.5).
-
-    Args:
-        source (`nn.Module`): the baseline UNet (never written to).
-        spec (`CompressionSpec`): what to do; `layerwise_supported(source, spec)` must be True.
-        source_zeros (`int`, *optional*): zero weights in the source's Linear/Conv2d layers, if known (the
-            engine's baseline cost). 0 lets a structured plan skip counting: cutting channels out of weights
-            that hold no zero leaves none.
-
-    Returns:
-        `(module, prune_report)`; the report is None when nothing is pruned.
-
-    Raises:
-        ValueError: a method or mode that cannot run on the source's device, or a bad amount.
-    """
-    pruner, mode = get_pruner(spec.prune_method), get_quant_mode(spec.quant_mode)
-    device = next(source.parameters()).device
-    for entry, kind in ((mode, "quantization mode"), (pruner if spec.prunes else None, "pruning method")):
-        if entry is not None:
-            ok, why = entry.available(device)
-            if not ok:
-                raise ValueError(f"{kind} {entry.name!r} is not available on {device.type}: {why}")
-    io_dtype = next(p.dtype for p in source.parameters() if p.is_floating_point())
-    start = time.perf_counter()
-    prune_seconds = 0.0  # planning + making the pruned tensors (the rest is copying and quantizing)
-    plan = None
-    scope_names: set[str] = set()
-    if spec.prunes:
-        check_amount(pruner, spec.prune_amount)
-        scope_names = {n for n, _ in scope_layers(source, spec.prune_scope)}
-        plan = pruner.plan(source, spec.prune_amount, spec.prune_scope, spec.seed)
-        if plan.zeros is None and source_zeros == 0 and pruner.kind == "structured":
-            plan.zeros = 0
-        prune_seconds = time.perf_counter() - start
-    params_before = sum(p.numel() for p in source.parameters())
-    owned = {_storage(t) for t in [*source.parameters(), *source.buffers()]}
-    alloc = None
-    if plan is not None and spec.quant_mode != "fp32":
-        # The pruned float weight is quantized (or cast) right away and dropped: write it into a reusable work
-        # buffer instead of fresh memory (fresh temporaries freed between the kept results fragment the heap:
-        # +0.5 GiB peak on SD 1.5). Whatever the mode keeps of it is copied below, like the source's own tensors.
-        def alloc(shape: tuple, dtype: torch.dtype, slot: int = 0) -> torch.Tensor:
-            buf = scratch(math.prod(shape), dtype, device, slot=20 + slot).view(shape)
-            owned.add(_storage(buf))
-            return buf
-    zeros = 0
-    unet = meta_copy(source)
-    # Names, not module objects: a list of the modules would keep every replaced layer (and the pruned float
-    # weights it was made from) alive until the end.
-    for name in [n for n, m in unet.named_modules() if m._parameters or m._buffers]:
-        sub = unet.get_submodule(name)
-        src = source.get_submodule(name) if name else source
-        for slot, (pname, value) in enumerate(list(sub._parameters.items())):
-            if value is None:
-                continue
-            original = src._parameters[pname].detach()
-            new = None
-            if plan is not None:
-                t0 = time.perf_counter()
-                new = plan.tensor(name, pname, original,
-                                  None if alloc is None else functools.partial(alloc, slot=slot))
-                prune_seconds += time.perf_counter() - t0
-            tensor = original if new is None else new
-            if plan is not None and plan.zeros is None and pname == "weight" and name in scope_names:
-                zeros += tensor.numel() - int(torch.count_nonzero(tensor))  # before quantization changes them
-            sub._parameters[pname] = nn.Parameter(tensor, requires_grad=False)
-            del tensor, new
-        for bname, value in list(sub._buffers.items()):
-            if value is not None:
-                sub._buffers[bname] = src._buffers[bname]
-        if plan is not None:
-            plan.fix_(name, sub)
-        new_sub = mode.layer_(sub, spec.bits)
-        # The copy must never share memory with the baseline: copy what the mode left as it was.
-        for tname, t in [*new_sub._parameters.items(), *new_sub._buffers.items()]:
-            if t is not None and _storage(t) in owned:
-                value = t.detach().clone()
-                if tname in new_sub._parameters:
-                    new_sub._parameters[tname] = nn.Parameter(value, requires_grad=False)
-                else:
-                    new_sub._buffers[tname] = value
-        if new_sub is not sub:
-            if not name:
-                unet = new_sub
-            else:
-                parent, _, child = name.rpartition(".")
-                setattr(unet.get_submodule(parent) if parent else unet, child, new_sub)
-        del sub, new_sub
-    if plan is not None:
-        plan.finish_(unet)
-    if mode.finish_ is not None:
-        unet = mode.finish_(unet, io_dtype)
-    unet.eval().requires_grad_(False)
-    report = None
-    if plan is not None:
-        layers = scope_layers(unet, spec.prune_scope)
-        channels = (getattr(plan, "channels_before", 0), getattr(plan, "channels_after", 0))
-        report = PruneReport(spec.prune_method, spec.prune_amount, spec.prune_scope,
-                             sum(m.weight.numel() for _, m in layers), plan.zeros if plan.zeros is not None else zeros,
-                             len(layers), prune_seconds, params_before,
-                             sum(p.numel() for p in unet.parameters()), *channels)
-    return unet, report
 
 
 @dataclass(frozen=True)
@@ -395,7 +224,8 @@ class Engine:
     # ------------------------------------------------------------------------------------- compression
 
     def compress(self, spec: CompressionSpec, progress: Progress | None = None) -> tuple[CompressedUNet, bool]:
-        """The compressed UNet for `spec`, from the cache or built now.
+        """The compressed UNet for `spec`, from the cache or built now (the one place a spec's type is checked:
+        `generate_pair` and `generate_batch` come through here; the spec checked its own fields).
 
         Returns:
             `(entry, cached)`: cached is True when no compression work was done.
@@ -530,9 +360,9 @@ class Engine:
         height = dh if height is None else height
         width = dw if width is None else width
         for name, v in (("height", height), ("width", width)):
-            if not _is_int(v) or not MIN_SIZE <= v <= MAX_SIZE or v % 8:
+            if not _is_int(v) or not MIN_SIZE <= v <= MAX_SIZE or v % SIZE_MULTIPLE:
                 raise ValueError(
-                    f"{name} must be a multiple of 8 from {MIN_SIZE} to {MAX_SIZE} pixels, got {_short(v)}"
+                    f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE} pixels, got {_short(v)}"
                 )
         return int(height), int(width)
 
@@ -567,8 +397,6 @@ class Engine:
             ValueError: an argument out of range (the message names the range).
         """
         height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
-        if not isinstance(spec, CompressionSpec):
-            raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
         seed, steps, guidance = int(seed), int(steps), float(guidance)
 
         entry, compression_cached = self.compress(spec, progress)
@@ -655,8 +483,6 @@ class Engine:
             raise ValueError(f"one seed per prompt is needed, got {len(prompts)} prompts and {len(seeds)} seeds")
         for prompt, seed in zip(prompts, seeds):
             height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
-        if not isinstance(spec, CompressionSpec):
-            raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
         steps, guidance = int(steps), float(guidance)
         entry, cached = self.compress(spec)
         pipe = self._variant(entry.unet)

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+from . import world
+from ._text import short_repr as _short
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 
@@ -41,22 +44,84 @@ class UnsafeModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class MetricModels:
+    """The models that score a catalog model's images.
+
+    Args:
+        judge (`str`): CLIP model (folder or hub id) for the CLIP score; its image features give an FD too.
+        judge_name (`str`): the judge's short name in tables ("tinyCLIP", "CLIP-B/16").
+        features (`tuple[tuple[str, str], ...]`, defaults to `()`): more image feature models, (hub id, label).
+        inception (`bool`, defaults to False): add Inception features when torch-fidelity is installed.
+        real_reference (`bool`, defaults to False): real images of the model's world can be drawn (the shapes
+            world), so distances are measured against real data, not only against the baseline.
+    """
+
+    judge: str
+    judge_name: str
+    features: tuple[tuple[str, str], ...] = ()
+    inception: bool = False
+    real_reference: bool = False
+
+
+# SD-style hub models: openai CLIP and DINOv2 where their weights are cached (or may be downloaded).
+HUB_METRICS = MetricModels("openai/clip-vit-base-patch16", "CLIP-B/16", (("facebook/dinov2-base", "DINOv2-B"),),
+                           inception=True)
+TINY_METRICS = MetricModels(str(REPO_ROOT / "assets" / "tiny-shapes-clip"), "tinyCLIP", real_reference=True)
+
+GENERAL_EXAMPLES = (
+    "a photograph of an astronaut riding a horse on the moon",
+    "a watercolor painting of a lighthouse at dusk",
+    "a red apple next to a blue cup on a wooden table",
+    "a corgi wearing sunglasses, studio photo",
+)
+TINY_EXAMPLES = (
+    "a red circle on the left on a blue background",
+    "a yellow triangle at the top on a black background",
+    "a green square in the center on a white background",
+    "a purple circle at the bottom on a orange background",
+    "a white triangle on the right on a green background",
+)
+TINY_GRAMMAR = (f"The tiny model knows one sentence: *a [colour] [shape] [position] on a [colour] background* · "
+                f"colours: {', '.join(world.COLOURS)} · shapes: {', '.join(world.SHAPES)} · positions: "
+                f"{', '.join(world.POSITIONS)}.")
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
-    """A pipeline the lab knows.
+    """A pipeline the lab knows, with its own facts (adding a model is adding one entry).
 
     Args:
         name (`str`): short name (the UI and `MODEL_ID` use it).
         source (`str`): a local folder (absolute) or a hub id.
         description (`str`): one line for the UI.
         local (`bool`): True when `source` is a folder shipped with the repo (works offline).
-        tiny (`bool`): True for the embedded toy model (no safety checker: it only draws coloured shapes).
+        prompt_set (`str`, defaults to `"general"`): the sweep's prompt set (a file under assets/prompts/).
+        steps (`int`, defaults to 25): default denoising steps.
+        guidance (`float`, defaults to 7.5): default guidance scale (the usual SD value).
+        side (`int`, defaults to 512): native image side in pixels (before the pipeline is loaded).
+        examples (`tuple[str, ...]`): example prompts the UI offers.
+        grammar (`str`, defaults to `""`): a note on the only prompts the model understands (markdown).
+        safety_checker (`bool`, defaults to True): load the pipeline's NSFW safety checker.
+        metrics (`MetricModels`): the models that score its images.
     """
 
     name: str
     source: str
     description: str
     local: bool
-    tiny: bool = False
+    prompt_set: str = "general"
+    steps: int = 25
+    guidance: float = 7.5
+    side: int = 512
+    examples: tuple[str, ...] = GENERAL_EXAMPLES
+    grammar: str = ""
+    safety_checker: bool = True
+    metrics: MetricModels = HUB_METRICS
+
+    @property
+    def tiny(self) -> bool:
+        """The embedded toy model; kept for callers that still ask, use the entry's own facts instead."""
+        return self.metrics.real_reference
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -67,7 +132,16 @@ CATALOG: dict[str, CatalogEntry] = {
             str(REPO_ROOT / "assets" / "tiny-shapes-sd"),
             "Embedded tiny latent diffusion model trained on the 'shapes' world (64x64, runs on CPU).",
             local=True,
-            tiny=True,
+            prompt_set="tiny-shapes",
+            # 64x64, and the model follows its one grammar best at guidance 4
+            steps=20,
+            guidance=4.0,
+            side=64,
+            examples=TINY_EXAMPLES,
+            grammar=TINY_GRAMMAR,
+            # it only draws coloured shapes: no NSFW filter to run (and none was trained for it)
+            safety_checker=False,
+            metrics=TINY_METRICS,
         ),
         CatalogEntry(
             "sd-1.5",
@@ -95,11 +169,6 @@ class ModelInfo:
     source: str
     device: str
     dtype: torch.dtype
-
-
-def _short(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _any_model_allowed() -> bool:
@@ -188,7 +257,9 @@ def load_pipeline(name: str | None = None, device: str | None = None, dtype: tor
         UnsafeModelError: a single-file checkpoint, a pickle-only folder, or a model that ships custom code.
         FileNotFoundError: a local model that has not been built.
     """
-    from diffusers import DiffusionPipeline  # heavy import, kept out of `import compression.models`
+    from diffusers import (
+        DiffusionPipeline,  # heavy import, kept out of `import compression.models`
+    )
 
     entry = resolve_model(name)
     if entry.local:
@@ -196,8 +267,7 @@ def load_pipeline(name: str | None = None, device: str | None = None, dtype: tor
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     kwargs = {}
-    if entry.tiny:
-        # The toy model only draws coloured shapes: no NSFW filter to run (and none was trained for it).
+    if not entry.safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         pipe = DiffusionPipeline.from_pretrained(

@@ -21,14 +21,11 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ._text import short_repr as _short
 from .pruning import MAX_AMOUNT, PRUNERS, SCOPES
 from .quantization import MAX_BITS, MIN_BITS, QUANT_MODES
 
-
-def _short(value: object, limit: int = 40) -> str:
-    # Messages are shown as HTML by the app: never echo a huge raw input back in full.
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+MAX_SEED = 2**32 - 1  # torch.Generator.manual_seed takes 64 bits; numpy's legacy seeding and the UI take 32
 
 
 def _check_name(kind: str, value: object, known: dict) -> None:
@@ -95,8 +92,8 @@ class CompressionSpec:
             )
 
         seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-            raise ValueError(f"seed must be an integer from 0 to {2**32 - 1}, got {_short(seed)}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
         object.__setattr__(self, "seed", int(seed))
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,9 +28,24 @@ def saved_folder(tiny_pipe, tmp_path_factory):
 
 def test_catalog_entries():
     tiny = CATALOG["tiny-shapes"]
-    assert tiny.local and tiny.tiny and tiny.source == str(REPO_ROOT / "assets" / "tiny-shapes-sd")
+    assert tiny.local and tiny.source == str(REPO_ROOT / "assets" / "tiny-shapes-sd")
+    assert (tiny.prompt_set, tiny.steps, tiny.guidance, tiny.side) == ("tiny-shapes", 20, 4.0, 64)
+    assert not tiny.safety_checker and tiny.metrics.real_reference and tiny.grammar
+    assert Path(tiny.metrics.judge).is_dir()  # the embedded metric CLIP ships with the repo
     hub = CATALOG["sd-1.5"]
-    assert not hub.local and not hub.tiny and hub.source == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert not hub.local and hub.source == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert (hub.prompt_set, hub.steps, hub.guidance, hub.side) == ("general", 25, 7.5, 512)
+    assert hub.safety_checker and not hub.metrics.real_reference and not hub.grammar
+
+
+def test_every_catalog_entry_has_its_facts():
+    """Adding a model is adding one entry: each names a prompt set that exists and prompts to show."""
+    from compression.sweep import load_prompts
+
+    for entry in CATALOG.values():
+        assert load_prompts(entry.prompt_set), entry.name
+        assert entry.examples and all(isinstance(p, str) and p for p in entry.examples), entry.name
+        assert entry.side % 8 == 0 and entry.steps >= 1 and entry.guidance >= 0, entry.name
 
 
 def test_model_id_env_selects(monkeypatch):
