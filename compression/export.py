@@ -189,7 +189,9 @@ def _state_tensors(unet: nn.Module, mode: str) -> tuple[dict[str, torch.Tensor],
     sd = unet.state_dict()
     if mode in TORCHAO_MODES:
         try:
-            from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+            from torchao.prototype.safetensors.safetensors_support import (
+                flatten_tensor_state_dict,
+            )
         except ImportError as err:  # pragma: no cover - torchao is pinned
             raise ExportError(f"{mode} needs torchao's safetensors support ({err})") from None
         try:
@@ -500,7 +502,9 @@ def load_unet(folder: str | Path, form: str = "dense", verify: bool = True) -> t
     except SafetensorError as err:
         raise BundleError(f"unreadable safetensors file: {err}") from None
     if spec.quant_mode in TORCHAO_MODES:
-        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+        from torchao.prototype.safetensors.safetensors_support import (
+            unflatten_tensor_state_dict,
+        )
 
         tensors, leftover = unflatten_tensor_state_dict(tensors, metadata)
         if leftover:

@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from compression import CompressionSpec, Engine, load_pipeline
-from compression.export import (SPARSE, WEIGHTS, BundleError, image_sha256, load_compressed, load_unet, main,
-                                make_recipe, parse_recipe, save_compressed)
+from compression.export import (
+    SPARSE,
+    WEIGHTS,
+    BundleError,
+    image_sha256,
+    load_compressed,
+    load_unet,
+    main,
+    make_recipe,
+    parse_recipe,
+    save_compressed,
+)
 from compression.quantization import available_quant_modes
 
 SAMPLE = {"prompt": "a red circle on the left on a white background", "seed": 3, "steps": 3, "guidance": 5.0}
