@@ -200,3 +200,56 @@ def test_measure_export_ratios_and_time(engine, tmp_path):
         lines.append(f"{name}: {(r.folder / WEIGHTS).stat().st_size / base:.3f}x the fp32 UNet file, "
                      f"written in {r.seconds:.2f} s")
     print("\n" + "\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------------------ app
+
+pytestmark_app = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*")
+
+
+@pytestmark_app
+def test_export_endpoint_gives_a_bundle_that_reloads_to_the_api_image(lab_app, engine, tmp_path):
+    import zipfile
+
+    from gradio_client import Client
+
+    _, url = lab_app
+    client = Client(url, verbose=False)
+    args = dict(prompt=SAMPLE["prompt"], negative_prompt="", seed=5, steps=3, guidance=5.0, model="tiny-shapes",
+                prune_percent=30, prune_method="l1-unstructured", prune_scope="all", quant_mode="int8-weight",
+                bits=4, height=0, width=0)
+    file, note = client.predict(api_name="/export", **args)
+    assert "ready" in note and "L1 30% + int8 weights" in note
+    with zipfile.ZipFile(file) as z:
+        z.extractall(tmp_path / "bundle")
+    pipe = load_compressed(tmp_path / "bundle", pipeline=engine.pipeline)
+    sample = json.loads((tmp_path / "bundle" / "compression.json").read_text())["sample"]
+    out = client.predict(api_name="/compare", **args)
+    assert image_sha256(_draw(pipe, sample)) == sample["compressed_sha256"] == out[9]["compressed_sha256"]
+
+
+def test_export_refused_above_the_limit(lab_app, monkeypatch):
+    import app_service as svc
+
+    monkeypatch.setattr(svc, "EXPORT_MAX_BYTES", 1000)
+    req = svc.parse_compare(lab_app[0].LAB, SAMPLE["prompt"], "", 0, 2, 5.0, "tiny-shapes", 0, "l1-unstructured",
+                            "all", "int8-weight", 4, None, None)
+    with pytest.raises(svc.RequestError, match="limited to"):
+        svc.export_bundle(lab_app[0].LAB, req)
+
+
+def test_shared_link_values_are_checked_like_api_input(lab_app):
+    from urllib.parse import parse_qsl
+
+    import app_service as svc
+
+    current = dict(prompt="a blue square", seed=42, steps=20, guidance=4.0, model="tiny-shapes", prune_percent=30,
+                   prune_method="l1-unstructured", prune_scope="all", quant_mode="fp32", bits=4)
+    values, notes = svc.parse_share_query(lab_app[0].LAB, {"seed": "7", "steps": "5000", "quant_mode": "int9",
+                                                           "guidance": "nan", "prune_percent": "abc",
+                                                           "evil": "<b>", "prompt": "a red circle"}, current)
+    assert values == {"seed": 7, "prompt": "a red circle"}
+    assert len(notes) == 5 and any("steps" in n for n in notes) and any("unknown" in n for n in notes)
+    query = svc.share_query({**current, **values})
+    again, notes = svc.parse_share_query(lab_app[0].LAB, dict(parse_qsl(query)), current)
+    assert not notes and again["seed"] == 7
