@@ -253,3 +253,51 @@ def test_shared_link_values_are_checked_like_api_input(lab_app):
     query = svc.share_query({**current, **values})
     again, notes = svc.parse_share_query(lab_app[0].LAB, dict(parse_qsl(query)), current)
     assert not notes and again["seed"] == 7
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from pathlib import Path
+
+    exe = Path("/usr/bin/chromium")
+    if not exe.exists():
+        import os
+
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{exe} is missing: apt-get install chromium")
+        pytest.skip(f"{exe} is missing: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(exe), headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.mark.browser
+@pytestmark_app
+def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
+    from urllib.parse import parse_qs, urlparse
+
+    _, url = lab_app
+    page = chromium.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(url + "?prompt=a+blue+square+on+the+right&seed=7&prune_percent=45&quant_mode=int8-weight"
+              "&steps=5000&prune_scope=nowhere")
+    page.wait_for_selector("#generate", timeout=30_000)
+    note = page.locator("#take-note")
+    note.get_by_text("steps").wait_for(timeout=20_000)
+    assert "prune_scope" in note.inner_text()
+    assert page.get_by_label("number input for Pruning amount (%)").input_value() == "45"
+    assert page.locator("#quant input").input_value() == "int8-weight"
+    page.click("#generate")
+    page.locator("#status").get_by_text("L1 45% + int8 weights").wait_for(timeout=60_000)
+    page.click("#copy-link")
+    box = page.locator("#share-url textarea")
+    box.wait_for(timeout=10_000)
+    query = parse_qs(urlparse(box.input_value()).query)
+    assert query["seed"] == ["7"] and query["prune_percent"] == ["45"] and query["quant_mode"] == ["int8-weight"]
+    assert query["prompt"] == ["a blue square on the right"] and "steps" in query
+    page.close()
