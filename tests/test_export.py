@@ -294,6 +294,22 @@ def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
     assert page.locator("#quant input").input_value() == "int8-weight"
     page.click("#generate")
     page.locator("#status").get_by_text("L1 45% + int8 weights").wait_for(timeout=60_000)
+    # The page's compressed image is the API's for the same settings (the link reproduces the comparison).
+    from io import BytesIO
+
+    from gradio_client import Client
+    from PIL import Image
+
+    steps = int(page.get_by_label("number input for Steps").first.input_value())
+    guidance = float(page.get_by_label("number input for Guidance scale").input_value())
+    img = page.locator("#compressed img")
+    img.wait_for(timeout=10_000)
+    shown = Image.open(BytesIO(page.request.get(img.get_attribute("src")).body()))
+    out = Client(url, verbose=False).predict(
+        api_name="/compare", prompt="a blue square on the right", negative_prompt="", seed=7, steps=steps,
+        guidance=guidance, model="tiny-shapes", prune_percent=45, prune_method="l1-unstructured", prune_scope="all",
+        quant_mode="int8-weight", bits=4, height=0, width=0)
+    assert image_sha256(shown) == out[9]["compressed_sha256"]
     page.click("#copy-link")
     box = page.locator("#share-url textarea")
     box.wait_for(timeout=10_000)
