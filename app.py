@@ -563,8 +563,8 @@ def export_unet(prompt, negative_prompt, seed, steps, guidance, model, prune_per
         path, size = svc.export_bundle(LAB, req)
         recipe = html.escape(json.dumps(svc.recipe_of(req)), quote=False)
         return (str(path),  # a plain path: API clients download it
-                f"Bundle of **{html.escape(req.spec.label)}** ready ({size:,} bytes, zip). "
-                f"Recipe (for `python -m compression.export --recipe`): `{recipe}`")
+                (f"Bundle of **{html.escape(req.spec.label)}** ready ({size:,} bytes, zip). "
+                 f"Recipe (for `python -m compression.export --recipe`): `{recipe}`"))
 
 
 COPY_LINK_JS = """(prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode, bits) => {

@@ -240,8 +240,8 @@ def _card(manifest: dict, has_image: bool) -> str:
              "library_name: diffusers", "pipeline_tag: text-to-image", "tags:"]
     lines += [f"- {t}" for t in tags]
     lines += ["---", "", f"# {base['name']}: {spec.label}", "",
-              f"The UNet of `{base['name']}` compressed with the Diffusion Compression Lab ({spec.label}). "
-              "Only the UNet is stored here; the text encoder, VAE, tokenizer and scheduler are the base model's.",
+              (f"The UNet of `{base['name']}` compressed with the Diffusion Compression Lab ({spec.label}). "
+               "Only the UNet is stored here; the text encoder, VAE, tokenizer and scheduler are the base model's."),
               "", "| measured | baseline | compressed |", "|---|---|---|",
               f"| UNet bytes (in memory) | {m['baseline_bytes']:,} | {m['unet_bytes']:,} |",
               f"| UNet bytes (this file) | - | {m['file_bytes']:,} |",
@@ -249,8 +249,8 @@ def _card(manifest: dict, has_image: bool) -> str:
               f"| weight sparsity | {m['baseline_sparsity']:.1%} | {m['sparsity']:.1%} |"]
     sample = manifest.get("sample")
     if sample:
-        lines += [f"| denoising seconds ({sample['steps']} steps, CPU) | {sample['baseline_seconds']:.3f} | "
-                  f"{sample['compressed_seconds']:.3f} |"]
+        lines += [(f"| denoising seconds ({sample['steps']} steps, CPU) | {sample['baseline_seconds']:.3f} | "
+                   f"{sample['compressed_seconds']:.3f} |")]
     lines += ["", "## Load", "", "```python", "import torch", "from compression.export import load_compressed", "",
               "pipe = load_compressed(\"path/to/this/folder\")"]
     if sample:
@@ -261,8 +261,8 @@ def _card(manifest: dict, has_image: bool) -> str:
     else:
         lines += ["```"]
     if manifest["layout"].get("diffusers_native"):
-        lines += ["", "`unet/` is also a plain diffusers model folder: "
-                  "`UNet2DConditionModel.from_pretrained(folder, subfolder=\"unet\")`."]
+        lines += ["", ("`unet/` is also a plain diffusers model folder: "
+                       "`UNet2DConditionModel.from_pretrained(folder, subfolder=\"unet\")`.")]
     if has_image:
         lines += ["", "![baseline | compressed](comparison.png)"]
     lines += ["", f"Recipe: `{json.dumps(manifest['spec'], sort_keys=True)}`", ""]
