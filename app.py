@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import html  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -69,20 +70,7 @@ QUEUE_SIZE = int(os.environ.get("APP_QUEUE_SIZE", 32))  # waiting requests beyon
 STATE_SESSIONS = 500  # browser sessions whose history is kept (the oldest go first)
 MODEL_WORK = "model"  # the one concurrency_id of every listener that touches a model
 
-TINY_EXAMPLES = [
-    "a red circle on the left on a blue background",
-    "a yellow triangle at the top on a black background",
-    "a green square in the center on a white background",
-    "a purple circle at the bottom on a orange background",
-    "a white triangle on the right on a green background",
-]
-GENERAL_EXAMPLES = [
-    "a photograph of an astronaut riding a horse on the moon",
-    "a watercolor painting of a lighthouse at dusk",
-    "a red apple next to a blue cup on a wooden table",
-    "a corgi wearing sunglasses, studio photo",
-]
-EXAMPLES = TINY_EXAMPLES if DEFAULTS.tiny else GENERAL_EXAMPLES
+EXAMPLES = list(DEFAULTS.examples)  # the catalog entry's own examples
 
 PIXEL_IMAGE = dict(format="png", height=260, interactive=False, elem_classes="pixel",  # png: lossless pixels
                    buttons=["download", "fullscreen"])
@@ -277,6 +265,52 @@ def _model_line() -> str:
     return fmt.model_line(LAB)
 
 
+# ------------------------------------------------------------------------------- export and shared links
+
+
+def export_unet(prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope,
+                quant_mode, bits, height, width):
+    """Build the current setting's compressed UNet bundle (safetensors, manifest, card, recipe) as a zip."""
+    with plain_errors():
+        req = svc.parse_compare(LAB, prompt, negative_prompt, seed, steps, guidance, model, prune_percent,
+                                prune_method, prune_scope, quant_mode, bits, height, width)
+        path, size = svc.export_bundle(LAB, req)
+        recipe = html.escape(json.dumps(svc.recipe_of(req)), quote=False)
+        return (str(path),  # a plain path: API clients download it
+                (f"Bundle of **{html.escape(req.spec.label)}** ready ({size:,} bytes, zip). "
+                 f"Recipe (for `python -m compression.export --recipe`): `{recipe}`"))
+
+
+COPY_LINK_JS = """(prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode, bits) => {
+    const values = {prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode};
+    if (quant_mode === "simulated-int") values.bits = bits;
+    const url = window.location.origin + window.location.pathname + "?" + new URLSearchParams(values).toString();
+    try { navigator.clipboard.writeText(url); } catch (e) {}
+    return {value: url, visible: true, __type__: "update"};
+}"""
+
+
+def show_export(path):
+    """After /export: show the download button with the bundle's size (a separate step, so that the API's
+    /export returns the file itself)."""
+    if not path:
+        return gr.skip()
+    size = os.path.getsize(path)
+    return gr.DownloadButton(f"Download compressed UNet ({size / 2**20:.2f} MiB)", visible=True)
+
+
+def apply_link(prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode, bits,
+               request: gr.Request):
+    """On page load: fill the controls from a shared link's query parameters; a bad one is ignored, with a note."""
+    current = dict(zip(svc.SHARE_FIELDS, (prompt, seed, steps, guidance, model, prune_percent, prune_method,
+                                          prune_scope, quant_mode, bits)))
+    params = dict(request.query_params) if request is not None else {}
+    values, notes = svc.parse_share_query(LAB, params, current)
+    updates = [values[k] if k in values else gr.skip() for k in svc.SHARE_FIELDS]
+    note = ("Link: " + "; ".join(html.escape(n, quote=False) for n in notes)) if notes else gr.skip()
+    return [*updates, note]
+
+
 def _pruner_choices():
     return LAB.pruners()
 
@@ -305,8 +339,8 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                     prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, max_lines=4,
                                         max_length=svc.MAX_PROMPT_CHARS, elem_id="prompt")
                     gr.Examples([[p] for p in EXAMPLES], inputs=[prompt], label="Example prompts")
-                    if DEFAULTS.tiny:
-                        gr.Markdown(fmt.grammar_note(DEFAULTS.tiny), elem_classes="note")
+                    if DEFAULTS.grammar:
+                        gr.Markdown(DEFAULTS.grammar, elem_classes="note")
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=42, precision=0, label="Seed", minimum=0, maximum=svc.MAX_SEED,
                                          min_width=120, scale=3, elem_id="seed")
@@ -332,6 +366,14 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         bits = gr.Slider(2, 8, value=4, step=1, label="Simulated bit width", visible=False,
                                          elem_id="bits")
                     generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate")
+                    # Take the comparison away (handlers in "export and shared links" below).
+                    with gr.Row():
+                        export_btn = gr.Button("Build compressed UNet", size="sm", elem_id="export")
+                        export_file = gr.DownloadButton("Download compressed UNet", size="sm", visible=False,
+                                                        elem_id="export-file")
+                        copy_link = gr.Button("Copy link", size="sm", elem_id="copy-link")
+                    share_url = gr.Textbox(label="Link to this comparison", visible=False, elem_id="share-url")
+                    take_note = gr.Markdown(elem_classes="note", elem_id="take-note")
                     with gr.Accordion("Negative prompt, model, image size", open=False):
                         negative = gr.Textbox(label="Negative prompt", value="", max_length=svc.MAX_PROMPT_CHARS,
                                               placeholder="(optional) what to steer away from")
@@ -456,6 +498,14 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     gr.on([demo.load, *(comp.change for comp in plan_inputs)], sweep_plan, plan_inputs, sw_plan, queue=False,
           api_visibility="private")
     demo.load(_model_line, None, model_line, queue=False, api_visibility="private")
+
+    # export and shared links
+    share_inputs = [prompt, seed, steps, guidance, model, prune, method, scope, quant, bits]
+    export_btn.click(export_unet, compare_inputs[:-1], [export_file, take_note], api_name="export",
+                     validator=validate_compare, **model_work).then(
+        show_export, export_file, export_file, queue=False, api_visibility="private")
+    copy_link.click(None, share_inputs, share_url, js=COPY_LINK_JS, api_visibility="private")
+    demo.load(apply_link, share_inputs, [*share_inputs, take_note], queue=False, api_visibility="private")
 
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
 

@@ -322,15 +322,6 @@ def model_line(lab) -> str:
             f"{cost.params / 1e6:.2f} M parameters")
 
 
-def grammar_note(tiny: bool) -> str:
-    """The shapes world's one sentence, for the embedded model (empty for others)."""
-    if not tiny:
-        return ""
-    return (f"The tiny model knows one sentence: *a [colour] [shape] [position] on a [colour] background* · "
-            f"colours: {', '.join(world.COLOURS)} · shapes: {', '.join(world.SHAPES)} · positions: "
-            f"{', '.join(world.POSITIONS)}.")
-
-
 def about(device, cache_size: int) -> str:
     """The About tab: every method, mode and scope this device offers, and how to read the numbers."""
     lines = ["### What the controls do", "", "| kind | name | available here | what it does |", "|---|---|---|---|"]

@@ -189,11 +189,6 @@ class ModelDefaults:
     examples: tuple[str, ...]  # example prompts
     grammar: str  # a note on the only prompts the model understands ("" for general models)
 
-    @property
-    def tiny(self) -> bool:
-        """Kept for callers that still ask; use `grammar`, `examples`, `prompt_set` instead."""
-        return bool(self.grammar)
-
 
 def model_defaults(name: str) -> ModelDefaults:
     """The catalog entry's defaults (a name the catalog does not know gets a general model's)."""
@@ -677,3 +672,106 @@ def progress_adapter(progress) -> Callable[[float, str], None]:
         progress(max(0.0, min(1.0, float(fraction))), desc=description)
 
     return update
+
+
+# ------------------------------------------------------------------------------ export, recipes, shared links
+# Additions for taking a comparison away: the compressed UNet as a zipped safetensors bundle, and links that
+# reopen the same comparison. The bundle is built in a temporary folder and zipped into DOWNLOAD_DIR, so the
+# downloads' expiry (DOWNLOAD_TTL_S) deletes it like any CSV.
+
+EXPORT_MAX_BYTES = int(float(os.environ.get("EXPORT_MAX_MB", "512")) * 2**20)  # a public Space's disk and bandwidth
+SHARE_FIELDS = ("prompt", "seed", "steps", "guidance", "model", "prune_percent", "prune_method", "prune_scope",
+                "quant_mode", "bits")
+
+
+def export_bundle(lab: Lab, req: CompareRequest) -> tuple[Path, int]:
+    """Build the bundle of `req`'s compressed UNet (with its comparison drawn) and zip it as a download.
+
+    Returns:
+        `(zip_path, zip_bytes)`.
+
+    Raises:
+        RequestError: the compressed UNet is larger than EXPORT_MAX_BYTES, or the mode cannot be stored.
+    """
+    import shutil
+    import tempfile
+
+    from compression.export import ExportError, save_compressed
+
+    engine = lab.get(req.model).engine
+    entry, _ = engine.compress(req.spec)
+    if entry.cost.bytes > EXPORT_MAX_BYTES:
+        raise RequestError(f"This compressed UNet is {entry.cost.bytes / 2**20:.0f} MiB; downloads here are limited "
+                           f"to {EXPORT_MAX_BYTES / 2**20:.0f} MiB (EXPORT_MAX_MB). Use the CLI: "
+                           "python -m compression.export.")
+    sample = {"prompt": req.prompt, "seed": req.seed, "steps": req.steps, "guidance": req.guidance,
+              "height": req.height, "width": req.width}
+    target = download_path("compressed-unet", ".zip")
+    work = Path(tempfile.mkdtemp(prefix="bundle-", dir=DOWNLOAD_DIR))
+    try:
+        try:
+            save_compressed(work / "bundle", req.spec, engine=engine, sample=sample)
+        except ExportError as err:
+            raise RequestError(str(err)) from None
+        made = shutil.make_archive(str(target.with_suffix("")), "zip", root_dir=work / "bundle")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = Path(made)
+    return path, path.stat().st_size
+
+
+def recipe_of(req: CompareRequest) -> dict:
+    """The recipe JSON of a comparison (accepted by `python -m compression.export --recipe`)."""
+    from compression.export import make_recipe
+
+    return make_recipe(req.model, req.spec, {"prompt": req.prompt, "seed": req.seed, "steps": req.steps,
+                                             "guidance": req.guidance, "height": req.height, "width": req.width})
+
+
+def parse_share_query(lab: Lab, params: dict, current: dict) -> tuple[dict, list[str]]:
+    """Values of a shared link's query parameters, checked exactly like API input.
+
+    Args:
+        params (`dict`): the query parameters (strings).
+        current (`dict`): the controls' present values by SHARE_FIELDS name (what a bad or absent value keeps).
+
+    Returns:
+        `(values, notes)`: the accepted values by field name, and one plain note per ignored parameter.
+    """
+    notes = [f"ignored unknown link parameter {k[:20]!r}" for k in params if k not in SHARE_FIELDS]
+    given = {k: params[k] for k in SHARE_FIELDS if k in params}
+    if not given:
+        return {}, notes
+    numeric = {"seed", "steps", "guidance", "prune_percent", "bits"}
+    merged = dict(current)
+    not_numbers = set()
+    for k, v in given.items():
+        if k in numeric:
+            try:
+                v = float(v)
+                v = int(v) if v.is_integer() else v
+            except (TypeError, ValueError):
+                notes.append(f"ignored link parameter {k}: not a number")
+                not_numbers.add(k)
+                continue
+        merged[k] = v
+    m = merged
+    problems = compare_problems(lab, m["prompt"], "", m["seed"], m["steps"], m["guidance"], m["model"],
+                                m["prune_percent"], m["prune_method"], m["prune_scope"], m["quant_mode"], m["bits"],
+                                None, None)
+    values = {}
+    for k in given:
+        if k in not_numbers:
+            continue
+        if k in problems:
+            notes.append(f"ignored link parameter {k}: {problems[k]}")
+        else:
+            values[k] = merged[k]
+    return values, notes
+
+
+def share_query(values: dict) -> str:
+    """The query string of a comparison's shareable link."""
+    from urllib.parse import urlencode
+
+    return urlencode({k: values[k] for k in SHARE_FIELDS if values.get(k) is not None})

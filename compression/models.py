@@ -118,11 +118,6 @@ class CatalogEntry:
     safety_checker: bool = True
     metrics: MetricModels = HUB_METRICS
 
-    @property
-    def tiny(self) -> bool:
-        """The embedded toy model; kept for callers that still ask, use the entry's own facts instead."""
-        return self.metrics.real_reference
-
 
 CATALOG: dict[str, CatalogEntry] = {
     e.name: e

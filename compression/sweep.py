@@ -55,7 +55,6 @@ from .spec import CompressionSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMPT_DIR = REPO_ROOT / "assets" / "prompts"
-TINY_CLIP = REPO_ROOT / "assets" / "tiny-shapes-clip"
 
 # Limits that keep a mistyped grid from occupying a CPU for days (the app may pass tighter ones).
 MAX_CELLS = 64
@@ -214,22 +213,23 @@ def default_metric_set(model_name: str, allow_download: bool = False, log: Calla
     """
     from .models import resolve_model
 
-    entry = resolve_model(model_name)
-    if entry.tiny:
-        judge = metrics.MetricClip(TINY_CLIP, name="tinyCLIP")
+    m = resolve_model(model_name).metrics
+    if m.real_reference:
+        judge = metrics.MetricClip(m.judge, name=m.judge_name)
         return MetricSet(judge, [judge.feature_extractor()], real_reference=True)
     found = MetricSet()
     local_only = not allow_download
     try:
-        found.judge = metrics.MetricClip("openai/clip-vit-base-patch16", name="CLIP-B/16", local_files_only=local_only)
+        found.judge = metrics.MetricClip(m.judge, name=m.judge_name, local_files_only=local_only)
         found.features.append(found.judge.feature_extractor())
     except OSError as err:
-        log(f"no CLIP score / CLIP features: openai/clip-vit-base-patch16 not available ({type(err).__name__})")
-    try:
-        found.features.append(metrics.HFImageFeatures.from_pretrained("facebook/dinov2-base", "DINOv2-B", local_only))
-    except OSError as err:
-        log(f"no DINOv2 features: facebook/dinov2-base not available ({type(err).__name__})")
-    if metrics.inception_available()[0]:
+        log(f"no CLIP score / CLIP features: {m.judge} not available ({type(err).__name__})")
+    for hub_id, label in m.features:
+        try:
+            found.features.append(metrics.HFImageFeatures.from_pretrained(hub_id, label, local_only))
+        except OSError as err:
+            log(f"no {label} features: {hub_id} not available ({type(err).__name__})")
+    if m.inception and metrics.inception_available()[0]:
         found.features.append(metrics.InceptionFeatures())
     return found
 
@@ -909,7 +909,7 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     from .models import load_pipeline, resolve_model
 
     entry = resolve_model(args.model)
-    prompt_set = args.prompt_set or ("tiny-shapes" if entry.tiny else "general")
+    prompt_set = args.prompt_set or entry.prompt_set
     try:
         prompts = load_prompts(prompt_set, args.prompts)
     except ValueError as err:

@@ -54,7 +54,7 @@ def plotly_json(plot) -> dict:
 
 
 def test_api_has_named_endpoints_only(client):
-    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/compare", "/sweep"}
+    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/compare", "/sweep", "/export"}
 
 
 def test_compare_at_defaults_returns_pair_numbers_and_plots(client):

@@ -98,4 +98,3 @@ def test_pair_captions_and_sweep_texts():
     t = pd.DataFrame([dict(metric="non-finite images", value=2.0, n=8, setting="int4"),
                       dict(metric="non-finite images", value=0.0, n=8, setting="baseline")])
     assert app_format.nonfinite_warnings(t) == ["int4: 2 of 8 images held NaN/inf; they are left out of its scores."]
-    assert app_format.grammar_note(False) == ""
