@@ -110,6 +110,9 @@ SCOPES: dict[str, str] = {
     "cross-attention": "only the q/k/v/out projections of cross-attention (where the text enters the image)",
     "feed-forward": "only the transformer feed-forward layers (GEGLU projection and output Linear)",
     "projection": "only proj_in/proj_out, which map feature maps into and out of the transformer blocks",
+    # By kind of layer, wherever it sits (the seed study's second experiment): "all" is exactly these two.
+    "linear": "every nn.Linear (attention and feed-forward projections, time embedding, time_emb_proj)",
+    "conv": "every nn.Conv2d (ResNet convolutions, samplers, conv_in/conv_out, 1x1 proj_in/out where used)",
 }
 _LOCATIONS = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
 
@@ -147,6 +150,10 @@ def scope_layers(module: nn.Module, scope: str = "all") -> list[tuple[str, nn.Mo
     elif scope == "projection":
         keep = _transformer_projections(module)
         layers = [(n, m) for n, m in layers if n in keep]
+    elif scope == "linear":
+        layers = [(n, m) for n, m in layers if isinstance(m, nn.Linear)]
+    elif scope == "conv":
+        layers = [(n, m) for n, m in layers if isinstance(m, nn.Conv2d)]
     if not layers:
         raise ValueError(f"pruning scope {scope!r} selects no nn.Linear/nn.Conv2d layer in {type(module).__name__}")
     return layers
