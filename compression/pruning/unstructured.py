@@ -14,7 +14,8 @@ from torch import nn
 from ..scratch import scratch
 from .plan import Alloc, PrunePlan, _fresh
 from .scopes import scope_layers
-from .select import CHUNK, SAMPLE, Sampler, Scorer, _threshold
+from . import select  # CHUNK and SAMPLE read at call time: tests shrink them to reach every path
+from .select import Sampler, Scorer, _threshold
 
 # --------------------------------------------------------------------------- importance scores
 
@@ -22,8 +23,8 @@ from .select import CHUNK, SAMPLE, Sampler, Scorer, _threshold
 def _l1_scores(index: int, weight: torch.Tensor) -> Iterator[torch.Tensor]:
     # Each chunk is written into the same work buffer: a consumer is done with it before asking for the next.
     flat = weight.detach().reshape(-1)
-    for start in range(0, flat.numel(), CHUNK):
-        chunk = flat[start : start + CHUNK]
+    for start in range(0, flat.numel(), select.CHUNK):
+        chunk = flat[start : start + select.CHUNK]
         yield torch.abs(chunk, out=scratch(chunk.numel(), torch.float32, chunk.device, slot=10))
 
 
@@ -37,8 +38,8 @@ def _random_scorer(seed: int) -> Scorer:
         # One generator per layer, re-seeded on every pass: the same chunks come back each time.
         gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + index)
         n = weight.numel()
-        for start in range(0, n, CHUNK):
-            m = min(CHUNK, n - start)
+        for start in range(0, n, select.CHUNK):
+            m = min(select.CHUNK, n - start)
             yield torch.rand(m, generator=gen, out=scratch(m, torch.float32, "cpu", slot=10)).to(weight.device)
 
     return scores
@@ -112,7 +113,7 @@ def _mask_plan(module: nn.Module, scope: str, scorer: Scorer, sampler: Sampler, 
         def sampler_g(j: int, w: torch.Tensor, step: int, group=group) -> torch.Tensor:
             return sampler(group[j], w, step)
 
-        threshold, quota = _threshold(ws, scorer_g, sampler_g, k, SAMPLE if not per_layer else SAMPLE >> 4)
+        threshold, quota = _threshold(ws, scorer_g, sampler_g, k, select.SAMPLE if not per_layer else select.SAMPLE >> 4)
         for j, i in enumerate(group):
             plan[layers[i][0]] = (i, threshold, quota[j])
         if zeros is not None:
