@@ -30,7 +30,8 @@ from .plan import MAX_AMOUNT, Alloc, PrunePlan
 from .registry import (PRUNERS, Pruner, PruneReport, apply_pruning_, available_pruners, check_amount, get_pruner,
                        measure_pruning)
 from .scopes import SCOPE_REGISTRY, SCOPES, Scope, get_scope, scope_layers
-from .select import CHUNK, SAMPLE, Sampler, Scorer, _threshold  # noqa: F401  (the selection tests call it)
+# CHUNK and SAMPLE are read from .select at call time: set them there, not here, to tune them.
+from .select import CHUNK, SAMPLE, Sampler, Scorer, _threshold  # noqa: F401
 from .semi_structured import two_of_four_mask
 from .structured import structured_size
 from .unstructured import _l1_scores  # noqa: F401  (the selection tests score with it)

@@ -113,7 +113,8 @@ def _mask_plan(module: nn.Module, scope: str, scorer: Scorer, sampler: Sampler, 
         def sampler_g(j: int, w: torch.Tensor, step: int, group=group) -> torch.Tensor:
             return sampler(group[j], w, step)
 
-        threshold, quota = _threshold(ws, scorer_g, sampler_g, k, select.SAMPLE if not per_layer else select.SAMPLE >> 4)
+        sample = select.SAMPLE if not per_layer else select.SAMPLE >> 4
+        threshold, quota = _threshold(ws, scorer_g, sampler_g, k, sample)
         for j, i in enumerate(group):
             plan[layers[i][0]] = (i, threshold, quota[j])
         if zeros is not None:
