@@ -74,6 +74,9 @@ PRESETS: dict[str, dict] = {
     # One part of the UNet at a time, at an amount past the global knee so that differences show.
     "layer-sensitivity": dict(prune="50", method="l1-unstructured", quant="fp32",
                               scope="down,mid,up,resnet,attention,self-attention,cross-attention,feed-forward,projection"),
+    # The seed study's layer-type experiment: the same L1 curve over every layer, only the Linears, only the
+    # Conv2ds (the amount is a share of the scope's weights; the "sparsity" row is the share of the whole UNet).
+    "layer-types": dict(prune="0,10,...,90", method="l1-unstructured", quant="fp32", scope="all,linear,conv"),
     # Every CPU quantization mode alone and on top of 30% L1 pruning.
     "quantization": dict(prune="0,30", method="l1-unstructured", scope="all",
                          quant="fp32,bf16,int8-weight,bf16+int8-weight,int8-dynamic,int4-weight,"

@@ -122,8 +122,8 @@ def test_int4_zero_count_matches_dequantizing(tiny_pipe):
 def test_sampled_bracket_is_exact(monkeypatch, method, amount):
     # A tiny SAMPLE forces the sample -> bracket -> one counting pass path on a small model (real UNets take
     # it from 1M weights up); ties and zeros make it hard: a layer of equal weights and one of zeros.
-    monkeypatch.setattr(pruning, "SAMPLE", 64)
-    monkeypatch.setattr(pruning, "CHUNK", 333)
+    monkeypatch.setattr(pruning.select, "SAMPLE", 64)
+    monkeypatch.setattr(pruning.select, "CHUNK", 333)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 100), nn.Conv2d(3, 8, 3), nn.Linear(100, 70), nn.Linear(70, 30))
     with torch.no_grad():
@@ -143,7 +143,7 @@ def test_sampled_bracket_is_exact(monkeypatch, method, amount):
 
 def test_threshold_falls_back_when_the_bracket_misses(monkeypatch):
     # A sampler that lies puts the bracket in the wrong place: the radix select must still be exact.
-    monkeypatch.setattr(pruning, "SAMPLE", 64)
+    monkeypatch.setattr(pruning.select, "SAMPLE", 64)
     weights = [torch.randn(5000), torch.randn(3000)]
     liar = lambda i, w, step: torch.full((w.numel() // step,), 100.0)  # noqa: E731
     k = 2345
