@@ -431,8 +431,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     sw_model = gr.Dropdown(LAB.model_names, value=LAB.default_model, label="Model")
-                    sw_study = gr.Radio([("pruning x quantization grid", "grid"),
-                                         ("layer sensitivity (one part of the UNet at a time)", "layer-sensitivity")],
+                    sw_study = gr.Radio([(text, name) for name, text in svc.SWEEP_STUDIES.items()],
                                         value="grid", label="Study")
                     sw_percents = gr.CheckboxGroup(list(svc.SWEEP_PERCENTS), value=[0, 30, 60], label="Pruning (%)",
                                                    info="layer study: each non-zero value x 9 parts")

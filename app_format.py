@@ -176,7 +176,7 @@ def pick_metric(table: pd.DataFrame, prefix: str, reference: str | None) -> str 
 
 def sweep_figures(table: pd.DataFrame, layer_study: bool) -> list:
     """The sweep tab's charts, in the order of SWEEP_PLOTS."""
-    grid = table[(table["prune_scope"].isin(["all", ""])) | (table["prune_amount"].fillna(0) == 0)
+    grid = table[(table["prune_scope"].isin([*charts.curve_scopes(table), ""])) | (table["prune_amount"].fillna(0) == 0)
                  | (table["setting"] == charts.REAL_SETTING)]
     figs = []
     for label, prefix, ref in SWEEP_QUALITY:
@@ -186,7 +186,7 @@ def sweep_figures(table: pd.DataFrame, layer_study: bool) -> list:
         elif layer_study:
             figs.append(charts.empty_figure("Layer-sensitivity study: see the last tab."))
         else:
-            figs.append(charts.quality_vs_pruning(grid, metric, ref))
+            figs.append(charts.quality_vs_pruning(grid, metric, ref, scope=None))
     figs.append(charts.cost_bars(table, "latency"))
     figs.append(charts.cost_bars(table, "UNet size"))
     quality = pick_metric(table, "accuracy: all", "prompt") or pick_metric(table, "CLIP score", "prompt")

@@ -87,6 +87,14 @@ HISTORY_LIMIT = 100  # comparisons kept per session (the oldest go first)
 SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
 # The layer-sensitivity study prunes one of these at a time: the same parts as the CLI's preset.
 LAYER_SCOPES = tuple(PRESETS["layer-sensitivity"]["scope"].split(","))
+# The layer-type study prunes each of these over the same amounts: the CLI's preset again.
+LAYER_TYPE_SCOPES = tuple(PRESETS["layer-types"]["scope"].split(","))
+# The Sweep tab's studies: name -> what it runs (the UI's labels).
+SWEEP_STUDIES = {
+    "grid": "pruning x quantization grid",
+    "layer-sensitivity": "layer sensitivity (one part of the UNet at a time)",
+    "layer-types": "layer types (all layers, only Linear, only Conv2d)",
+}
 
 
 class RequestError(ValueError):
@@ -482,13 +490,13 @@ def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, s
         ("model", lambda: choice("model", model, lab.model_names)),
         ("prune_percents", lambda: _amounts(prune_percents)),
         ("prune_methods", lambda: choices("pruning method", prune_methods, lab.pruners())),
-        ("study", lambda: choice("study", study, ["grid", "layer-sensitivity"])),
+        ("study", lambda: choice("study", study, list(SWEEP_STUDIES))),
         ("n_prompts", lambda: whole_number("prompts", n_prompts, 1, MAX_SWEEP_PROMPTS)),
         ("steps", lambda: whole_number("steps", steps, 1, MAX_STEPS)),
         ("guidance", lambda: real_number("guidance", guidance, 0, MAX_GUIDANCE)),
         ("latency_repeats", lambda: whole_number("latency repeats", latency_repeats, 0, MAX_LATENCY_REPEATS)),
     ])
-    if values.get("study") == "grid":  # the layer study ignores the quantization choice (fp32 only)
+    if values.get("study") == "grid":  # the layer studies ignore the quantization choice (fp32 only)
         more, bad = _checked([("quant_modes", lambda: choices("quantization mode", quant_modes,
                                                                sweep_quant_choices(lab)))])
         values.update(more)
@@ -500,6 +508,8 @@ def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, s
     if values["study"] == "grid":
         quant = [(e.split(":")[0], int(e.split(":")[1])) if ":" in e else (e, None) for e in values["quant_modes"]]
         specs = grid(amounts, methods, quant, ["all"])
+    elif values["study"] == "layer-types":  # the same L1 curve over every layer, the Linears, the Conv2ds
+        specs = grid(amounts, methods[:1], [("fp32", None)], list(LAYER_TYPE_SCOPES))
     else:
         pruned = [a for a in amounts if a > 0]
         if not pruned:
@@ -540,6 +550,8 @@ def parse_sweep(lab: Lab, model, prune_percents, prune_methods, quant_modes, stu
     Grid study: every pruning percentage x method x quantization entry over the whole UNet (scope "all").
     Layer-sensitivity study: one part of the UNet pruned at a time (`LAYER_SCOPES`), at each non-zero
     percentage, with the first method, no quantization.
+    Layer-type study: every percentage over all layers, only the Linears and only the Conv2ds
+    (`LAYER_TYPE_SCOPES`), with the first method, no quantization.
 
     Raises:
         RequestError: a bad argument, or a grid over the app's limits (the message says which).

@@ -137,6 +137,16 @@ def _is_masked(method: str) -> bool:
 # --------------------------------------------------------------------------------- quality vs pruning
 
 
+def curve_scopes(df: pd.DataFrame) -> list[str]:
+    """The pruning scopes that a sweep ran at two or more non-zero amounts: each is a curve against pruning
+    (a scope at one amount, as in the layer-sensitivity study, is a bar of `layer_sensitivity` instead)."""
+    if "prune_scope" not in df:
+        return ["all"]
+    pruned = df[df["prune_amount"].fillna(0) > 0]
+    counts = pruned.groupby("prune_scope")["prune_amount"].nunique()
+    return [s for s, n in counts.items() if n >= 2] or ["all"]
+
+
 def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None,
                        scope: str | None = "all") -> go.Figure:
     """Quality against the pruned percentage: one line per pruning method x quantization mode, 95% CI bands.
@@ -149,7 +159,8 @@ def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = No
         metric (`str`): e.g. "KID-tinyCLIP", "CLIP score (tinyCLIP)", "accuracy: all", "PSNR".
         reference (`str`, *optional*): "baseline", "real", "prompt"; None takes every row of the metric.
         title (`str`, *optional*): defaults to the metric and its reference.
-        scope (`str`, *optional*, defaults to "all"): keep one pruning scope (None: all scopes).
+        scope (`str`, *optional*, defaults to "all"): keep one pruning scope (None: one line per scope of
+            `curve_scopes`, e.g. all / linear / conv in the layer-type study).
 
     Returns:
         `go.Figure`; an `empty_figure` saying why when no row matches.
@@ -157,8 +168,9 @@ def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = No
     rows = _select(df, metric, reference)
     real = rows[rows["setting"] == REAL_SETTING]
     rows = rows[rows["setting"] != REAL_SETTING]
-    if scope is not None and "prune_scope" in rows:
-        rows = rows[(rows["prune_scope"] == scope) | (rows["prune_amount"] == 0)]
+    if "prune_scope" in rows:
+        rows = rows[(rows["prune_scope"] == scope) | (rows["prune_amount"] == 0)] if scope is not None else \
+            rows[rows["prune_scope"].isin(curve_scopes(rows)) | (rows["prune_amount"] == 0)]
     rows = rows[np.isfinite(rows["value"].astype(float))] if len(rows) else rows
     if rows.empty:
         return empty_figure(f"No results for {metric}" + (f" vs {reference}" if reference else "") + " yet.")
@@ -166,15 +178,22 @@ def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = No
     zero = rows[rows["prune_amount"] == 0]
     fig = go.Figure()
     unit = str(rows["unit"].dropna().iloc[0]) if "unit" in rows and rows["unit"].notna().any() else ""
-    groups = rows[rows["prune_amount"] > 0][["prune_method", "mode"]].drop_duplicates().values.tolist()
-    pruned_modes = {m for _, m in groups}
-    groups += [[None, m] for m in zero["mode"].unique() if m not in pruned_modes]  # quantized only: one point
-    for i, (method, mode) in enumerate(groups):
+    if "prune_scope" not in rows:
+        rows = rows.assign(prune_scope="all")
+    pruned = rows[rows["prune_amount"] > 0]
+    several_scopes = pruned["prune_scope"].nunique() > 1
+    groups = pruned[["prune_method", "mode", "prune_scope"]].drop_duplicates().values.tolist()
+    pruned_modes = {m for _, m, _ in groups}
+    groups += [[None, m, None] for m in zero["mode"].unique() if m not in pruned_modes]  # quantized only: one point
+    for i, (method, mode, part_scope) in enumerate(groups):
         colour = PALETTE[i % len(PALETTE)]
-        part = rows[(rows["mode"] == mode) & ((rows["prune_method"] == method) | (rows["prune_amount"] == 0))]
+        part = rows[(rows["mode"] == mode) & (((rows["prune_method"] == method) & (rows["prune_scope"] == part_scope))
+                                              | (rows["prune_amount"] == 0))]
         part = part.drop_duplicates(subset=["prune_amount"]).sort_values("prune_amount")
         x = part["prune_amount"].astype(float).to_numpy() * 100
         name = " + ".join(p for p in (method, None if mode == "fp32" else mode) if p) or str(mode)
+        if several_scopes and part_scope:
+            name = f"{name}, scope {part_scope}"
         name = f"{name} ({_n_text(part['n'])})"
         lo, hi = part["ci_low"].astype(float).to_numpy(), part["ci_high"].astype(float).to_numpy()
         if np.isfinite(lo).all() and np.isfinite(hi).all():

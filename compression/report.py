@@ -233,7 +233,7 @@ def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
     """The report's figures, in reading order."""
     figs = []
     pruned = table[table["prune_amount"] > 0]
-    scopes = set(pruned["prune_scope"].dropna()) - {"all"}
+    scopes = set(pruned["prune_scope"].dropna()) - {"all", *charts.curve_scopes(table)}
     qm = _quality_metrics(table)
     modes = table[table["setting"] != REAL_SETTING].apply(lambda r: (r["quant_mode"], r["bits"]), axis=1).nunique()
     by_mode = modes > 2 and table["prune_amount"].nunique() <= 3  # a quantization study: bars read better
@@ -241,7 +241,7 @@ def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
         for metric, ref in qm:
             name = metric_label(metric, ref)
             figs.append((name, charts.quality_by_mode(table, metric, ref) if by_mode
-                         else charts.quality_vs_pruning(table, metric, ref)))
+                         else charts.quality_vs_pruning(table, metric, ref, scope=None)))
     if scopes:
         for metric, ref in qm[:4]:
             figs.append((f"Layer sensitivity: {metric_label(metric, ref)}",
