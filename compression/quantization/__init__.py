@@ -37,15 +37,25 @@ Example:
 
 from __future__ import annotations
 
-from . import modes as _modes  # noqa: F401  (registers every mode, in order)
-from ._quiet import quiet_backend_import as _quiet_backend_import
-from .casting import _cast, cast_io_
-from .casting import module_device as _module_device
-from .casting import module_dtype as _module_dtype
-from .casting import set_tensor as _set_tensor
+from . import modes as _modes  # noqa: F401  (registers every mode, in registry order)
+
+# The underscored names: private names of the former single-file module, kept for code that reached into it.
+from ._quiet import quiet_backend_import as _quiet_backend_import  # noqa: F401
+from .casting import (
+    _cast,  # noqa: F401
+    cast_io_,
+)
+from .casting import module_device as _module_device  # noqa: F401
+from .casting import module_dtype as _module_dtype  # noqa: F401
+from .casting import set_tensor as _set_tensor  # noqa: F401
 from .modes import MAX_BITS, MIN_BITS
-from .quanto_backend import _grouped_int4, _rowwise_int8, _torch_unpack_on_cpu, _unpack_in_torch
-from .quanto_backend import quanto as _quanto
+from .quanto_backend import (  # noqa: F401
+    _grouped_int4,
+    _rowwise_int8,
+    _torch_unpack_on_cpu,
+    _unpack_in_torch,
+)
+from .quanto_backend import quanto as _quanto  # noqa: F401
 from .registry import (
     QUANT_MODES,
     QuantMode,
@@ -54,7 +64,7 @@ from .registry import (
     get_quant_mode,
     register_mode,
 )
-from .registry import each_layer_ as _each_layer_
+from .registry import each_layer_ as _each_layer_  # noqa: F401
 
 __all__ = [
     "MAX_BITS",

@@ -54,7 +54,7 @@ def _torch_unpack_on_cpu() -> torch.library.Library:
     return lib
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def quanto() -> types.SimpleNamespace:
     """The quanto names the lab uses, imported once (plus `DequantQLinear` and the CPU unpack override)."""
     # Imported once: the per-layer paths would otherwise pay the logging-level dance for every layer

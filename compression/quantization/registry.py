@@ -8,8 +8,8 @@ finishing step, unless the mode names its own (`quantize_=`) because it does som
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ def available(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quantize() -> Callable[..., None]:
     with quiet_backend_import():
         from torchao.quantization import quantize_
@@ -39,7 +40,10 @@ def int8_dynamic_config() -> Any:
 
 def fp8_config() -> Any:
     with quiet_backend_import():
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+        )
     return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
 
 
