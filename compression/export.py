@@ -297,8 +297,6 @@ def save_compressed(
         ExportError: a mode whose tensors cannot be stored in safetensors.
         ValueError: a bad spec or sample, or a non-empty `out_dir`.
     """
-    from safetensors.torch import save_file
-
     if not isinstance(spec, CompressionSpec):
         raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
     out = Path(out_dir)
@@ -309,8 +307,7 @@ def save_compressed(
 
         pipe, info = load_pipeline(model)
         engine = Engine(pipe, info.name, cache_size=0)
-    pipe = engine.pipeline
-    base_unet = pipe.unet
+    base_unet = engine.pipeline.unet
     entry, _ = engine.compress(spec)
     unet = entry.unet
     drawn = None
@@ -328,12 +325,28 @@ def save_compressed(
     layout["diffusers_native"] = (not layout["shapes"] and not layout["attrs"] and metadata is None
                                   and "quantization_map" not in layout)
     out.mkdir(parents=True, exist_ok=True)
+    _write_unet(out, tensors, metadata, base_unet, layout, spec, sparse)
+    if drawn is not None and image:
+        _write_comparison(out / "comparison.png", drawn)
+    manifest = _manifest(out, spec, engine, model, entry, layout, drawn, s if drawn is not None else None)
+    (out / "README.md").write_text(_card(manifest, drawn is not None and image))
+    files = [p for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    manifest["files"] = {str(p.relative_to(out)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return ExportResult(out, manifest["measured"]["file_bytes"], entry.cost.bytes, time.perf_counter() - start,
+                        manifest)
+
+
+def _write_unet(out: Path, tensors: dict, metadata: dict | None, base_unet, layout: dict, spec: CompressionSpec,
+                sparse: bool) -> None:
+    """unet/: the weights (safetensors), the base config, and with `sparse` the bitmask form (adds to `layout`)."""
+    from safetensors.torch import save_file
+    import diffusers
+
     (out / UNET_DIR).mkdir(exist_ok=True)
     save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt", **(metadata or {})})
     config = dict(base_unet.config)
     config["_class_name"] = type(base_unet).__name__
-    import diffusers
-
     config["_diffusers_version"] = diffusers.__version__
     (out / UNET_DIR / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=list))
     if sparse:
@@ -343,19 +356,26 @@ def save_compressed(
         layout["sparse"] = {"shapes": {k: list(tensors[k].shape) for k in packed},
                             "dtypes": {k: str(tensors[k].dtype).removeprefix("torch.") for k in packed}}
         save_file(sparse_tensors, str(out / SPARSE), metadata={"format": "pt"})
-    if drawn is not None:
-        from PIL import Image
 
-        if image:
-            a, b = drawn.baseline_image, drawn.compressed_image
-            pair = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), "white")
-            pair.paste(a, (0, 0))
-            pair.paste(b, (a.width, 0))
-            pair.save(out / "comparison.png")
-    base_cost = engine.baseline_cost
-    info_source = getattr(engine, "model_name", model)
+
+def _write_comparison(path: Path, drawn) -> None:
+    """The sample pair side by side: baseline left, compressed right."""
+    from PIL import Image
+
+    a, b = drawn.baseline_image, drawn.compressed_image
+    pair = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), "white")
+    pair.paste(a, (0, 0))
+    pair.paste(b, (a.width, 0))
+    pair.save(path)
+
+
+def _manifest(out: Path, spec: CompressionSpec, engine: Engine, model: str, entry, layout: dict, drawn,
+              sample: dict | None) -> dict[str, Any]:
+    """compression.json's content, less the file digests: spec, base model, versions, measured numbers."""
     from .models import CATALOG
 
+    pipe, base_unet, base_cost = engine.pipeline, engine.pipeline.unet, engine.baseline_cost
+    info_source = getattr(engine, "model_name", model)
     cat = CATALOG.get(info_source)
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -374,19 +394,14 @@ def save_compressed(
         "layout": layout,
     }
     if drawn is not None:
-        manifest["sample"] = {"prompt": s["prompt"], "negative_prompt": "", "seed": drawn.seed, "steps": drawn.steps,
+        manifest["sample"] = {"prompt": sample["prompt"], "negative_prompt": "", "seed": drawn.seed, "steps": drawn.steps,
                               "guidance": drawn.guidance, "height": drawn.height, "width": drawn.width,
                               "scheduler": type(pipe.scheduler).__name__,
                               "baseline_seconds": drawn.baseline_seconds,
                               "compressed_seconds": drawn.compressed_seconds,
                               "compressed_sha256": image_sha256(drawn.compressed_image),
                               "baseline_sha256": image_sha256(drawn.baseline_image)}
-    (out / "README.md").write_text(_card(manifest, drawn is not None and image))
-    files = [p for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST]
-    manifest["files"] = {str(p.relative_to(out)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return ExportResult(out, manifest["measured"]["file_bytes"], entry.cost.bytes, time.perf_counter() - start,
-                        manifest)
+    return manifest
 
 
 # -------------------------------------------------------------------------------------------------- load
