@@ -3,13 +3,14 @@
 The library behind the app; it never imports gradio. Main entry points:
 
 - `CompressionSpec` (spec.py): what to do, validated and hashable;
-- `PRUNERS` / `apply_pruning_` (pruning.py) and `QUANT_MODES` / `apply_quantization_` (quantization.py):
+- `PRUNERS` / `apply_pruning_` (pruning/) and `QUANT_MODES` / `apply_quantization_` (quantization/):
   the registries, each entry with a description and `available(device) -> (ok, reason)`;
 - `module_cost` (cost.py): real bytes, parameters and measured sparsity of a module;
 - `CATALOG` / `load_pipeline` (models.py): the models and the one safe loader;
 - `Engine` (engine.py): baseline + cached compressed UNets -> `generate_pair(...)` -> `PairResult`;
 - `build_compressed` (build.py): a compressed copy of a UNet, layer by layer, from a UNet and a spec;
-- `count_macs` (cost.py), `structured_size` (pruning.py): measured MACs, and what a structured amount means in
+- `save_compressed` / `load_compressed` (export.py): a bundle in safetensors, reloaded to the same pixels;
+- `count_macs` (cost.py), `structured_size` (pruning/): measured MACs, and what a structured amount means in
   parameters; `compression.bench` measures speed and memory (`load_results`/`results_frame` for charts).
 
 Example:
