@@ -160,6 +160,11 @@ def text(name: str, value: object, required: bool, max_chars: int = MAX_PROMPT_C
         return ""
     if not isinstance(value, str):
         raise RequestError(f"{name} must be text.")
+    try:  # JSON can carry lone UTF-16 surrogates ("\ud800"): the tokenizer would fail on them later
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{name} holds characters that are not valid Unicode (a lone surrogate); "
+                           "send UTF-8 text.") from None
     if len(value) > max_chars:
         raise RequestError(f"{name} must be at most {max_chars} characters (the model reads about 77 words).")
     if required and not value.strip():

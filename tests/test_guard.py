@@ -1,0 +1,80 @@
+"""Input the checks must refuse or keep apart, through the real server (raw HTTP to 127.0.0.1 only).
+
+- Text that cannot be encoded (a lone UTF-16 surrogate, valid in JSON as "\\ud800") is refused by the
+  validator with HTTP 422 naming the parameter, on every endpoint that takes free text (/compare, /export);
+  /sweep takes none.
+- Two pruning amounts that differ (30 and 30.001) are two settings with two labels: a sweep gives two rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.test_bad_input import COMPARE, SWEEP, stream
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*", "ignore:.*:Warning:gradio.queueing"
+)
+
+
+def post_ascii(url: str, endpoint: str, args: dict) -> httpx.Response:
+    """The JSON body as a hand-written client sends it: non-ASCII escaped, so a lone surrogate travels as the
+    six characters \\ud800 (gradio_client cannot encode it)."""
+    body = json.dumps({"data": list(args.values())}, ensure_ascii=True)
+    assert "\\ud800" in body or "\\udfff" in body
+    return httpx.post(
+        f"{url.rstrip('/')}/gradio_api/call/{endpoint}",
+        content=body.encode("ascii"),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["compare", "export"])
+@pytest.mark.parametrize("field, value", [("prompt", "a red circle \ud800"), ("negative_prompt", "blurry \udfff")])
+def test_lone_surrogate_is_refused_naming_the_parameter(lab_app, endpoint, field, value):
+    _, url = lab_app
+    args = {**COMPARE, field: value}
+    if endpoint == "export":
+        args.pop("history")  # /export takes the comparison's inputs without the session's history
+    r = post_ascii(url, endpoint, args)
+    assert r.status_code == 422, (r.status_code, r.text[:300])
+    verdicts = {v["parameter_name"]: v for v in r.json()["detail"] if isinstance(v, dict) and "parameter_name" in v}
+    assert verdicts[field]["is_valid"] is False
+    name = field.replace("_", " ")
+    assert verdicts[field]["message"].startswith(f"{name} holds characters that are not valid Unicode")
+    assert "unexpected error" not in r.text
+    others = [f for f, v in verdicts.items() if not v["is_valid"] and f != field]
+    assert not others, others  # only the parameter at fault is marked
+
+
+def test_valid_non_ascii_text_still_passes_the_checks(lab_app):
+    import app_service as svc
+
+    app, _ = lab_app
+    assert svc.text("prompt", "a red circle \u00e9 \U0001f600", required=True)  # real characters, escaped or not
+    with pytest.raises(svc.RequestError, match="^negative prompt holds characters"):
+        svc.text("negative prompt", "\ud83d", required=False)  # half of a surrogate pair
+
+
+def test_amounts_that_differ_give_two_labels_and_two_rows(lab_app):
+    _, url = lab_app
+    args = {**SWEEP, "prune_percents": [30, 30.001], "n_prompts": 1, "steps": 1}
+    r = httpx.post(f"{url.rstrip('/')}/gradio_api/call/sweep", json={"data": list(args.values())}, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    event, data = stream(url, "sweep", r.json()["event_id"])
+    assert event == "complete", data[:300]
+    out = json.loads(data)
+    summary = out[1]
+    text = json.dumps(summary)
+    assert "L1 30%" in text and "L1 30.001%" in text, text[:500]
+    import pandas as pd
+
+    csv = out[2]
+    path = csv["path"] if isinstance(csv, dict) else csv
+    table = pd.read_csv(path)
+    labels = set(table["label"]) if "label" in table else set(table.astype(str).stack())
+    assert {"L1 30%", "L1 30.001%"} <= labels, sorted(labels)[:20]
