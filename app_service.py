@@ -792,3 +792,78 @@ def share_query(values: dict) -> str:
     from urllib.parse import urlencode
 
     return urlencode({k: values[k] for k in SHARE_FIELDS if values.get(k) is not None})
+
+
+# ------------------------------------------------------------------------------------------- request bodies
+# Gradio parses a JSON body before any check of ours runs: a 60 MB prompt cost 100 MB of memory and slowed every
+# other client. This cap answers 413 before parsing. Uploads have their own limit (launch's max_file_size).
+
+MAX_BODY_BYTES = int(float(os.environ.get("APP_MAX_BODY_MB", "2")) * 2**20)  # the largest valid request is ~20 KB
+BODY_LIMIT_EXEMPT = ("/gradio_api/upload",)  # multipart uploads: Gradio streams them to disk and enforces 5 MB
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `max_bytes` with HTTP 413, before the app reads them.
+
+    A Content-Length over the cap is refused without reading a byte; a body without one (chunked) is read up to
+    the cap and refused as soon as it passes it, else handed on unchanged. Paths ending in an exempt suffix
+    pass untouched.
+
+    Args:
+        app: the ASGI app to wrap.
+        max_bytes (`int`, defaults to `MAX_BODY_BYTES`): the largest body accepted.
+    """
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, exempt: Sequence[str] = BODY_LIMIT_EXEMPT):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, tuple(exempt)
+
+    async def _refuse(self, send) -> None:
+        body = (f'{{"detail": "request body over {self.max_bytes} bytes (APP_MAX_BODY_MB); '
+                f'nothing this app takes is that large"}}').encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/").endswith(self.exempt):
+            return await self.app(scope, receive, send)
+        length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                too_big = True
+            if too_big:
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0  # no Content-Length: read (at most the cap) here, then replay to the app
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._refuse(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return replayed.pop() if replayed else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def cap_request_bodies(server_app, max_bytes: int = MAX_BODY_BYTES) -> None:
+    """Wrap a started Starlette/FastAPI app's middleware stack in `BodyLimit` (outermost, so it runs first).
+
+    Starlette refuses `add_middleware` once the app has started; its stack is an attribute it builds on the
+    first request, so it is built here if needed and wrapped."""
+    if getattr(server_app, "middleware_stack", None) is None:
+        server_app.middleware_stack = server_app.build_middleware_stack()
+    if not isinstance(server_app.middleware_stack, BodyLimit):
+        server_app.middleware_stack = BodyLimit(server_app.middleware_stack, max_bytes)

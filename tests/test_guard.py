@@ -78,3 +78,62 @@ def test_amounts_that_differ_give_two_labels_and_two_rows(lab_app):
     table = pd.read_csv(path)
     labels = set(table["label"]) if "label" in table else set(table.astype(str).stack())
     assert {"L1 30%", "L1 30.001%"} <= labels, sorted(labels)[:20]
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory (the fixture serves the app in-process)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def test_a_60_mb_body_is_refused_with_413_before_it_is_parsed(lab_app):
+    import app_service as svc
+
+    _, url = lab_app
+    assert svc.MAX_BODY_BYTES < 60 * 2**20
+    prompt = "x" * (60 * 2**20)
+    body = json.dumps({"data": [prompt, *list(COMPARE.values())[1:]]}).encode()
+    del prompt
+    before = _rss_bytes()
+    r = httpx.post(
+        f"{url.rstrip('/')}/gradio_api/call/compare",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    grown = _rss_bytes() - before
+    assert r.status_code == 413, (r.status_code, r.text[:200])
+    assert "APP_MAX_BODY_MB" in r.text
+    assert grown < 30 * 2**20, f"RSS grew by {grown / 2**20:.1f} MB"  # the client's copy was made before
+
+
+def test_a_chunked_body_without_content_length_is_counted(lab_app):
+    _, url = lab_app
+
+    def chunks():
+        for _ in range(60):
+            yield b"x" * 2**20
+
+    r = httpx.post(
+        f"{url.rstrip('/')}/gradio_api/call/compare",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == 413, (r.status_code, r.text[:200])
+
+
+def test_normal_requests_and_small_chunked_bodies_still_pass(lab_app):
+    _, url = lab_app
+    body = json.dumps({"data": list({**COMPARE, "steps": 1, "seed": 5}.values())}).encode()
+    r = httpx.post(
+        f"{url.rstrip('/')}/gradio_api/call/compare",
+        content=iter([body[:10], body[10:]]),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text[:300]
+    event, data = stream(url, "compare", r.json()["event_id"])
+    assert event == "complete", data[:300]
+    assert httpx.get(f"{url.rstrip('/')}/gradio_api/info", timeout=10).status_code == 200
