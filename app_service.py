@@ -83,6 +83,12 @@ MAX_SWEEP_PROMPTS = 200
 MAX_LATENCY_REPEATS = 10
 SWEEP_BOOTSTRAP = 200  # resamples per interval: each FD resample is a 128x128 eigendecomposition (~8 ms here),
 # and 1000 of them per setting and reference made a 2-setting sweep of 4 images take 50 s
+# Admission by cost, in denoising image-steps (one image through one denoising step; a latency repeat counts as
+# one image). The embedded model on this CPU (one thread): a step at batch 25 (50 with guidance) takes ~0.22 s,
+# ~8.7 ms per image-step, so 30,000 image-steps is ~4.3 minutes of UNet plus decoding and scoring: about 5
+# minutes, the most one job may hold the only model worker on a public Space. A bigger model costs more per
+# step: lower the budget with the env var there.
+MAX_JOB_STEPS = int(os.environ.get("APP_MAX_JOB_STEPS", "30000"))
 HISTORY_LIMIT = 100  # comparisons kept per session (the oldest go first)
 SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
 # The layer-sensitivity study prunes one of these at a time: the same parts as the CLI's preset.
@@ -400,6 +406,10 @@ def _compare_values(lab: Lab, prompt, negative_prompt, seed, steps, guidance, mo
         ("quant_mode", lambda: choice("quantization mode", quant_mode, lab.quant_modes(),
                                       " (modes this device cannot run are hidden)")),
     ])
+    if "steps" in values and compare_cost(values["steps"]) > MAX_JOB_STEPS:
+        problems["steps"] = (f"this comparison costs {compare_cost(values['steps']):,} denoising image-steps (2 images "
+                             f"x {values['steps']} steps); the app runs at most {MAX_JOB_STEPS:,} per job "
+                             "(APP_MAX_JOB_STEPS). Lower the steps.")
     # bits only for the simulated mode (its slider is hidden otherwise and its value ignored), so two requests
     # that do the same thing share a cache entry.
     mode = values.get("quant_mode")
@@ -532,6 +542,13 @@ def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, s
         return values, {"n_prompts": (
             f"{len(specs)} settings x {n} prompts = {len(specs) * n} images; the app draws at most "
             f"{MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings.")}
+    cost = sweep_cost(len(specs), n, values["steps"], values["latency_repeats"])
+    if cost > MAX_JOB_STEPS:
+        return values, {"n_prompts": (
+            f"this sweep costs {cost:,} denoising image-steps ({len(specs)} settings x {values['steps']} steps x "
+            f"({n} prompts + {values['latency_repeats']} latency repeats)); the app runs at most {MAX_JOB_STEPS:,} "
+            "per job (APP_MAX_JOB_STEPS). Lower the prompts, steps, latency repeats or settings, or use "
+            "`python -m compression.sweep`.")}
     prompt_set = model_defaults(values["model"]).prompt_set
     available = load_prompts(prompt_set)
     if n > len(available):
@@ -539,6 +556,17 @@ def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, s
                                      f"{prompt_set} prompt set."}
     values.update(specs=tuple(specs), prompt_set=prompt_set, prompts=tuple(available[:n]))
     return values, {}
+
+
+def sweep_cost(n_settings: int, n_prompts: int, steps: int, latency_repeats: int) -> int:
+    """A sweep's price in denoising image-steps: every setting draws every prompt, then times its latency
+    repeats (one image each), all at `steps` steps."""
+    return n_settings * steps * (n_prompts + latency_repeats)
+
+
+def compare_cost(steps: int) -> int:
+    """A comparison's price in denoising image-steps: the baseline and the compressed image."""
+    return 2 * steps
 
 
 def sweep_problems(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,

@@ -137,3 +137,33 @@ def test_normal_requests_and_small_chunked_bodies_still_pass(lab_app):
     event, data = stream(url, "compare", r.json()["event_id"])
     assert event == "complete", data[:300]
     assert httpx.get(f"{url.rstrip('/')}/gradio_api/info", timeout=10).status_code == 200
+
+
+def test_an_over_budget_sweep_is_refused_with_its_cost_before_it_runs(lab_app):
+    import app_service as svc
+
+    _, url = lab_app
+    args = {**SWEEP, "prune_percents": [0, 10, 20, 30, 40, 60], "n_prompts": 50, "steps": 100, "latency_repeats": 10}
+    cost = svc.sweep_cost(6, 50, 100, 10)
+    assert cost > svc.MAX_JOB_STEPS
+    r = httpx.post(f"{url.rstrip('/')}/gradio_api/call/sweep", json={"data": list(args.values())}, timeout=30)
+    assert r.status_code == 422, (r.status_code, r.text[:300])  # the validator: refused, never queued
+    verdicts = {v["parameter_name"]: v for v in r.json()["detail"] if isinstance(v, dict) and "parameter_name" in v}
+    text = verdicts["n_prompts"]["message"]
+    assert f"costs {cost:,} denoising image-steps" in text, text
+    assert f"at most {svc.MAX_JOB_STEPS:,}" in text and "Lower the prompts, steps" in text
+
+
+def test_the_budget_is_one_constant_that_the_checks_read(lab_app, monkeypatch):
+    import app_service as svc
+
+    app, _ = lab_app
+    ok = svc.sweep_problems(app.LAB, "tiny-shapes", [0, 30], ["l1-unstructured"], ["fp32"], "grid", 2, 2, 4.0, 0)
+    assert ok == {}
+    monkeypatch.setattr(svc, "MAX_JOB_STEPS", 7)  # 2 settings x 2 steps x 2 prompts = 8
+    bad = svc.sweep_problems(app.LAB, "tiny-shapes", [0, 30], ["l1-unstructured"], ["fp32"], "grid", 2, 2, 4.0, 0)
+    assert "costs 8 denoising image-steps" in bad["n_prompts"]
+    problems = svc.compare_problems(
+        app.LAB, "a red circle", "", 0, 4, 4.0, "tiny-shapes", 30, "l1-unstructured", "all", "fp32", 4, 0, 0
+    )
+    assert "costs 8 denoising image-steps" in problems["steps"]
