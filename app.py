@@ -526,7 +526,12 @@ def launch(**kwargs):
         css=CSS,
     )
     options.update(kwargs)
-    return demo.launch(**options)
+    block = not options.pop("prevent_thread_lock", False)
+    launched = demo.launch(prevent_thread_lock=True, **options)
+    svc.cap_request_bodies(demo.server_app)  # 413 for bodies over svc.MAX_BODY_BYTES, before Gradio parses them
+    if block:
+        demo.block_thread()
+    return launched
 
 
 if __name__ == "__main__":

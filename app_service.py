@@ -83,6 +83,12 @@ MAX_SWEEP_PROMPTS = 200
 MAX_LATENCY_REPEATS = 10
 SWEEP_BOOTSTRAP = 200  # resamples per interval: each FD resample is a 128x128 eigendecomposition (~8 ms here),
 # and 1000 of them per setting and reference made a 2-setting sweep of 4 images take 50 s
+# Admission by cost, in denoising image-steps (one image through one denoising step; a latency repeat counts as
+# one image). The embedded model on this CPU (one thread): a step at batch 25 (50 with guidance) takes ~0.22 s,
+# ~8.7 ms per image-step, so 30,000 image-steps is ~4.3 minutes of UNet plus decoding and scoring: about 5
+# minutes, the most one job may hold the only model worker on a public Space. A bigger model costs more per
+# step: lower the budget with the env var there.
+MAX_JOB_STEPS = int(os.environ.get("APP_MAX_JOB_STEPS", "30000"))
 HISTORY_LIMIT = 100  # comparisons kept per session (the oldest go first)
 SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
 # The layer-sensitivity study prunes one of these at a time: the same parts as the CLI's preset.
@@ -160,6 +166,11 @@ def text(name: str, value: object, required: bool, max_chars: int = MAX_PROMPT_C
         return ""
     if not isinstance(value, str):
         raise RequestError(f"{name} must be text.")
+    try:  # JSON can carry lone UTF-16 surrogates ("\ud800"): the tokenizer would fail on them later
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{name} holds characters that are not valid Unicode (a lone surrogate); "
+                           "send UTF-8 text.") from None
     if len(value) > max_chars:
         raise RequestError(f"{name} must be at most {max_chars} characters (the model reads about 77 words).")
     if required and not value.strip():
@@ -395,6 +406,10 @@ def _compare_values(lab: Lab, prompt, negative_prompt, seed, steps, guidance, mo
         ("quant_mode", lambda: choice("quantization mode", quant_mode, lab.quant_modes(),
                                       " (modes this device cannot run are hidden)")),
     ])
+    if "steps" in values and compare_cost(values["steps"]) > MAX_JOB_STEPS:
+        problems["steps"] = (f"this comparison costs {compare_cost(values['steps']):,} denoising image-steps (2 images "
+                             f"x {values['steps']} steps); the app runs at most {MAX_JOB_STEPS:,} per job "
+                             "(APP_MAX_JOB_STEPS). Lower the steps.")
     # bits only for the simulated mode (its slider is hidden otherwise and its value ignored), so two requests
     # that do the same thing share a cache entry.
     mode = values.get("quant_mode")
@@ -527,6 +542,13 @@ def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, s
         return values, {"n_prompts": (
             f"{len(specs)} settings x {n} prompts = {len(specs) * n} images; the app draws at most "
             f"{MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings.")}
+    cost = sweep_cost(len(specs), n, values["steps"], values["latency_repeats"])
+    if cost > MAX_JOB_STEPS:
+        return values, {"n_prompts": (
+            f"this sweep costs {cost:,} denoising image-steps ({len(specs)} settings x {values['steps']} steps x "
+            f"({n} prompts + {values['latency_repeats']} latency repeats)); the app runs at most {MAX_JOB_STEPS:,} "
+            "per job (APP_MAX_JOB_STEPS). Lower the prompts, steps, latency repeats or settings, or use "
+            "`python -m compression.sweep`.")}
     prompt_set = model_defaults(values["model"]).prompt_set
     available = load_prompts(prompt_set)
     if n > len(available):
@@ -534,6 +556,17 @@ def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, s
                                      f"{prompt_set} prompt set."}
     values.update(specs=tuple(specs), prompt_set=prompt_set, prompts=tuple(available[:n]))
     return values, {}
+
+
+def sweep_cost(n_settings: int, n_prompts: int, steps: int, latency_repeats: int) -> int:
+    """A sweep's price in denoising image-steps: every setting draws every prompt, then times its latency
+    repeats (one image each), all at `steps` steps."""
+    return n_settings * steps * (n_prompts + latency_repeats)
+
+
+def compare_cost(steps: int) -> int:
+    """A comparison's price in denoising image-steps: the baseline and the compressed image."""
+    return 2 * steps
 
 
 def sweep_problems(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
@@ -787,3 +820,78 @@ def share_query(values: dict) -> str:
     from urllib.parse import urlencode
 
     return urlencode({k: values[k] for k in SHARE_FIELDS if values.get(k) is not None})
+
+
+# ------------------------------------------------------------------------------------------- request bodies
+# Gradio parses a JSON body before any check of ours runs: a 60 MB prompt cost 100 MB of memory and slowed every
+# other client. This cap answers 413 before parsing. Uploads have their own limit (launch's max_file_size).
+
+MAX_BODY_BYTES = int(float(os.environ.get("APP_MAX_BODY_MB", "2")) * 2**20)  # the largest valid request is ~20 KB
+BODY_LIMIT_EXEMPT = ("/gradio_api/upload",)  # multipart uploads: Gradio streams them to disk and enforces 5 MB
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `max_bytes` with HTTP 413, before the app reads them.
+
+    A Content-Length over the cap is refused without reading a byte; a body without one (chunked) is read up to
+    the cap and refused as soon as it passes it, else handed on unchanged. Paths ending in an exempt suffix
+    pass untouched.
+
+    Args:
+        app: the ASGI app to wrap.
+        max_bytes (`int`, defaults to `MAX_BODY_BYTES`): the largest body accepted.
+    """
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, exempt: Sequence[str] = BODY_LIMIT_EXEMPT):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, tuple(exempt)
+
+    async def _refuse(self, send) -> None:
+        body = (f'{{"detail": "request body over {self.max_bytes} bytes (APP_MAX_BODY_MB); '
+                f'nothing this app takes is that large"}}').encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/").endswith(self.exempt):
+            return await self.app(scope, receive, send)
+        length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                too_big = True
+            if too_big:
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0  # no Content-Length: read (at most the cap) here, then replay to the app
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._refuse(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return replayed.pop() if replayed else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def cap_request_bodies(server_app, max_bytes: int = MAX_BODY_BYTES) -> None:
+    """Wrap a started Starlette/FastAPI app's middleware stack in `BodyLimit` (outermost, so it runs first).
+
+    Starlette refuses `add_middleware` once the app has started; its stack is an attribute it builds on the
+    first request, so it is built here if needed and wrapped."""
+    if getattr(server_app, "middleware_stack", None) is None:
+        server_app.middleware_stack = server_app.build_middleware_stack()
+    if not isinstance(server_app.middleware_stack, BodyLimit):
+        server_app.middleware_stack = BodyLimit(server_app.middleware_stack, max_bytes)

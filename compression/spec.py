@@ -108,10 +108,15 @@ class CompressionSpec:
 
     @property
     def label(self) -> str:
-        """A short human label, e.g. "L1 30% + int8 weights", "random 50% (attention)", "baseline"."""
+        """A short human label, e.g. "L1 30% + int8 weights", "random 50% (attention)", "baseline".
+
+        Settings that differ get different labels: the amount is shown to 12 significant digits, not snapped
+        to a grid ("L1 30%" and "L1 30.001%" are two settings and two rows of a sweep's summary)."""
         parts = []
         if self.prunes:
-            text = f"{PRUNERS[self.prune_method].short} {round(self.prune_amount * 100, 2):g}%"
+            # 12 significant digits: two amounts that differ show different labels (30% vs 30.001%), while
+            # float noise (0.07 * 100 = 7.000000000000001) does not reach the label.
+            text = f"{PRUNERS[self.prune_method].short} {self.prune_amount * 100:.12g}%"
             if self.prune_scope != "all":
                 text += f" ({self.prune_scope})"
             parts.append(text)
