@@ -21,12 +21,21 @@ Example:
     ...                          CompressionSpec(prune_amount=0.3, quant_mode="int8-weight"))
 """
 
-from .cost import ModuleCost, count_macs, module_bytes, module_cost, param_count, weight_sparsity
 from .build import CompressedUNet, build_compressed, state_dict_digest
+from .cost import ModuleCost, count_macs, module_bytes, module_cost, param_count, weight_sparsity
 from .engine import Engine, PairResult
 from .models import CATALOG, ModelInfo, load_pipeline, resolve_model
-from .pruning import (PRUNERS, SCOPES, PrunePlan, PruneReport, apply_pruning_, available_pruners, get_pruner,
-                      scope_layers, structured_size)
+from .pruning import (
+    PRUNERS,
+    SCOPES,
+    PrunePlan,
+    PruneReport,
+    apply_pruning_,
+    available_pruners,
+    get_pruner,
+    scope_layers,
+    structured_size,
+)
 from .quantization import QUANT_MODES, apply_quantization_, available_quant_modes, get_quant_mode
 from .spec import CompressionSpec
 

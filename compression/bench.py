@@ -42,9 +42,10 @@ import re
 import sys
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,8 +123,16 @@ SETTINGS: list[Setting] = [
     Setting("struct-30+bf16+int8-weight", _struct("bf16+int8-weight"), ("cpu",)),
     Setting("struct-30+fp8", _struct("fp8"), ("cuda",)),
 ]
-QUICK_SETTINGS = ["fp32", "bf16", "int8-weight", "int4-weight", "bf16+int8-weight", "l1-30", "struct-30",
-                  "struct-30+bf16"]
+QUICK_SETTINGS = [
+    "fp32",
+    "bf16",
+    "int8-weight",
+    "int4-weight",
+    "bf16+int8-weight",
+    "l1-30",
+    "struct-30",
+    "struct-30+bf16",
+]
 
 
 def structured_amount(unet: nn.Module, target: float = STRUCTURED_TARGET) -> float:
@@ -156,8 +165,9 @@ class BenchModel:
         return run
 
 
-def _inputs(unet: nn.Module, device: torch.device, dtype: torch.dtype, size: int | None = None,
-            tokens: int = 77) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inputs(
+    unet: nn.Module, device: torch.device, dtype: torch.dtype, size: int | None = None, tokens: int = 77
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = unet.config
     side = size or int(cfg.sample_size)
     g = torch.Generator("cpu").manual_seed(0)
@@ -174,8 +184,12 @@ def sd15_model(device: torch.device, dtype: torch.dtype, seed: int = 0) -> Bench
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(config).eval().requires_grad_(False)
     unet = nn.Module.to(unet, device=device, dtype=dtype)
-    return BenchModel("sd15", "random-weight UNet from the SD 1.5 UNet config (859.5M parameters), 64x64 "
-                      "latents, batch 2", unet, *_inputs(unet, device, dtype, 64))
+    return BenchModel(
+        "sd15",
+        "random-weight UNet from the SD 1.5 UNet config (859.5M parameters), 64x64 latents, batch 2",
+        unet,
+        *_inputs(unet, device, dtype, 64),
+    )
 
 
 def tiny_model(device: torch.device, dtype: torch.dtype) -> BenchModel:
@@ -190,10 +204,15 @@ def tiny_model(device: torch.device, dtype: torch.dtype) -> BenchModel:
         description = "the embedded tiny-shapes pipeline's UNet (assets/tiny-shapes-sd)"
     else:
         torch.manual_seed(0)
-        unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=16,
-                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                    cross_attention_dim=32, norm_num_groups=16)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=16,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            norm_num_groups=16,
+        )
         description = "a small random UNet (the embedded tiny-shapes model is not in assets/ yet)"
     unet = nn.Module.to(unet.eval().requires_grad_(False), device=device, dtype=dtype)
     return BenchModel("tiny", description + ", batch 2", unet, *_inputs(unet, device, dtype))
@@ -233,15 +252,22 @@ def _reset_peak() -> bool:
 
 def machine() -> dict[str, Any]:
     """Where the numbers come from: CPU model and flags that matter for speed, cores, memory, versions."""
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "torch": torch.__version__, "logical_cpus": os.cpu_count()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "logical_cpus": os.cpu_count(),
+    }
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         name = re.search(r"model name\s*:\s*(.+)", cpuinfo)
         flags = set(re.search(r"flags\s*:\s*(.+)", cpuinfo).group(1).split())
         info["cpu"] = name.group(1).strip() if name else platform.processor()
-        info["cpu_flags"] = sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
-                                               "amx_int8", "amx_tile") if f in flags)
+        info["cpu_flags"] = sorted(
+            f
+            for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+            if f in flags
+        )
         mem = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
         info["memory_gib"] = round(int(mem.group(1)) / 2**20, 1) if mem else None
     except (OSError, AttributeError):
@@ -252,7 +278,7 @@ def machine() -> dict[str, Any]:
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_capability"] = "sm%d%d" % torch.cuda.get_device_capability(0)
+        info["gpu_capability"] = "sm{}{}".format(*torch.cuda.get_device_capability(0))
     import diffusers
 
     info["diffusers"] = diffusers.__version__
@@ -282,9 +308,19 @@ def _compiled(unet: nn.Module, model: BenchModel) -> tuple[nn.Module, float]:
     return compiled, time.perf_counter() - start
 
 
-def _measure_setting(engine: Engine, model: BenchModel, spec: CompressionSpec, row: dict[str, Any], base_step,
-                     base_macs: int | None, repeats: int, warmup: int, compile: bool, log: Callable[[str], None],
-                     key: str) -> list[float]:
+def _measure_setting(
+    engine: Engine,
+    model: BenchModel,
+    spec: CompressionSpec,
+    row: dict[str, Any],
+    base_step,
+    base_macs: int | None,
+    repeats: int,
+    warmup: int,
+    compile: bool,
+    log: Callable[[str], None],
+    key: str,
+) -> list[float]:
     """Compress one setting and time it against the baseline; fills `row`, returns the paired baseline rounds."""
     device = next(model.unet.parameters()).device
     cuda = device.type == "cuda"
@@ -328,10 +364,16 @@ def _measure_setting(engine: Engine, model: BenchModel, spec: CompressionSpec, r
         if cuda:
             row["peak_gpu_growth_bytes"] = torch.cuda.max_memory_allocated() - before_gpu
         if report is not None:
-            row.update(params_removed=report.params_removed, channels_removed=report.channels_removed,
-                       scope_sparsity=report.sparsity)
-        row["macs"] = (base_macs if spec.is_identity else
-                       count_macs(entry.unet, model.sample, model.timestep, encoder_hidden_states=model.hidden))
+            row.update(
+                params_removed=report.params_removed,
+                channels_removed=report.channels_removed,
+                scope_sparsity=report.sparsity,
+            )
+        row["macs"] = (
+            base_macs
+            if spec.is_identity
+            else count_macs(entry.unet, model.sample, model.timestep, encoder_hidden_states=model.hidden)
+        )
         step_unet = entry.unet
         if compile:
             step_unet, row["compile_s"] = _compiled(entry.unet, model)
@@ -351,23 +393,30 @@ def _measure_setting(engine: Engine, model: BenchModel, spec: CompressionSpec, r
     return base_times
 
 
-def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup: int,
-                log: Callable[[str], None] = print, compile: bool = False) -> dict[str, Any]:
+def bench_model(
+    model: BenchModel,
+    settings: list[Setting],
+    repeats: int,
+    warmup: int,
+    log: Callable[[str], None] = print,
+    compile: bool = False,
+) -> dict[str, Any]:
     """Benchmark every setting on one model; returns the JSON-ready block of this model.
 
     With `compile`, the baseline and every setting run under `torch.compile` (inductor); the first call's
     time is reported apart as `compile_s` and is not part of the step latency or the compression time.
     """
     device = next(model.unet.parameters()).device
-    engine = Engine(types.SimpleNamespace(unet=model.unet), f"bench-{model.name}", cache_size=1,
-                    baseline_cache_size=0)
+    engine = Engine(types.SimpleNamespace(unet=model.unet), f"bench-{model.name}", cache_size=1, baseline_cache_size=0)
     base_cost = engine.baseline_cost
     base_macs = count_macs(model.unet, model.sample, model.timestep, encoder_hidden_states=model.hidden)
     amount = structured_amount(model.unet)
     removed, ch_before, ch_after = structured_size(model.unet, amount)
-    log(f"[{model.name}] {model.description}: {base_cost.params / 1e6:.1f}M parameters, "
+    log(
+        f"[{model.name}] {model.description}: {base_cost.params / 1e6:.1f}M parameters, "
         f"{base_cost.bytes / 2**20:.0f} MiB, {base_macs / 1e9 if base_macs else float('nan'):.1f} GMAC/step; "
-        f"structured amount {amount:.2f} of channels removes {removed / base_cost.params:.1%} of parameters")
+        f"structured amount {amount:.2f} of channels removes {removed / base_cost.params:.1%} of parameters"
+    )
     base_compile_s = None
     if compile:
         base_unet, base_compile_s = _compiled(model.unet, model)
@@ -382,19 +431,26 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
         spec = setting.make(amount)
         row: dict[str, Any] = {"key": setting.key, "label": spec.label, "spec": spec.to_dict()}
         mode, pruner = QUANT_MODES[spec.quant_mode], PRUNERS[spec.prune_method]
-        missing = [why for ok, why in (mode.available(device), pruner.available(device) if spec.prunes else (True, ""))
-                   if not ok]
+        missing = [
+            why
+            for ok, why in (mode.available(device), pruner.available(device) if spec.prunes else (True, ""))
+            if not ok
+        ]
         if missing:
             row["skipped"] = missing[0]
             rows.append(row)
             log(f"  {setting.key:28s} skipped: {missing[0]}")
             continue
-        base_times += _measure_setting(engine, model, spec, row, base_step, base_macs, repeats, warmup, compile, log,
-                                       setting.key)
+        base_times += _measure_setting(
+            engine, model, spec, row, base_step, base_macs, repeats, warmup, compile, log, setting.key
+        )
         rows.append(row)
         if "error" not in row:
-            log(f"  {setting.key:28s} compress {row['compression_s']:7.2f}s  bytes x{row['bytes'] / base_cost.bytes:5.3f}"
-                f"  step {row['step_ms']:9.1f} ms  x{row['step_ratio']:5.3f}")
+            log(
+                f"  {setting.key:28s} compress {row['compression_s']:7.2f}s  "
+                f"bytes x{row['bytes'] / base_cost.bytes:5.3f}"
+                f"  step {row['step_ms']:9.1f} ms  x{row['step_ratio']:5.3f}"
+            )
 
     base_step_s = latency.median_or_none(base_times)  # every paired baseline round
     for row in rows:
@@ -411,14 +467,25 @@ def bench_model(model: BenchModel, settings: list[Setting], repeats: int, warmup
         "description": model.description,
         "device": str(device),
         "compiled": compile,
-        "baseline": {"bytes": base_cost.bytes, "params": base_cost.params, "macs": base_macs,
-                     "step_ms": 1000 * base_step_s if base_step_s else None, "compile_s": base_compile_s,
-                     "step_rounds": len(base_times), "dtype": str(next(model.unet.parameters()).dtype)},
-        "structured": {"method": STRUCTURED_METHOD, "amount": amount, "channels_before": ch_before,
-                       "channels_after": ch_after, "params_removed": removed / base_cost.params,
-                       "meaning": "amount = fraction removed of the inner channels of every ResNet block, of the "
-                                  "hidden width of every transformer feed-forward and of the heads of every "
-                                  "attention layer"},
+        "baseline": {
+            "bytes": base_cost.bytes,
+            "params": base_cost.params,
+            "macs": base_macs,
+            "step_ms": 1000 * base_step_s if base_step_s else None,
+            "compile_s": base_compile_s,
+            "step_rounds": len(base_times),
+            "dtype": str(next(model.unet.parameters()).dtype),
+        },
+        "structured": {
+            "method": STRUCTURED_METHOD,
+            "amount": amount,
+            "channels_before": ch_before,
+            "channels_after": ch_after,
+            "params_removed": removed / base_cost.params,
+            "meaning": "amount = fraction removed of the inner channels of every ResNet block, of the "
+            "hidden width of every transformer feed-forward and of the heads of every "
+            "attention layer",
+        },
         "rows": rows,
     }
 
@@ -434,8 +501,15 @@ def evaluate_targets(block: dict[str, Any]) -> list[dict[str, Any]]:
 
     def add(name: str, value: float | None, detail: str = "") -> None:
         limit = TARGETS[name]
-        out.append({"target": name, "measured": value, "limit": limit,
-                    "met": None if value is None else bool(value <= limit), "detail": detail})
+        out.append(
+            {
+                "target": name,
+                "measured": value,
+                "limit": limit,
+                "met": None if value is None else bool(value <= limit),
+                "detail": detail,
+            }
+        )
 
     add("int8-weight bytes", get("int8-weight", "bytes_ratio"))
     add("int4-weight bytes", get("int4-weight", "bytes_ratio"))
@@ -443,16 +517,22 @@ def evaluate_targets(block: dict[str, Any]) -> list[dict[str, Any]]:
     quick = [(r["step_ratio"], k) for k, r in rows.items() if k != "fp32" and not k.startswith(("l1-", "struct-"))]
     best = min(quick) if quick else (None, "")
     add("best CPU mode step", best[0], f"{best[1]} (quantization/precision modes, no pruning)")
-    add("structured ~30% params step", get("struct-30", "step_ratio"),
-        f"{block['structured']['amount']:.2f} of channels, {block['structured']['params_removed']:.1%} of parameters")
+    add(
+        "structured ~30% params step",
+        get("struct-30", "step_ratio"),
+        f"{block['structured']['amount']:.2f} of channels, {block['structured']['params_removed']:.1%} of parameters",
+    )
     comp = [(r["compression_over_step"], k) for k, r in rows.items() if r.get("compression_over_step") is not None]
     worst = max(comp) if comp else (None, "")
     add("compression time / baseline step (worst setting)", worst[0], worst[1])
     hits = [(r["cache_hit_ms"], k) for k, r in rows.items() if r.get("cache_hit_ms") is not None]
     worst = max(hits) if hits else (None, "")
     add("cache hit ms (worst setting)", worst[0], worst[1])
-    growth = [(r["peak_growth_over_compressed"], k) for k, r in rows.items()
-              if r.get("peak_growth_over_compressed") is not None and r["built"] != "baseline"]
+    growth = [
+        (r["peak_growth_over_compressed"], k)
+        for k, r in rows.items()
+        if r.get("peak_growth_over_compressed") is not None and r["built"] != "baseline"
+    ]
     worst = max(growth) if growth else (None, "")
     add("peak RSS growth / compressed bytes (worst setting)", worst[0], worst[1])
     return out
@@ -464,10 +544,14 @@ def evaluate_targets(block: dict[str, Any]) -> list[dict[str, Any]]:
 def format_table(block: dict[str, Any]) -> str:
     """A plain-text table of one model's rows (ratios to the baseline of the same run)."""
     base = block["baseline"]
-    head = (f"{block['model']}: {block['description']}; baseline {base['params'] / 1e6:.1f}M params, "
-            f"{base['bytes'] / 2**20:.0f} MiB, step {base['step_ms'] or float('nan'):.0f} ms ({base['dtype']})")
-    cols = f"{'setting':28s} {'compress s':>10s} {'x step':>7s} {'hit ms':>7s} {'bytes':>6s} {'params':>6s} " \
-           f"{'MACs':>6s} {'step ms':>9s} {'x base':>7s} {'peak/size':>9s}"
+    head = (
+        f"{block['model']}: {block['description']}; baseline {base['params'] / 1e6:.1f}M params, "
+        f"{base['bytes'] / 2**20:.0f} MiB, step {base['step_ms'] or float('nan'):.0f} ms ({base['dtype']})"
+    )
+    cols = (
+        f"{'setting':28s} {'compress s':>10s} {'x step':>7s} {'hit ms':>7s} {'bytes':>6s} {'params':>6s} "
+        f"{'MACs':>6s} {'step ms':>9s} {'x base':>7s} {'peak/size':>9s}"
+    )
     lines = [head, cols, "-" * len(cols)]
     for r in block["rows"]:
         if "bytes" not in r or "step_ms" not in r:
@@ -477,17 +561,22 @@ def format_table(block: dict[str, Any]) -> str:
         def f(v: float | None, fmt: str) -> str:
             return format(v, fmt) if v is not None else "-"
 
-        lines.append(f"{r['key']:28s} {f(r['compression_s'], '10.2f')} {f(r['compression_over_step'], '7.2f')} "
-                     f"{f(r['cache_hit_ms'], '7.3f')} {f(r['bytes_ratio'], '6.3f')} {f(r['params_ratio'], '6.3f')} "
-                     f"{f(r['macs_ratio'], '6.3f')} {f(r['step_ms'], '9.1f')} {f(r['step_ratio'], '7.3f')} "
-                     f"{f(r['peak_growth_over_compressed'], '9.2f')}")
+        lines.append(
+            f"{r['key']:28s} {f(r['compression_s'], '10.2f')} {f(r['compression_over_step'], '7.2f')} "
+            f"{f(r['cache_hit_ms'], '7.3f')} {f(r['bytes_ratio'], '6.3f')} {f(r['params_ratio'], '6.3f')} "
+            f"{f(r['macs_ratio'], '6.3f')} {f(r['step_ms'], '9.1f')} {f(r['step_ratio'], '7.3f')} "
+            f"{f(r['peak_growth_over_compressed'], '9.2f')}"
+        )
     return "\n".join(lines)
 
 
 def markdown_table(block: dict[str, Any]) -> str:
     """The same table in Markdown (the README's)."""
-    lines = ["| setting | compression s (x step) | UNet bytes | params | MACs | step ms | step x baseline | "
-             "peak RSS growth / size |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | compression s (x step) | UNet bytes | params | MACs | step ms | step x baseline | "
+        "peak RSS growth / size |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def f(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
@@ -496,10 +585,12 @@ def markdown_table(block: dict[str, Any]) -> str:
         if "bytes" not in r or "step_ms" not in r:
             lines.append(f"| {r['label']} | {r.get('skipped') or r.get('error')} |||||||")
             continue
-        lines.append(f"| {r['label']} | {f(r['compression_s'], '.2f')} ({f(r['compression_over_step'], '.2f')}) | "
-                     f"{f(r['bytes_ratio'], '.3f')} | {f(r['params_ratio'], '.3f')} | {f(r['macs_ratio'], '.3f')} | "
-                     f"{f(r['step_ms'], '.0f')} | **{f(r['step_ratio'], '.2f')}** | "
-                     f"{f(r['peak_growth_over_compressed'], '.2f')} |")
+        lines.append(
+            f"| {r['label']} | {f(r['compression_s'], '.2f')} ({f(r['compression_over_step'], '.2f')}) | "
+            f"{f(r['bytes_ratio'], '.3f')} | {f(r['params_ratio'], '.3f')} | {f(r['macs_ratio'], '.3f')} | "
+            f"{f(r['step_ms'], '.0f')} | **{f(r['step_ratio'], '.2f')}** | "
+            f"{f(r['peak_growth_over_compressed'], '.2f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -525,14 +616,37 @@ def results_frame(results: dict[str, Any]):
             if "step_ms" not in r:
                 continue
             spec = r["spec"]
-            records.append({"model": block["model"], "key": r["key"], "setting": r["label"],
-                            "prune_method": spec["prune_method"], "prune_amount": spec["prune_amount"],
-                            "quant_mode": spec["quant_mode"],
-                            **{k: r.get(k) for k in ("compression_s", "compression_over_step", "cache_hit_ms", "bytes",
-                                                      "bytes_ratio", "params", "params_ratio", "macs", "macs_ratio",
-                                                      "step_ms", "step_ratio", "peak_rss_growth_bytes",
-                                                      "peak_growth_over_compressed")},
-                            "device": block["device"], "threads": results.get("threads"), "machine": where})
+            records.append(
+                {
+                    "model": block["model"],
+                    "key": r["key"],
+                    "setting": r["label"],
+                    "prune_method": spec["prune_method"],
+                    "prune_amount": spec["prune_amount"],
+                    "quant_mode": spec["quant_mode"],
+                    **{
+                        k: r.get(k)
+                        for k in (
+                            "compression_s",
+                            "compression_over_step",
+                            "cache_hit_ms",
+                            "bytes",
+                            "bytes_ratio",
+                            "params",
+                            "params_ratio",
+                            "macs",
+                            "macs_ratio",
+                            "step_ms",
+                            "step_ratio",
+                            "peak_rss_growth_bytes",
+                            "peak_growth_over_compressed",
+                        )
+                    },
+                    "device": block["device"],
+                    "threads": results.get("threads"),
+                    "machine": where,
+                }
+            )
     return pd.DataFrame.from_records(records)
 
 
@@ -542,19 +656,30 @@ def results_frame(results: dict[str, Any]):
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m compression.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=["tiny", "sd15", "both"], default="both")
-    p.add_argument("--settings", help="comma-separated keys (default: every setting for the device); known: "
-                   + ", ".join(s.key for s in SETTINGS))
+    p.add_argument(
+        "--settings",
+        help="comma-separated keys (default: every setting for the device); known: "
+        + ", ".join(s.key for s in SETTINGS),
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, fixed for the whole run (default 2)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds per setting, each paired with a baseline "
-                   "round (default 3)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds per setting, each paired with a baseline round (default 3)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each side first (default 1)")
     p.add_argument("--out", help="JSON path (default assets/results/bench_<device>.json; --quick: none)")
     p.add_argument("--quick", action="store_true", help="tiny model, a few settings, 2 rounds: seconds")
-    p.add_argument("--show", metavar="JSON", help="print the tables (text and Markdown) and targets of a results "
-                   "file written earlier, run nothing")
-    p.add_argument("--compile", action="store_true", help="run the baseline and every setting under torch.compile "
-                   "(compile time reported apart; minutes per setting on a CPU, where it rarely pays)")
+    p.add_argument(
+        "--show",
+        metavar="JSON",
+        help="print the tables (text and Markdown) and targets of a results file written earlier, run nothing",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the baseline and every setting under torch.compile "
+        "(compile time reported apart; minutes per setting on a CPU, where it rarely pays)",
+    )
     args = p.parse_args(argv)
     if args.show:
         shown = load_results(args.show)
@@ -594,12 +719,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(previous_threads)
 
 
-def _run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, models: list[str],
-         settings: list[Setting], repeats: int, warmup: int, out: Path | None, argv: list[str] | None
-         ) -> dict[str, Any]:
+def _run(
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    models: list[str],
+    settings: list[Setting],
+    repeats: int,
+    warmup: int,
+    out: Path | None,
+    argv: list[str] | None,
+) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": "python -m compression.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "threads": args.threads,
         "compiled": args.compile,

@@ -151,8 +151,7 @@ def _fill_parameters_(sub: nn.Module, src: nn.Module, name: str, pruning: _Pruni
             new = pruning.plan.tensor(name, pname, original, alloc)
             pruning.seconds += time.perf_counter() - t0
         tensor = original if new is None else new
-        if (pruning is not None and pruning.plan.zeros is None and pname == "weight"
-                and name in pruning.scope_names):
+        if pruning is not None and pruning.plan.zeros is None and pname == "weight" and name in pruning.scope_names:
             pruning.zeros += tensor.numel() - int(torch.count_nonzero(tensor))  # before quantization changes them
         sub._parameters[pname] = nn.Parameter(tensor, requires_grad=False)
         del tensor, new
@@ -176,15 +175,24 @@ def _report(spec: CompressionSpec, unet: nn.Module, pruning: _Pruning) -> PruneR
     plan = pruning.plan
     layers = scope_layers(unet, spec.prune_scope)
     channels = (getattr(plan, "channels_before", 0), getattr(plan, "channels_after", 0))
-    return PruneReport(spec.prune_method, spec.prune_amount, spec.prune_scope,
-                       sum(m.weight.numel() for _, m in layers), plan.zeros if plan.zeros is not None else pruning.zeros,
-                       len(layers), pruning.seconds, pruning.params_before,
-                       sum(p.numel() for p in unet.parameters()), *channels)
+    return PruneReport(
+        spec.prune_method,
+        spec.prune_amount,
+        spec.prune_scope,
+        sum(m.weight.numel() for _, m in layers),
+        plan.zeros if plan.zeros is not None else pruning.zeros,
+        len(layers),
+        pruning.seconds,
+        pruning.params_before,
+        sum(p.numel() for p in unet.parameters()),
+        *channels,
+    )
 
 
 @torch.no_grad()
-def build_compressed(source: nn.Module, spec: CompressionSpec, source_zeros: int | None = None
-                     ) -> tuple[nn.Module, PruneReport | None]:
+def build_compressed(
+    source: nn.Module, spec: CompressionSpec, source_zeros: int | None = None
+) -> tuple[nn.Module, PruneReport | None]:
     """A new compressed module made layer by layer from `source`, which is only read.
 
     Args:

@@ -27,8 +27,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,8 +39,10 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 GREY = "#9e9e9e"
 FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=13)
 
-MASKED_NOTE = ("Unstructured pruning only writes zeros: dense kernels do the same work, so no speed-up is "
-               "expected (and none is claimed).")
+MASKED_NOTE = (
+    "Unstructured pruning only writes zeros: dense kernels do the same work, so no speed-up is "
+    "expected (and none is claimed)."
+)
 SIZE_NOTE = "Zeros are stored densely: a pruned UNet keeps its size unless stored in a sparse format."
 # Rows that measure real images of the data generator instead of a model setting: drawn as reference lines.
 REAL_SETTING = "real data"
@@ -56,8 +58,12 @@ def _unit_suffix(unit: str) -> str:
 def axis_title(metric: str, unit: str = "", reference: str = "") -> str:
     """An axis title with the unit and the direction, e.g. "KID-tinyCLIP vs baseline (lower is better)"."""
     directions = {
-        "FD": "lower is better", "KID": "lower is better", "PSNR": "higher is better", "SSIM": "higher is better",
-        "CLIP score": "higher is better", "accuracy": "higher is better",
+        "FD": "lower is better",
+        "KID": "lower is better",
+        "PSNR": "higher is better",
+        "SSIM": "higher is better",
+        "CLIP score": "higher is better",
+        "accuracy": "higher is better",
     }
     direction = next((d for k, d in directions.items() if metric.startswith(k)), "")
     ref = f" vs {reference}" if reference and reference != "prompt" else ""
@@ -87,18 +93,40 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, notes: Seque
         hovermode="closest",
     )
     for i, note in enumerate(notes):
-        fig.add_annotation(text=html.escape(note), xref="paper", yref="paper", x=0, y=-0.37 - 0.07 * i,
-                           showarrow=False, xanchor="left", align="left", font=dict(size=11, color="#555"))
+        fig.add_annotation(
+            text=html.escape(note),
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=-0.37 - 0.07 * i,
+            showarrow=False,
+            xanchor="left",
+            align="left",
+            font=dict(size=11, color="#555"),
+        )
     return fig
 
 
 def empty_figure(message: str) -> go.Figure:
     """A blank figure that says why there is nothing to draw (e.g. "run a sweep first")."""
     fig = go.Figure()
-    fig.add_annotation(text=html.escape(message), xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
-                       font=dict(size=14, color="#555"))
-    fig.update_layout(template="plotly_white", font=FONT, xaxis=dict(visible=False), yaxis=dict(visible=False),
-                      margin=dict(l=20, r=20, t=20, b=20), height=300)
+    fig.add_annotation(
+        text=html.escape(message),
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        font=dict(size=14, color="#555"),
+    )
+    fig.update_layout(
+        template="plotly_white",
+        font=FONT,
+        xaxis=dict(visible=False),
+        yaxis=dict(visible=False),
+        margin=dict(l=20, r=20, t=20, b=20),
+        height=300,
+    )
     return fig
 
 
@@ -147,8 +175,9 @@ def curve_scopes(df: pd.DataFrame) -> list[str]:
     return [s for s, n in counts.items() if n >= 2] or ["all"]
 
 
-def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None,
-                       scope: str | None = "all") -> go.Figure:
+def quality_vs_pruning(
+    df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None, scope: str | None = "all"
+) -> go.Figure:
     """Quality against the pruned percentage: one line per pruning method x quantization mode, 95% CI bands.
 
     Rows at 0% pruning are the uncompressed (or only quantized) model whatever the method, so they start every
@@ -169,8 +198,11 @@ def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = No
     real = rows[rows["setting"] == REAL_SETTING]
     rows = rows[rows["setting"] != REAL_SETTING]
     if "prune_scope" in rows:
-        rows = rows[(rows["prune_scope"] == scope) | (rows["prune_amount"] == 0)] if scope is not None else \
-            rows[rows["prune_scope"].isin(curve_scopes(rows)) | (rows["prune_amount"] == 0)]
+        rows = (
+            rows[(rows["prune_scope"] == scope) | (rows["prune_amount"] == 0)]
+            if scope is not None
+            else rows[rows["prune_scope"].isin(curve_scopes(rows)) | (rows["prune_amount"] == 0)]
+        )
     rows = rows[np.isfinite(rows["value"].astype(float))] if len(rows) else rows
     if rows.empty:
         return empty_figure(f"No results for {metric}" + (f" vs {reference}" if reference else "") + " yet.")
@@ -187,8 +219,10 @@ def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = No
     groups += [[None, m, None] for m in zero["mode"].unique() if m not in pruned_modes]  # quantized only: one point
     for i, (method, mode, part_scope) in enumerate(groups):
         colour = PALETTE[i % len(PALETTE)]
-        part = rows[(rows["mode"] == mode) & (((rows["prune_method"] == method) & (rows["prune_scope"] == part_scope))
-                                              | (rows["prune_amount"] == 0))]
+        part = rows[
+            (rows["mode"] == mode)
+            & (((rows["prune_method"] == method) & (rows["prune_scope"] == part_scope)) | (rows["prune_amount"] == 0))
+        ]
         part = part.drop_duplicates(subset=["prune_amount"]).sort_values("prune_amount")
         x = part["prune_amount"].astype(float).to_numpy() * 100
         name = " + ".join(p for p in (method, None if mode == "fp32" else mode) if p) or str(mode)
@@ -197,24 +231,52 @@ def quality_vs_pruning(df: pd.DataFrame, metric: str, reference: str | None = No
         name = f"{name} ({_n_text(part['n'])})"
         lo, hi = part["ci_low"].astype(float).to_numpy(), part["ci_high"].astype(float).to_numpy()
         if np.isfinite(lo).all() and np.isfinite(hi).all():
-            fig.add_trace(go.Scatter(
-                x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself", mode="lines",
-                fillcolor=_rgba(colour, 0.15), line=dict(width=0), hoverinfo="skip", showlegend=False,
-                legendgroup=name, name=f"{name} 95% CI"))
-        fig.add_trace(go.Scatter(
-            x=x, y=part["value"], mode="lines+markers", name=name, legendgroup=name, line=dict(color=colour, width=2),
-            marker=dict(size=7), customdata=np.stack([lo, hi, part["n"], part["setting"]], axis=1),
-            hovertemplate="%{customdata[3]}<br>%{x:.0f}% pruned: %{y:.4g}<br>95% CI %{customdata[0]:.4g} to "
-                          "%{customdata[1]:.4g}<br>N=%{customdata[2]}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=np.concatenate([x, x[::-1]]),
+                    y=np.concatenate([hi, lo[::-1]]),
+                    fill="toself",
+                    mode="lines",
+                    fillcolor=_rgba(colour, 0.15),
+                    line=dict(width=0),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=name,
+                    name=f"{name} 95% CI",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=part["value"],
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line=dict(color=colour, width=2),
+                marker=dict(size=7),
+                customdata=np.stack([lo, hi, part["n"], part["setting"]], axis=1),
+                hovertemplate="%{customdata[3]}<br>%{x:.0f}% pruned: %{y:.4g}<br>95% CI %{customdata[0]:.4g} to "
+                "%{customdata[1]:.4g}<br>N=%{customdata[2]}<extra></extra>",
+            )
+        )
     for r in real.itertuples():
         what = "two real sets (floor)" if r.reference == "real" else "real images"
-        fig.add_hline(y=float(r.value), line=dict(color="#333", dash="dot", width=1),
-                      annotation_text=f"{what}: {float(r.value):.3g}", annotation_position="bottom right")
+        fig.add_hline(
+            y=float(r.value),
+            line=dict(color="#333", dash="dot", width=1),
+            annotation_text=f"{what}: {float(r.value):.3g}",
+            annotation_position="bottom right",
+        )
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
     title = title or f"{metric}{ref_text} against pruning ({_n_text(rows['n'])}, bands: bootstrap 95% CI)"
     fig.update_xaxes(ticksuffix="%", rangemode="tozero")
-    return _layout(fig, title, "pruned weights (% of Linear/Conv2d weights in scope)", axis_title(metric, unit, reference),
-                   _notes(rows))
+    return _layout(
+        fig,
+        title,
+        "pruned weights (% of Linear/Conv2d weights in scope)",
+        axis_title(metric, unit, reference),
+        _notes(rows),
+    )
 
 
 def quality_by_mode(df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None) -> go.Figure:
@@ -233,28 +295,44 @@ def quality_by_mode(df: pd.DataFrame, metric: str, reference: str | None = None,
     unit = str(rows["unit"].dropna().iloc[0]) if rows["unit"].notna().any() else ""
     fig = go.Figure()
     # At 0% the method changes nothing: one "no pruning" group, then one group per (amount, method).
-    rows = rows.assign(_amount=rows["prune_amount"].astype(float),
-                       _method=np.where(rows["prune_amount"] == 0, "", rows["prune_method"].astype(str)))
+    rows = rows.assign(
+        _amount=rows["prune_amount"].astype(float),
+        _method=np.where(rows["prune_amount"] == 0, "", rows["prune_method"].astype(str)),
+    )
     for i, ((amount, method), part) in enumerate(rows.groupby(["_amount", "_method"], sort=True)):
         part = part.drop_duplicates("mode").set_index("mode").reindex(modes)
         label = "no pruning" if amount == 0 else f"{method} {round(amount * 100)}%"
-        fig.add_trace(go.Bar(
-            x=modes, y=part["value"], name=f"{label} ({_n_text(part['n'].dropna())})",
-            marker_color=PALETTE[i % len(PALETTE)],
-            error_y=dict(type="data", array=(part["ci_high"] - part["value"]).clip(lower=0),
-                         arrayminus=(part["value"] - part["ci_low"]).clip(lower=0)),
-            customdata=np.stack([part["setting"].fillna(""), part["n"].fillna(0)], axis=1),
-            hovertemplate="%{customdata[0]}<br>%{y:.4g} (N=%{customdata[1]})<extra></extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=modes,
+                y=part["value"],
+                name=f"{label} ({_n_text(part['n'].dropna())})",
+                marker_color=PALETTE[i % len(PALETTE)],
+                error_y=dict(
+                    type="data",
+                    array=(part["ci_high"] - part["value"]).clip(lower=0),
+                    arrayminus=(part["value"] - part["ci_low"]).clip(lower=0),
+                ),
+                customdata=np.stack([part["setting"].fillna(""), part["n"].fillna(0)], axis=1),
+                hovertemplate="%{customdata[0]}<br>%{y:.4g} (N=%{customdata[1]})<extra></extra>",
+            )
+        )
     for r in real.itertuples():
         what = "two real sets (floor)" if r.reference == "real" else "real images"
-        fig.add_hline(y=float(r.value), line=dict(color="#333", dash="dot", width=1),
-                      annotation_text=f"{what}: {float(r.value):.3g}", annotation_position="bottom right")
+        fig.add_hline(
+            y=float(r.value),
+            line=dict(color="#333", dash="dot", width=1),
+            annotation_text=f"{what}: {float(r.value):.3g}",
+            annotation_position="bottom right",
+        )
     fig.update_layout(barmode="group")
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
     title = title or f"{metric}{ref_text} per quantization mode ({_n_text(rows['n'])}, error bars: bootstrap 95% CI)"
     notes = _notes(rows)
     if (rows["quant_mode"] == "simulated-int").any():
-        notes.append("simulated-int rounds weights but stores them as float: a quality study only, no speed or memory gain.")
+        notes.append(
+            "simulated-int rounds weights but stores them as float: a quality study only, no speed or memory gain."
+        )
     return _layout(fig, title, "quantization mode", axis_title(metric, unit, reference or ""), notes)
 
 
@@ -285,16 +363,26 @@ def cost_bars(df: pd.DataFrame, metric: str = "latency", title: str | None = Non
     colours = [GREY if s == "baseline" else PALETTE[0] for s in rows["setting"]]
     err_hi = (rows["ci_high"] - rows["value"]).clip(lower=0)
     err_lo = (rows["value"] - rows["ci_low"]).clip(lower=0)
-    fig = go.Figure(go.Bar(
-        x=rows["setting"], y=rows["value"], marker_color=colours,
-        error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=bool((err_hi + err_lo).sum() > 0)),
-        customdata=np.stack([rows["n"]], axis=1),
-        hovertemplate="%{x}: %{y:.4g}" + f" {unit}" + "<br>N=%{customdata[0]}<extra></extra>", showlegend=False))
+    fig = go.Figure(
+        go.Bar(
+            x=rows["setting"],
+            y=rows["value"],
+            marker_color=colours,
+            error_y=dict(type="data", array=err_hi, arrayminus=err_lo, visible=bool((err_hi + err_lo).sum() > 0)),
+            customdata=np.stack([rows["n"]], axis=1),
+            hovertemplate="%{x}: %{y:.4g}" + f" {unit}" + "<br>N=%{customdata[0]}<extra></extra>",
+            showlegend=False,
+        )
+    )
     notes = []
     if not base.empty:
         b = float(base["value"].iloc[0])
-        fig.add_hline(y=b, line=dict(color="#333", dash="dash", width=1),
-                      annotation_text=f"baseline {b:.3g} {unit}", annotation_position="top left")
+        fig.add_hline(
+            y=b,
+            line=dict(color="#333", dash="dash", width=1),
+            annotation_text=f"baseline {b:.3g} {unit}",
+            annotation_position="top left",
+        )
     pruned = rows[rows["prune_amount"] > 0]
     if not pruned.empty and pruned["prune_method"].map(_is_masked).any():
         notes.append(MASKED_NOTE if metric in ("latency", "speed-up") else SIZE_NOTE if "size" in metric else "")
@@ -328,7 +416,9 @@ def _front_labels(part: pd.DataFrame) -> list[str]:
         seen.setdefault(key, []).append(str(setting))
     for setting, x, y in zip(part["setting"], part["value_cost"], part["value"]):
         group = seen[(round(float(x), 9), round(float(y), 9))]
-        labels.append("" if setting != group[0] else group[0] + (f" (+{len(group) - 1} more)" if len(group) > 1 else ""))
+        labels.append(
+            "" if setting != group[0] else group[0] + (f" (+{len(group) - 1} more)" if len(group) > 1 else "")
+        )
     return labels
 
 
@@ -339,8 +429,13 @@ def _away_from_edges(x: pd.Series, all_x: pd.Series) -> list[str]:
     return ["top right" if float(v) <= mid else "top left" for v in x]
 
 
-def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str = "UNet size",
-                        reference: str | None = None, title: str | None = None) -> go.Figure:
+def quality_cost_pareto(
+    df: pd.DataFrame,
+    quality_metric: str,
+    cost_metric: str = "UNet size",
+    reference: str | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """Quality against cost, one point per setting, the Pareto front highlighted and joined.
 
     Args:
@@ -355,8 +450,18 @@ def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str 
     c = _select(df, cost_metric, None)
     if q.empty or c.empty:
         return empty_figure(f"Need both {quality_metric} and {cost_metric} results for a Pareto chart.")
-    keep = ["setting", "value", "ci_low", "ci_high", "n", "unit", "higher_is_better", "prune_method", "prune_amount",
-            "quant_mode"]
+    keep = [
+        "setting",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "unit",
+        "higher_is_better",
+        "prune_method",
+        "prune_amount",
+        "quant_mode",
+    ]
     merged = q[keep].merge(c[["setting", "value", "unit"]], on="setting", suffixes=("", "_cost"))
     merged = merged[np.isfinite(merged["value"].astype(float)) & np.isfinite(merged["value_cost"].astype(float))]
     if merged.empty:
@@ -370,29 +475,50 @@ def quality_cost_pareto(df: pd.DataFrame, quality_metric: str, cost_metric: str 
         part = merged[front == on_front].sort_values("value_cost")
         if part.empty:
             continue
-        err = dict(type="data", array=(part["ci_high"] - part["value"]).clip(lower=0),
-                   arrayminus=(part["value"] - part["ci_low"]).clip(lower=0), color=colour, thickness=1)
-        fig.add_trace(go.Scatter(
-            x=part["value_cost"], y=part["value"], mode="lines+markers+text" if on_front else "markers",
-            name=f"{name} ({len(part)})", text=_front_labels(part) if on_front else None,
-            textposition=_away_from_edges(part["value_cost"], merged["value_cost"]),
-            line=dict(color=colour, dash="dot") if on_front else None, marker=dict(color=colour, size=9),
-            error_y=err, customdata=np.stack([part["setting"], part["n"]], axis=1),
-            hovertemplate="%{customdata[0]}<br>cost %{x:.4g}<br>quality %{y:.4g} (N=%{customdata[1]})<extra></extra>"))
+        err = dict(
+            type="data",
+            array=(part["ci_high"] - part["value"]).clip(lower=0),
+            arrayminus=(part["value"] - part["ci_low"]).clip(lower=0),
+            color=colour,
+            thickness=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=part["value_cost"],
+                y=part["value"],
+                mode="lines+markers+text" if on_front else "markers",
+                name=f"{name} ({len(part)})",
+                text=_front_labels(part) if on_front else None,
+                textposition=_away_from_edges(part["value_cost"], merged["value_cost"]),
+                line=dict(color=colour, dash="dot") if on_front else None,
+                marker=dict(color=colour, size=9),
+                error_y=err,
+                customdata=np.stack([part["setting"], part["n"]], axis=1),
+                hovertemplate=(
+                    "%{customdata[0]}<br>cost %{x:.4g}<br>quality %{y:.4g} (N=%{customdata[1]})<extra></extra>"
+                ),
+            )
+        )
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
     title = title or f"{quality_metric}{ref_text} against {cost_metric} ({_n_text(merged['n'])}): Pareto front"
     notes = _notes(q)
     if cost_metric == "latency" and (merged["prune_amount"] > 0).any():
         notes.append(MASKED_NOTE)
-    return _layout(fig, title, f"{cost_metric}{_unit_suffix(unit_c)} (lower is better)",
-                   axis_title(quality_metric, unit_q, reference or ""), notes)
+    return _layout(
+        fig,
+        title,
+        f"{cost_metric}{_unit_suffix(unit_c)} (lower is better)",
+        axis_title(quality_metric, unit_q, reference or ""),
+        notes,
+    )
 
 
 # ---------------------------------------------------------------------------------- layer sensitivity
 
 
-def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = None,
-                      title: str | None = None) -> go.Figure:
+def layer_sensitivity(
+    df: pd.DataFrame, metric: str, reference: str | None = None, title: str | None = None
+) -> go.Figure:
     """Bars: quality when one part of the UNet is pruned at a time (one bar per scope), baseline marked.
 
     Each bar's hover and label give the share of all UNet weights that the scope holds ("sparsity" rows), so
@@ -412,28 +538,48 @@ def layer_sensitivity(df: pd.DataFrame, metric: str, reference: str | None = Non
     unit = str(rows["unit"].dropna().iloc[0]) if rows["unit"].notna().any() else ""
     amounts = sorted({round(float(a) * 100) for a in rows["prune_amount"]})
     # With several amounts in one study each part appears once per amount: the label says which.
-    parts = [f"{s} at {round(float(a) * 100)}%" if len(amounts) > 1 else str(s)
-             for s, a in zip(rows["prune_scope"], rows["prune_amount"])]
-    labels = [f"{p} ({u:.1f}% of weights)" if np.isfinite(u) else p
-              for p, u in zip(parts, rows["unet_sparsity"].astype(float))]
+    parts = [
+        f"{s} at {round(float(a) * 100)}%" if len(amounts) > 1 else str(s)
+        for s, a in zip(rows["prune_scope"], rows["prune_amount"])
+    ]
+    labels = [
+        f"{p} ({u:.1f}% of weights)" if np.isfinite(u) else p
+        for p, u in zip(parts, rows["unet_sparsity"].astype(float))
+    ]
     # Horizontal bars, the most harmful part on top: the scope labels are long and read level, not rotated.
-    fig = go.Figure(go.Bar(
-        y=labels, x=rows["value"], orientation="h", marker_color=PALETTE[2],
-        error_x=dict(type="data", array=(rows["ci_high"] - rows["value"]).clip(lower=0),
-                     arrayminus=(rows["value"] - rows["ci_low"]).clip(lower=0)),
-        customdata=np.stack([rows["setting"], rows["n"]], axis=1),
-        hovertemplate="%{customdata[0]}<br>%{x:.4g} (N=%{customdata[1]})<extra></extra>", showlegend=False))
+    fig = go.Figure(
+        go.Bar(
+            y=labels,
+            x=rows["value"],
+            orientation="h",
+            marker_color=PALETTE[2],
+            error_x=dict(
+                type="data",
+                array=(rows["ci_high"] - rows["value"]).clip(lower=0),
+                arrayminus=(rows["value"] - rows["ci_low"]).clip(lower=0),
+            ),
+            customdata=np.stack([rows["setting"], rows["n"]], axis=1),
+            hovertemplate="%{customdata[0]}<br>%{x:.4g} (N=%{customdata[1]})<extra></extra>",
+            showlegend=False,
+        )
+    )
     fig.update_yaxes(autorange="reversed", automargin=True)
     base = _select(df, metric, reference)
     base = base[(base["prune_amount"] == 0) & (base["quant_mode"] == "fp32")]
     if not base.empty:
         b = float(base["value"].iloc[0])
-        fig.add_vline(x=b, line=dict(color="#333", dash="dash", width=1), annotation_text=f"unpruned {b:.4g}",
-                      annotation_position="top")
+        fig.add_vline(
+            x=b,
+            line=dict(color="#333", dash="dash", width=1),
+            annotation_text=f"unpruned {b:.4g}",
+            annotation_position="top",
+        )
     methods = ", ".join(sorted(rows["prune_method"].astype(str).unique()))
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
-    title = title or (f"Layer sensitivity: {metric}{ref_text} with {'/'.join(map(str, amounts))}% of one part pruned "
-                      f"({methods}, {_n_text(rows['n'])})")
+    title = title or (
+        f"Layer sensitivity: {metric}{ref_text} with {'/'.join(map(str, amounts))}% of one part pruned "
+        f"({methods}, {_n_text(rows['n'])})"
+    )
     fig = _layout(fig, title, axis_title(metric, unit, reference or ""), "", _notes(rows))
     return fig.update_layout(height=max(420, 120 + 38 * len(rows)))
 
@@ -451,17 +597,35 @@ def history_cost(history: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Bar(x=x, y=h["latency_baseline_ms"], name="baseline latency (ms)", marker_color=GREY))
     fig.add_trace(go.Bar(x=x, y=h["latency_ms"], name="compressed latency (ms)", marker_color=PALETTE[0]))
-    fig.add_trace(go.Scatter(x=x, y=h["unet_mb"], name="compressed UNet size (MB)", yaxis="y2", mode="lines+markers",
-                             line=dict(color=PALETTE[1])))
-    fig.add_trace(go.Scatter(x=x, y=h["unet_mb_baseline"], name="baseline UNet size (MB)", yaxis="y2",
-                             mode="lines", line=dict(color="#333", dash="dash")))
-    fig.update_layout(barmode="group",
-                      yaxis2=dict(title="UNet size (MB)", overlaying="y", side="right", rangemode="tozero"))
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=h["unet_mb"],
+            name="compressed UNet size (MB)",
+            yaxis="y2",
+            mode="lines+markers",
+            line=dict(color=PALETTE[1]),
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=h["unet_mb_baseline"],
+            name="baseline UNet size (MB)",
+            yaxis="y2",
+            mode="lines",
+            line=dict(color="#333", dash="dash"),
+        )
+    )
+    fig.update_layout(
+        barmode="group", yaxis2=dict(title="UNet size (MB)", overlaying="y", side="right", rangemode="tozero")
+    )
     notes = ["Each latency is one run of the denoising loop (batch 1), so it carries the machine's noise (N=1)."]
     if (h["prune_amount"] > 0).any() and h["prune_method"].map(_is_masked).any():
         notes.append(MASKED_NOTE)
-    fig = _layout(fig, f"Latency and size per comparison (N={len(h)} comparisons)", "comparison",
-                  "denoising latency (ms)", notes)
+    fig = _layout(
+        fig, f"Latency and size per comparison (N={len(h)} comparisons)", "comparison", "denoising latency (ms)", notes
+    )
     fig.update_layout(margin=dict(r=70))
     return fig
 
@@ -475,8 +639,11 @@ def history_quality(history: pd.DataFrame) -> go.Figure:
         return empty_figure("Generate a comparison to start the history.")
     h = history.copy()
     h["prune_pct"] = h["prune_amount"].astype(float) * 100
-    panels = [("clip_compressed", "CLIP score (0-100)"), ("psnr_db", "PSNR vs baseline (dB)"),
-              ("ssim", "SSIM vs baseline (0-1)")]
+    panels = [
+        ("clip_compressed", "CLIP score (0-100)"),
+        ("psnr_db", "PSNR vs baseline (dB)"),
+        ("ssim", "SSIM vs baseline (0-1)"),
+    ]
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06)
     modes = list(dict.fromkeys(h["quant_mode"].astype(str)))
     for j, mode in enumerate(modes):
@@ -485,18 +652,36 @@ def history_quality(history: pd.DataFrame) -> go.Figure:
         for r, (col, label) in enumerate(panels, start=1):
             if col not in part:
                 continue
-            fig.add_trace(go.Scatter(
-                x=part["prune_pct"], y=part[col], mode="lines+markers", name=f"{mode} (N={len(part)})",
-                legendgroup=mode, showlegend=r == 1, line=dict(color=colour),
-                customdata=np.stack([part["setting"], part["prompt"].astype(str).str.slice(0, 60)], axis=1),
-                hovertemplate="%{customdata[0]}<br>" + label + ": %{y:.4g}<br>%{customdata[1]}<extra></extra>"), row=r, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["prune_pct"],
+                    y=part[col],
+                    mode="lines+markers",
+                    name=f"{mode} (N={len(part)})",
+                    legendgroup=mode,
+                    showlegend=r == 1,
+                    line=dict(color=colour),
+                    customdata=np.stack([part["setting"], part["prompt"].astype(str).str.slice(0, 60)], axis=1),
+                    hovertemplate="%{customdata[0]}<br>" + label + ": %{y:.4g}<br>%{customdata[1]}<extra></extra>",
+                ),
+                row=r,
+                col=1,
+            )
             fig.update_yaxes(title_text=label, row=r, col=1)
     if "clip_baseline" in h and h["clip_baseline"].notna().any():
-        fig.add_hline(y=float(h["clip_baseline"].mean()), line=dict(color="#333", dash="dash", width=1), row=1, col=1,
-                      annotation_text="baseline (mean)", annotation_position="top left")
+        fig.add_hline(
+            y=float(h["clip_baseline"].mean()),
+            line=dict(color="#333", dash="dash", width=1),
+            row=1,
+            col=1,
+            annotation_text="baseline (mean)",
+            annotation_position="top left",
+        )
     fig.update_xaxes(title_text="pruned weights (% of scope)", ticksuffix="%", row=3, col=1)
-    notes = ["Single images (N=1 per point, different prompts possible): read trends, not decimals. "
-             "Sweeps give N and intervals."]
+    notes = [
+        "Single images (N=1 per point, different prompts possible): read trends, not decimals. "
+        "Sweeps give N and intervals."
+    ]
     if "nonfinite" in h and h["nonfinite"].any():
         notes.append("Comparisons whose compressed image held NaN/inf are shown as gaps: they are not scored.")
     fig = _layout(fig, f"Quality of each comparison against pruning (N={len(h)} comparisons)", "", "", notes)
@@ -507,8 +692,13 @@ def history_quality(history: pd.DataFrame) -> go.Figure:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def write_report_html(figures: Sequence[tuple[str, go.Figure]], path: str | Path, title: str, intro_html: str = "",
-                      plotlyjs: str = "inline") -> Path:
+def write_report_html(
+    figures: Sequence[tuple[str, go.Figure]],
+    path: str | Path,
+    title: str,
+    intro_html: str = "",
+    plotlyjs: str = "inline",
+) -> Path:
     """Write figures into one HTML page.
 
     Args:
@@ -524,16 +714,22 @@ def write_report_html(figures: Sequence[tuple[str, go.Figure]], path: str | Path
     parts = []
     for i, (heading, fig) in enumerate(figures):
         include = (True if plotlyjs == "inline" else "cdn") if i == 0 else False  # plotly.js once per page
-        div = fig.to_html(full_html=False, include_plotlyjs=include, default_width="100%",
-                          default_height=f"{int(fig.layout.height or 520)}px")
+        div = fig.to_html(
+            full_html=False,
+            include_plotlyjs=include,
+            default_width="100%",
+            default_height=f"{int(fig.layout.height or 520)}px",
+        )
         parts.append(f"<section><h2>{html.escape(heading)}</h2>{div}</section>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{{font-family:Inter,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+<style>body{{font-family:Inter,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}}
 h1{{font-size:1.6em}}h2{{font-size:1.15em;margin-top:2em}}table{{border-collapse:collapse;font-size:.9em}}
-td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:right}}th{{background:#f5f5f5}}code{{background:#f3f3f3;padding:0 .2em}}</style>
-</head><body><h1>{html.escape(title)}</h1>{intro_html}{''.join(parts)}</body></html>
+td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:right}}th{{background:#f5f5f5}}
+code{{background:#f3f3f3;padding:0 .2em}}</style>
+</head><body><h1>{html.escape(title)}</h1>{intro_html}{"".join(parts)}</body></html>
 """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -541,8 +737,14 @@ td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:right}}th{{background:
     return path
 
 
-def save_png(fig: go.Figure, path: str | Path, width: int = 1000, height: int | None = None,
-             browser: str | None = None, timeout: float = 60.0) -> Path:
+def save_png(
+    fig: go.Figure,
+    path: str | Path,
+    width: int = 1000,
+    height: int | None = None,
+    browser: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
     """Render a figure to PNG with a headless Chromium (offline: plotly.js is inlined), no kaleido needed.
 
     Args:
@@ -564,11 +766,28 @@ def save_png(fig: go.Figure, path: str | Path, width: int = 1000, height: int | 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "figure.html"
-        fig.write_html(page, include_plotlyjs=True, full_html=True, default_width=f"{width}px",
-                       default_height=f"{height}px", config={"displayModeBar": False})
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--virtual-time-budget=5000",
-               f"--window-size={width + 16},{height + 16}", f"--screenshot={path}", page.as_uri()]
+        fig.write_html(
+            page,
+            include_plotlyjs=True,
+            full_html=True,
+            default_width=f"{width}px",
+            default_height=f"{height}px",
+            config={"displayModeBar": False},
+        )
+        cmd = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+            f"--window-size={width + 16},{height + 16}",
+            f"--screenshot={path}",
+            page.as_uri(),
+        ]
         if path.exists():
             path.unlink()
         subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=tmp, env={**os.environ, "HOME": tmp})

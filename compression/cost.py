@@ -64,17 +64,28 @@ def _dense(weight: torch.Tensor) -> torch.Tensor:
 
 def _zeros(weight: torch.Tensor) -> int:
     data, scale = getattr(weight, "_data", None), getattr(weight, "_scale", None)
-    if (type(weight).__name__ == "WeightQBytesTensor" and isinstance(data, torch.Tensor)
-            and data.dtype == torch.int8 and isinstance(scale, torch.Tensor) and bool((scale != 0).all())):
+    if (
+        type(weight).__name__ == "WeightQBytesTensor"
+        and isinstance(data, torch.Tensor)
+        and data.dtype == torch.int8
+        and isinstance(scale, torch.Tensor)
+        and bool((scale != 0).all())
+    ):
         # Symmetric int8 with non-zero scales: a weight is zero exactly where its int8 value is, so count
         # those bytes instead of dequantizing a float copy of the layer.
         return data.numel() - int(torch.count_nonzero(data))
     packed = getattr(data, "_data", None)
     shift = getattr(weight, "_shift", None)
-    if (type(weight).__name__ == "WeightQBitsTensor" and type(data).__name__ == "PackedTensor"
-            and getattr(data, "_bits", None) == 4 and isinstance(packed, torch.Tensor) and packed.dim() == 2
-            and isinstance(shift, torch.Tensor) and shift.is_floating_point()
-            and scale.shape == shift.shape == (data.shape[0], 1)):
+    if (
+        type(weight).__name__ == "WeightQBitsTensor"
+        and type(data).__name__ == "PackedTensor"
+        and getattr(data, "_bits", None) == 4
+        and isinstance(packed, torch.Tensor)
+        and packed.dim() == 2
+        and isinstance(shift, torch.Tensor)
+        and shift.is_floating_point()
+        and scale.shape == shift.shape == (data.shape[0], 1)
+    ):
         return _int4_zeros(packed, data.shape[0], scale, shift)
     w = _dense(weight)
     return w.numel() - int(torch.count_nonzero(w))  # (w == 0).sum() would copy to int64
@@ -155,8 +166,17 @@ def _float_layers(module: nn.Module) -> nn.Module:
         if isinstance(m, nn.Linear):
             plain = nn.Linear(m.in_features, m.out_features, **kw)
         else:
-            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                              m.groups, padding_mode=m.padding_mode, **kw)
+            plain = nn.Conv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                m.groups,
+                padding_mode=m.padding_mode,
+                **kw,
+            )
         if not name:
             return plain
         parent, _, child = name.rpartition(".")

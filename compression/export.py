@@ -77,8 +77,14 @@ SPARSE = "unet/sparse.safetensors"
 QUANTO_MODES = ("int8-weight", "int4-weight", "bf16+int8-weight")
 TORCHAO_MODES = ("int8-dynamic", "fp8")
 RECIPE_KEYS = ("base_model", "spec", "sampler")
-SAMPLER_DEFAULTS = {"prompt": "a red circle on the left on a white background", "seed": 0, "steps": 10,
-                    "guidance": 5.0, "height": None, "width": None}
+SAMPLER_DEFAULTS = {
+    "prompt": "a red circle on the left on a white background",
+    "seed": 0,
+    "steps": 10,
+    "guidance": 5.0,
+    "height": None,
+    "width": None,
+}
 
 
 class BundleError(ValueError):
@@ -122,8 +128,11 @@ def _is_plain(t: torch.Tensor) -> bool:
 
 
 def _scalar_attrs(module: nn.Module) -> dict[str, Any]:
-    return {k: v for k, v in vars(module).items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float)) and not isinstance(v, torch.Tensor)}
+    return {
+        k: v
+        for k, v in vars(module).items()
+        if not k.startswith("_") and isinstance(v, (bool, int, float)) and not isinstance(v, torch.Tensor)
+    }
 
 
 def _layout(unet: nn.Module, base: nn.Module) -> dict[str, Any]:
@@ -169,8 +178,9 @@ def _pack_sparse(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return out, packed
 
 
-def _unpack_sparse(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]], dtypes: dict[str, str]
-                   ) -> dict[str, torch.Tensor]:
+def _unpack_sparse(
+    tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]], dtypes: dict[str, str]
+) -> dict[str, torch.Tensor]:
     out = {k: v for k, v in tensors.items() if not k.endswith(("__mask__", "__values__"))}
     for name, shape in shapes.items():
         n = int(np.prod(shape))
@@ -196,7 +206,7 @@ def _state_tensors(unet: nn.Module, mode: str) -> tuple[dict[str, torch.Tensor],
             raise ExportError(f"{mode} needs torchao's safetensors support ({err})") from None
         try:
             tensors, metadata = flatten_tensor_state_dict(sd)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - torchao raises several types for a subclass it cannot store
             raise ExportError(f"torchao cannot store {mode} in safetensors: {err}") from None
         return {k: v.detach().contiguous() for k, v in tensors.items()}, metadata
     bad = [k for k, v in sd.items() if not _is_plain(v)]
@@ -236,33 +246,68 @@ def _card(manifest: dict, has_image: bool) -> str:
         tags.append("pruning")
     if spec.quant_mode != "fp32":
         tags.append("quantization")
-    lines = ["---", f"base_model: {base['source'] if not base.get('local') else base['name']}",
-             "library_name: diffusers", "pipeline_tag: text-to-image", "tags:"]
+    lines = [
+        "---",
+        f"base_model: {base['source'] if not base.get('local') else base['name']}",
+        "library_name: diffusers",
+        "pipeline_tag: text-to-image",
+        "tags:",
+    ]
     lines += [f"- {t}" for t in tags]
-    lines += ["---", "", f"# {base['name']}: {spec.label}", "",
-              (f"The UNet of `{base['name']}` compressed with the Diffusion Compression Lab ({spec.label}). "
-               "Only the UNet is stored here; the text encoder, VAE, tokenizer and scheduler are the base model's."),
-              "", "| measured | baseline | compressed |", "|---|---|---|",
-              f"| UNet bytes (in memory) | {m['baseline_bytes']:,} | {m['unet_bytes']:,} |",
-              f"| UNet bytes (this file) | - | {m['file_bytes']:,} |",
-              f"| parameters | {m['baseline_params']:,} | {m['params']:,} |",
-              f"| weight sparsity | {m['baseline_sparsity']:.1%} | {m['sparsity']:.1%} |"]
+    lines += [
+        "---",
+        "",
+        f"# {base['name']}: {spec.label}",
+        "",
+        (
+            f"The UNet of `{base['name']}` compressed with the Diffusion Compression Lab ({spec.label}). "
+            "Only the UNet is stored here; the text encoder, VAE, tokenizer and scheduler are the base model's."
+        ),
+        "",
+        "| measured | baseline | compressed |",
+        "|---|---|---|",
+        f"| UNet bytes (in memory) | {m['baseline_bytes']:,} | {m['unet_bytes']:,} |",
+        f"| UNet bytes (this file) | - | {m['file_bytes']:,} |",
+        f"| parameters | {m['baseline_params']:,} | {m['params']:,} |",
+        f"| weight sparsity | {m['baseline_sparsity']:.1%} | {m['sparsity']:.1%} |",
+    ]
     sample = manifest.get("sample")
     if sample:
-        lines += [(f"| denoising seconds ({sample['steps']} steps, CPU) | {sample['baseline_seconds']:.3f} | "
-                   f"{sample['compressed_seconds']:.3f} |")]
-    lines += ["", "## Load", "", "```python", "import torch", "from compression.export import load_compressed", "",
-              "pipe = load_compressed(\"path/to/this/folder\")"]
+        lines += [
+            (
+                f"| denoising seconds ({sample['steps']} steps, CPU) | {sample['baseline_seconds']:.3f} | "
+                f"{sample['compressed_seconds']:.3f} |"
+            )
+        ]
+    lines += [
+        "",
+        "## Load",
+        "",
+        "```python",
+        "import torch",
+        "from compression.export import load_compressed",
+        "",
+        'pipe = load_compressed("path/to/this/folder")',
+    ]
     if sample:
-        lines += [f"image = pipe({sample['prompt']!r}, generator=torch.Generator(\"cpu\").manual_seed({sample['seed']}),",
-                  f"             num_inference_steps={sample['steps']}, guidance_scale={sample['guidance']},",
-                  f"             height={sample['height']}, width={sample['width']}).images[0]",
-                  "```", "", f"gives exactly the lab's compressed image (pixel sha256 `{sample['compressed_sha256']}`)."]
+        lines += [
+            f'image = pipe({sample["prompt"]!r}, generator=torch.Generator("cpu").manual_seed({sample["seed"]}),',
+            f"             num_inference_steps={sample['steps']}, guidance_scale={sample['guidance']},",
+            f"             height={sample['height']}, width={sample['width']}).images[0]",
+            "```",
+            "",
+            f"gives exactly the lab's compressed image (pixel sha256 `{sample['compressed_sha256']}`).",
+        ]
     else:
         lines += ["```"]
     if manifest["layout"].get("diffusers_native"):
-        lines += ["", ("`unet/` is also a plain diffusers model folder: "
-                       "`UNet2DConditionModel.from_pretrained(folder, subfolder=\"unet\")`.")]
+        lines += [
+            "",
+            (
+                "`unet/` is also a plain diffusers model folder: "
+                '`UNet2DConditionModel.from_pretrained(folder, subfolder="unet")`.'
+            ),
+        ]
     if has_image:
         lines += ["", "![baseline | compressed](comparison.png)"]
     lines += ["", f"Recipe: `{json.dumps(manifest['spec'], sort_keys=True)}`", ""]
@@ -313,8 +358,9 @@ def save_compressed(
     drawn = None
     if sample is not None:
         s = {**SAMPLER_DEFAULTS, **sample}
-        drawn = engine.generate_pair(s["prompt"], s["seed"], s["steps"], s["guidance"], spec,
-                                     height=s["height"], width=s["width"])
+        drawn = engine.generate_pair(
+            s["prompt"], s["seed"], s["steps"], s["guidance"], spec, height=s["height"], width=s["width"]
+        )
     start = time.perf_counter()
     tensors, metadata = _state_tensors(unet, spec.quant_mode)
     layout = _layout(unet, base_unet)
@@ -322,8 +368,9 @@ def save_compressed(
         from optimum.quanto import quantization_map
 
         layout["quantization_map"] = quantization_map(unet)
-    layout["diffusers_native"] = (not layout["shapes"] and not layout["attrs"] and metadata is None
-                                  and "quantization_map" not in layout)
+    layout["diffusers_native"] = (
+        not layout["shapes"] and not layout["attrs"] and metadata is None and "quantization_map" not in layout
+    )
     out.mkdir(parents=True, exist_ok=True)
     _write_unet(out, tensors, metadata, base_unet, layout, spec, sparse)
     if drawn is not None and image:
@@ -333,15 +380,17 @@ def save_compressed(
     files = [p for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST]
     manifest["files"] = {str(p.relative_to(out)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return ExportResult(out, manifest["measured"]["file_bytes"], entry.cost.bytes, time.perf_counter() - start,
-                        manifest)
+    return ExportResult(
+        out, manifest["measured"]["file_bytes"], entry.cost.bytes, time.perf_counter() - start, manifest
+    )
 
 
-def _write_unet(out: Path, tensors: dict, metadata: dict | None, base_unet, layout: dict, spec: CompressionSpec,
-                sparse: bool) -> None:
+def _write_unet(
+    out: Path, tensors: dict, metadata: dict | None, base_unet, layout: dict, spec: CompressionSpec, sparse: bool
+) -> None:
     """unet/: the weights (safetensors), the base config, and with `sparse` the bitmask form (adds to `layout`)."""
-    from safetensors.torch import save_file
     import diffusers
+    from safetensors.torch import save_file
 
     (out / UNET_DIR).mkdir(exist_ok=True)
     save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt", **(metadata or {})})
@@ -353,8 +402,10 @@ def _write_unet(out: Path, tensors: dict, metadata: dict | None, base_unet, layo
         if metadata is not None:
             raise ExportError(f"the sparse form is not written for {spec.quant_mode} (torchao's own layout)")
         sparse_tensors, packed = _pack_sparse(tensors)
-        layout["sparse"] = {"shapes": {k: list(tensors[k].shape) for k in packed},
-                            "dtypes": {k: str(tensors[k].dtype).removeprefix("torch.") for k in packed}}
+        layout["sparse"] = {
+            "shapes": {k: list(tensors[k].shape) for k in packed},
+            "dtypes": {k: str(tensors[k].dtype).removeprefix("torch.") for k in packed},
+        }
         save_file(sparse_tensors, str(out / SPARSE), metadata={"format": "pt"})
 
 
@@ -369,8 +420,9 @@ def _write_comparison(path: Path, drawn) -> None:
     pair.save(path)
 
 
-def _manifest(out: Path, spec: CompressionSpec, engine: Engine, model: str, entry, layout: dict, drawn,
-              sample: dict | None) -> dict[str, Any]:
+def _manifest(
+    out: Path, spec: CompressionSpec, engine: Engine, model: str, entry, layout: dict, drawn, sample: dict | None
+) -> dict[str, Any]:
     """compression.json's content, less the file digests: spec, base model, versions, measured numbers."""
     from .models import CATALOG
 
@@ -382,25 +434,42 @@ def _manifest(out: Path, spec: CompressionSpec, engine: Engine, model: str, entr
         "format_version": FORMAT_VERSION,
         "spec": spec.to_dict(),
         "label": spec.label,
-        "base_model": {"name": info_source, "source": cat.source if cat and not cat.local else info_source,
-                       "local": bool(cat and cat.local), "pipeline_class": type(pipe).__name__,
-                       "unet_digest": state_dict_digest(base_unet),
-                       "unet_dtype": str(next(base_unet.parameters()).dtype).removeprefix("torch.")},
+        "base_model": {
+            "name": info_source,
+            "source": cat.source if cat and not cat.local else info_source,
+            "local": bool(cat and cat.local),
+            "pipeline_class": type(pipe).__name__,
+            "unet_digest": state_dict_digest(base_unet),
+            "unet_dtype": str(next(base_unet.parameters()).dtype).removeprefix("torch."),
+        },
         "versions": _versions(),
-        "measured": {"unet_bytes": entry.cost.bytes, "params": entry.cost.params, "sparsity": entry.cost.sparsity,
-                     "baseline_bytes": base_cost.bytes, "baseline_params": base_cost.params,
-                     "baseline_sparsity": base_cost.sparsity, "compression_seconds": entry.seconds,
-                     "file_bytes": (out / WEIGHTS).stat().st_size},
+        "measured": {
+            "unet_bytes": entry.cost.bytes,
+            "params": entry.cost.params,
+            "sparsity": entry.cost.sparsity,
+            "baseline_bytes": base_cost.bytes,
+            "baseline_params": base_cost.params,
+            "baseline_sparsity": base_cost.sparsity,
+            "compression_seconds": entry.seconds,
+            "file_bytes": (out / WEIGHTS).stat().st_size,
+        },
         "layout": layout,
     }
     if drawn is not None:
-        manifest["sample"] = {"prompt": sample["prompt"], "negative_prompt": "", "seed": drawn.seed, "steps": drawn.steps,
-                              "guidance": drawn.guidance, "height": drawn.height, "width": drawn.width,
-                              "scheduler": type(pipe.scheduler).__name__,
-                              "baseline_seconds": drawn.baseline_seconds,
-                              "compressed_seconds": drawn.compressed_seconds,
-                              "compressed_sha256": image_sha256(drawn.compressed_image),
-                              "baseline_sha256": image_sha256(drawn.baseline_image)}
+        manifest["sample"] = {
+            "prompt": sample["prompt"],
+            "negative_prompt": "",
+            "seed": drawn.seed,
+            "steps": drawn.steps,
+            "guidance": drawn.guidance,
+            "height": drawn.height,
+            "width": drawn.width,
+            "scheduler": type(pipe.scheduler).__name__,
+            "baseline_seconds": drawn.baseline_seconds,
+            "compressed_seconds": drawn.compressed_seconds,
+            "compressed_sha256": image_sha256(drawn.compressed_image),
+            "baseline_sha256": image_sha256(drawn.baseline_image),
+        }
     return manifest
 
 
@@ -424,7 +493,9 @@ def read_manifest(folder: str | Path, verify: bool = True) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{MANIFEST} is not a {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"bundle format version {manifest.get('format_version')!r}; this loader reads {FORMAT_VERSION}")
+        raise BundleError(
+            f"bundle format version {manifest.get('format_version')!r}; this loader reads {FORMAT_VERSION}"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or WEIGHTS not in files:
         raise BundleError(f"{MANIFEST} lists no {WEIGHTS}")
@@ -459,8 +530,7 @@ def _empty_unet(folder: Path, manifest: dict) -> nn.Module:
         m = unet.get_submodule(mod_name)
         old = m._parameters.get(pname)
         if old is not None:
-            m._parameters[pname] = nn.Parameter(torch.empty(shape, device="meta", dtype=old.dtype),
-                                                requires_grad=False)
+            m._parameters[pname] = nn.Parameter(torch.empty(shape, device="meta", dtype=old.dtype), requires_grad=False)
         elif pname in m._buffers:
             m._buffers[pname] = torch.empty(shape, device="meta", dtype=m._buffers[pname].dtype)
         else:
@@ -506,8 +576,9 @@ def load_unet(folder: str | Path, form: str = "dense", verify: bool = True) -> t
         if form == "sparse":
             if "sparse" not in layout:
                 raise BundleError("this bundle has no sparse form (saved without sparse=True)")
-            tensors = _unpack_sparse(load_file(str(folder / SPARSE)), layout["sparse"]["shapes"],
-                                     layout["sparse"]["dtypes"])
+            tensors = _unpack_sparse(
+                load_file(str(folder / SPARSE)), layout["sparse"]["shapes"], layout["sparse"]["dtypes"]
+            )
         elif form == "dense":
             tensors = load_file(str(folder / WEIGHTS))
         else:
@@ -563,8 +634,9 @@ def load_compressed(folder: str | Path, pipeline=None, form: str = "dense", chec
 
         pipeline, _ = load_pipeline(manifest["base_model"]["name"], device="cpu")
     if check_base and state_dict_digest(pipeline.unet) != manifest["base_model"]["unet_digest"]:
-        raise BundleError(f"the base pipeline's UNet is not the one this bundle was made from "
-                          f"({manifest['base_model']['name']})")
+        raise BundleError(
+            f"the base pipeline's UNet is not the one this bundle was made from ({manifest['base_model']['name']})"
+        )
     components = {**pipeline.components, "unet": unet, "scheduler": copy.deepcopy(pipeline.scheduler)}
     params = inspect.signature(type(pipeline).__init__).parameters
     extra = {k: pipeline.config[k] for k in params if k not in components and k in pipeline.config}
@@ -614,8 +686,9 @@ def _parser():
     from .pruning import PRUNERS, SCOPES
     from .quantization import QUANT_MODES
 
-    p = argparse.ArgumentParser(prog="python -m compression.export",
-                                description="Compress a model's UNet and write it as a safetensors bundle.")
+    p = argparse.ArgumentParser(
+        prog="python -m compression.export", description="Compress a model's UNet and write it as a safetensors bundle."
+    )
     p.add_argument("--model", default="tiny-shapes", help="catalog name (default: tiny-shapes)")
     p.add_argument("--prune", type=float, default=0.0, help="percent of the scope's weights to prune, 0-95")
     p.add_argument("--method", default="l1-unstructured", choices=list(PRUNERS))
@@ -642,8 +715,14 @@ def main(argv: list[str] | None = None) -> int:
             model, spec, sampler = parse_recipe(text)
         else:
             model = args.model
-            spec = CompressionSpec(prune_amount=args.prune / 100, prune_method=args.method, prune_scope=args.scope,
-                                   quant_mode=args.quant, bits=args.bits, seed=args.seed)
+            spec = CompressionSpec(
+                prune_amount=args.prune / 100,
+                prune_method=args.method,
+                prune_scope=args.scope,
+                quant_mode=args.quant,
+                bits=args.bits,
+                seed=args.seed,
+            )
             sampler = {**SAMPLER_DEFAULTS, "seed": args.seed}
         from .models import resolve_model
 
@@ -652,8 +731,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err).replace("prune_amount must be", "--prune/100 must be"))
     result = save_compressed(args.out, spec, model, sample=None if args.no_sample else sampler, sparse=args.sparse)
     m = result.manifest["measured"]
-    print(f"wrote {result.folder}: {spec.label}; UNet file {result.unet_bytes:,} bytes "
-          f"({result.unet_bytes / m['baseline_bytes']:.3f}x the fp32 UNet), in {result.seconds:.2f} s")
+    print(
+        f"wrote {result.folder}: {spec.label}; UNet file {result.unet_bytes:,} bytes "
+        f"({result.unet_bytes / m['baseline_bytes']:.3f}x the fp32 UNet), in {result.seconds:.2f} s"
+    )
     return 0
 
 

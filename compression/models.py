@@ -64,8 +64,9 @@ class MetricModels:
 
 
 # SD-style hub models: openai CLIP and DINOv2 where their weights are cached (or may be downloaded).
-HUB_METRICS = MetricModels("openai/clip-vit-base-patch16", "CLIP-B/16", (("facebook/dinov2-base", "DINOv2-B"),),
-                           inception=True)
+HUB_METRICS = MetricModels(
+    "openai/clip-vit-base-patch16", "CLIP-B/16", (("facebook/dinov2-base", "DINOv2-B"),), inception=True
+)
 TINY_METRICS = MetricModels(str(REPO_ROOT / "assets" / "tiny-shapes-clip"), "tinyCLIP", real_reference=True)
 
 GENERAL_EXAMPLES = (
@@ -81,9 +82,11 @@ TINY_EXAMPLES = (
     "a purple circle at the bottom on a orange background",
     "a white triangle on the right on a green background",
 )
-TINY_GRAMMAR = (f"The tiny model knows one sentence: *a [colour] [shape] [position] on a [colour] background* · "
-                f"colours: {', '.join(world.COLOURS)} · shapes: {', '.join(world.SHAPES)} · positions: "
-                f"{', '.join(world.POSITIONS)}.")
+TINY_GRAMMAR = (
+    f"The tiny model knows one sentence: *a [colour] [shape] [position] on a [colour] background* · "
+    f"colours: {', '.join(world.COLOURS)} · shapes: {', '.join(world.SHAPES)} · positions: "
+    f"{', '.join(world.POSITIONS)}."
+)
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ import math
 import os
 import sys
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,10 +47,16 @@ from tqdm.auto import tqdm
 
 from . import charts, latency, metrics, world
 from .report import (  # noqa: F401 - re-exported: the report moved out of this module, its names stay here
-    first_clear_drop, headline_table, paired_difference, quality_holds_until, report_figures, summarize, write_pngs,
+    _quality_metrics,  # noqa: F401
+    first_clear_drop,
+    headline_table,
+    paired_difference,
+    quality_holds_until,
+    report_figures,
+    summarize,
+    write_pngs,
     write_report,
 )
-from .report import _quality_metrics  # noqa: F401
 from .spec import CompressionSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,18 +75,29 @@ Progress = Callable[[float, str], None]
 PRESETS: dict[str, dict] = {
     # The study this lab grew from: global L1 on every Linear/Conv2d against a random control, 5-point steps
     # where SD 1.5's knee was (30-35%).
-    "seed-study": dict(prune="0,10,20,25,30,35,40,45,50,60,70,80,90", method="l1-unstructured,random-unstructured",
-                       quant="fp32", scope="all"),
+    "seed-study": dict(
+        prune="0,10,20,25,30,35,40,45,50,60,70,80,90",
+        method="l1-unstructured,random-unstructured",
+        quant="fp32",
+        scope="all",
+    ),
     # One part of the UNet at a time, at an amount past the global knee so that differences show.
-    "layer-sensitivity": dict(prune="50", method="l1-unstructured", quant="fp32",
-                              scope="down,mid,up,resnet,attention,self-attention,cross-attention,feed-forward,projection"),
+    "layer-sensitivity": dict(
+        prune="50",
+        method="l1-unstructured",
+        quant="fp32",
+        scope="down,mid,up,resnet,attention,self-attention,cross-attention,feed-forward,projection",
+    ),
     # The seed study's layer-type experiment: the same L1 curve over every layer, only the Linears, only the
     # Conv2ds (the amount is a share of the scope's weights; the "sparsity" row is the share of the whole UNet).
     "layer-types": dict(prune="0,10,...,90", method="l1-unstructured", quant="fp32", scope="all,linear,conv"),
     # Every CPU quantization mode alone and on top of 30% L1 pruning.
-    "quantization": dict(prune="0,30", method="l1-unstructured", scope="all",
-                         quant="fp32,bf16,int8-weight,bf16+int8-weight,int8-dynamic,int4-weight,"
-                               "simulated-int:8,simulated-int:4"),
+    "quantization": dict(
+        prune="0,30",
+        method="l1-unstructured",
+        scope="all",
+        quant="fp32,bf16,int8-weight,bf16+int8-weight,int8-dynamic,int4-weight,simulated-int:8,simulated-int:4",
+    ),
 }
 
 
@@ -137,15 +154,25 @@ def canonical(spec: CompressionSpec) -> CompressionSpec:
     return CompressionSpec(quant_mode=spec.quant_mode, bits=spec.bits)
 
 
-def grid(amounts: Sequence[float], methods: Sequence[str], quant: Sequence[tuple[str, int | None]],
-         scopes: Sequence[str] = ("all",), seed: int = 0) -> list[CompressionSpec]:
+def grid(
+    amounts: Sequence[float],
+    methods: Sequence[str],
+    quant: Sequence[tuple[str, int | None]],
+    scopes: Sequence[str] = ("all",),
+    seed: int = 0,
+) -> list[CompressionSpec]:
     """Every combination as validated specs, 0% cells deduplicated, the baseline first.
 
     Raises:
         ValueError: from `CompressionSpec` (unknown method/mode/scope, amount out of range), naming valid values.
     """
-    specs = [canonical(CompressionSpec(a, m, s, q, b, seed))
-             for q, b in quant for m in methods for s in scopes for a in amounts]
+    specs = [
+        canonical(CompressionSpec(a, m, s, q, b, seed))
+        for q, b in quant
+        for m in methods
+        for s in scopes
+        for a in amounts
+    ]
     specs = [CompressionSpec(), *specs]
     return list(dict.fromkeys(specs))
 
@@ -263,7 +290,7 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_WEIGHT_DIGESTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_WEIGHT_DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def _weights_digest(module: torch.nn.Module) -> str:
@@ -278,8 +305,9 @@ def _weights_digest(module: torch.nn.Module) -> str:
 def model_fingerprint(pipeline) -> str:
     """Digest of every weight of a pipeline (UNet, VAE, text encoder): a retrained model under the same name
     gets new sweep cells instead of the old model's results."""
-    parts = sorted((name, _weights_digest(c)) for name, c in pipeline.components.items()
-                   if isinstance(c, torch.nn.Module))
+    parts = sorted(
+        (name, _weights_digest(c)) for name, c in pipeline.components.items() if isinstance(c, torch.nn.Module)
+    )
     return _digest(parts)
 
 
@@ -306,18 +334,42 @@ def _write_json(path: Path, data) -> None:
 
 def _spec_columns(spec: CompressionSpec | None) -> dict:
     if spec is None:
-        return dict(setting=REAL_SETTING, prune_amount=math.nan, prune_method="", prune_scope="", quant_mode="",
-                    bits=None)
-    return dict(setting=spec.label, prune_amount=spec.prune_amount, prune_method=spec.prune_method,
-                prune_scope=spec.prune_scope, quant_mode=spec.quant_mode, bits=spec.bits)
+        return dict(
+            setting=REAL_SETTING, prune_amount=math.nan, prune_method="", prune_scope="", quant_mode="", bits=None
+        )
+    return dict(
+        setting=spec.label,
+        prune_amount=spec.prune_amount,
+        prune_method=spec.prune_method,
+        prune_scope=spec.prune_scope,
+        quant_mode=spec.quant_mode,
+        bits=spec.bits,
+    )
 
 
 def _rows(spec: CompressionSpec | None, estimates: list[metrics.Estimate], model: str, cell: str) -> list[dict]:
     return [{"model": model, **_spec_columns(spec), **e.to_dict(), "cell": cell} for e in estimates]
 
 
-COLUMNS = ["model", "setting", "prune_amount", "prune_method", "prune_scope", "quant_mode", "bits", "metric",
-           "reference", "value", "ci_low", "ci_high", "n", "unit", "higher_is_better", "note", "cell"]
+COLUMNS = [
+    "model",
+    "setting",
+    "prune_amount",
+    "prune_method",
+    "prune_scope",
+    "quant_mode",
+    "bits",
+    "metric",
+    "reference",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "unit",
+    "higher_is_better",
+    "note",
+    "cell",
+]
 
 
 # ------------------------------------------------------------------------------------------ the sweep
@@ -352,11 +404,15 @@ def _check_limits(specs, prompts, seeds, max_cells: int) -> int:
         raise ValueError(f"{len(specs)} settings exceed the limit of {max_cells} per sweep; split the grid")
     n = len(prompts) * len(seeds)
     if n > MAX_IMAGES_PER_CELL:
-        raise ValueError(f"{len(prompts)} prompts x {len(seeds)} seeds = {n} images per setting exceed the limit "
-                         f"of {MAX_IMAGES_PER_CELL}")
+        raise ValueError(
+            f"{len(prompts)} prompts x {len(seeds)} seeds = {n} images per setting exceed the limit "
+            f"of {MAX_IMAGES_PER_CELL}"
+        )
     if n * len(specs) > MAX_TOTAL_IMAGES:
-        raise ValueError(f"{len(specs)} settings x {n} images = {n * len(specs)} images exceed the limit of "
-                         f"{MAX_TOTAL_IMAGES} per sweep")
+        raise ValueError(
+            f"{len(specs)} settings x {n} images = {n * len(specs)} images exceed the limit of "
+            f"{MAX_TOTAL_IMAGES} per sweep"
+        )
     bad = [s for s in seeds if not isinstance(s, (int, np.integer)) or s < 0 or s * SEED_STRIDE + n >= 2**32]
     if bad:
         raise ValueError(f"seeds must be integers from 0 to {(2**32 - n) // SEED_STRIDE}, got {bad[:3]}")
@@ -412,18 +468,32 @@ def _concat(parts: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
-def _quality_estimates(per: dict[str, np.ndarray], ms: MetricSet, refs: dict[str, dict[str, np.ndarray]],
-                       n_boot: int, nonfinite: np.ndarray,
-                       ref_nonfinite: dict[str, np.ndarray]) -> list[metrics.Estimate]:
+def _quality_estimates(
+    per: dict[str, np.ndarray],
+    ms: MetricSet,
+    refs: dict[str, dict[str, np.ndarray]],
+    n_boot: int,
+    nonfinite: np.ndarray,
+    ref_nonfinite: dict[str, np.ndarray],
+) -> list[metrics.Estimate]:
     est: list[metrics.Estimate] = []
     if "clip" in per:
-        est.append(metrics.mean_estimate(f"CLIP score ({ms.judge.name})", per["clip"], "prompt", "", True,
-                                         n_boot=n_boot))
+        est.append(
+            metrics.mean_estimate(f"CLIP score ({ms.judge.name})", per["clip"], "prompt", "", True, n_boot=n_boot)
+        )
     for k in (*world.ATTRIBUTES, "all"):
         if f"acc:{k}" in per:
-            est.append(metrics.mean_estimate(f"accuracy: {k}", per[f"acc:{k}"], "prompt", "%", True,
-                                             note="pixel judge reads the attribute back" if k == "all" else "",
-                                             n_boot=n_boot))
+            est.append(
+                metrics.mean_estimate(
+                    f"accuracy: {k}",
+                    per[f"acc:{k}"],
+                    "prompt",
+                    "%",
+                    True,
+                    note="pixel judge reads the attribute back" if k == "all" else "",
+                    n_boot=n_boot,
+                )
+            )
     if "psnr" in per:
         est.append(metrics.mean_estimate("PSNR", per["psnr"], "baseline", "dB", True, n_boot=n_boot))
         est.append(metrics.mean_estimate("SSIM", per["ssim"], "baseline", "", True, n_boot=n_boot))
@@ -433,9 +503,19 @@ def _quality_estimates(per: dict[str, np.ndarray], ms: MetricSet, refs: dict[str
             keep = ~nonfinite & ~ref_nonfinite[ref_name]
             if keep.sum() >= 2:
                 est += metrics.distance_estimates(ref[key][keep], per[key][keep], ext.name, ref_name, n_boot=n_boot)
-    est.append(metrics.Estimate("non-finite images", float(nonfinite.sum()), float(nonfinite.sum()),
-                                float(nonfinite.sum()), len(nonfinite), "", "images", False,
-                                "images with NaN/inf are left out of every other metric"))
+    est.append(
+        metrics.Estimate(
+            "non-finite images",
+            float(nonfinite.sum()),
+            float(nonfinite.sum()),
+            float(nonfinite.sum()),
+            len(nonfinite),
+            "",
+            "images",
+            False,
+            "images with NaN/inf are left out of every other metric",
+        )
+    )
     return est
 
 
@@ -510,9 +590,16 @@ class _Plan:
 
     def draw(self, spec: CompressionSpec, sl: slice, prompts=None, seeds=None):
         c = self.cfg
-        return self.engine.generate_batch(self.prompts[sl] if prompts is None else prompts,
-                                          self.seeds[sl] if seeds is None else seeds, c.steps, c.guidance, spec,
-                                          c.negative_prompt, self.height, self.width)
+        return self.engine.generate_batch(
+            self.prompts[sl] if prompts is None else prompts,
+            self.seeds[sl] if seeds is None else seeds,
+            c.steps,
+            c.guidance,
+            spec,
+            c.negative_prompt,
+            self.height,
+            self.width,
+        )
 
     def attrs_of(self, sl: slice):
         return self.attrs[sl] if self.attrs else None
@@ -591,16 +678,37 @@ def run_sweep(
         >>> res = run_sweep(engine, specs, load_prompts("tiny-shapes", 50), out_dir="runs/quick")
         >>> res.table.query("metric == 'accuracy: all'")[["setting", "value", "ci_low", "ci_high", "n"]]
     """
-    config = SweepConfig(steps=steps, guidance=guidance, negative_prompt=negative_prompt, height=height,
-                         width=width, batch_size=batch_size, latency_repeats=latency_repeats,
-                         latency_warmup=latency_warmup, n_boot=n_boot, show_bar=show_bar, max_cells=max_cells,
-                         plotlyjs=plotlyjs, samples_per_cell=samples_per_cell)
-    return run_sweep_with(engine, specs, prompts, seeds, config, metric_set=metric_set, out_dir=out_dir, progress=progress)
+    config = SweepConfig(
+        steps=steps,
+        guidance=guidance,
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        latency_repeats=latency_repeats,
+        latency_warmup=latency_warmup,
+        n_boot=n_boot,
+        show_bar=show_bar,
+        max_cells=max_cells,
+        plotlyjs=plotlyjs,
+        samples_per_cell=samples_per_cell,
+    )
+    return run_sweep_with(
+        engine, specs, prompts, seeds, config, metric_set=metric_set, out_dir=out_dir, progress=progress
+    )
 
 
-def run_sweep_with(engine, specs: Sequence[CompressionSpec], prompts: Sequence[str], seeds: Sequence[int] = (0,),
-                   config: SweepConfig = SweepConfig(), *, metric_set: MetricSet | None = None,
-                   out_dir: str | Path | None = None, progress: Progress | None = None) -> SweepResult:
+def run_sweep_with(
+    engine,
+    specs: Sequence[CompressionSpec],
+    prompts: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    config: SweepConfig = SweepConfig(),
+    *,
+    metric_set: MetricSet | None = None,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> SweepResult:
     """`run_sweep` with its settings as one `SweepConfig`: baseline, real data, each setting, outputs."""
     plan = _plan(engine, specs, prompts, seeds, config, metric_set, out_dir)
     done = {spec: plan.finished(spec) for spec in plan.specs}
@@ -626,20 +734,34 @@ def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) 
     specs = list(dict.fromkeys([CompressionSpec(), *(canonical(s) for s in specs)]))
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     _check_limits(specs, prompts, seeds, cfg.max_cells)
-    height, width = engine.validate(prompts[0], 0, cfg.steps, cfg.guidance, cfg.negative_prompt, cfg.height,
-                                    cfg.width)
+    height, width = engine.validate(prompts[0], 0, cfg.steps, cfg.guidance, cfg.negative_prompt, cfg.height, cfg.width)
     ms = metric_set if metric_set is not None else default_metric_set(engine.model_name)
     model = engine.model_name
     parsed = [world.parse_caption(p) for p in prompts]
     attrs = [a for _ in seeds for a in parsed] if all(a is not None for a in parsed) else None
     use_real = ms.real_reference and attrs is not None
 
-    sampler = dict(model=model, weights=model_fingerprint(engine.pipeline), prompts=_digest(prompts),
-                   n_prompts=len(prompts), seeds=seeds, steps=cfg.steps, guidance=cfg.guidance,
-                   negative=cfg.negative_prompt, height=height, width=width, batch=cfg.batch_size)
+    sampler = dict(
+        model=model,
+        weights=model_fingerprint(engine.pipeline),
+        prompts=_digest(prompts),
+        n_prompts=len(prompts),
+        seeds=seeds,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        negative=cfg.negative_prompt,
+        height=height,
+        width=width,
+        batch=cfg.batch_size,
+    )
     base_key = _digest(sampler)
-    measure = dict(ms.signature(), real=use_real, n_boot=cfg.n_boot,
-                   latency=[cfg.latency_warmup, cfg.latency_repeats], version=METRICS_VERSION)
+    measure = dict(
+        ms.signature(),
+        real=use_real,
+        n_boot=cfg.n_boot,
+        latency=[cfg.latency_warmup, cfg.latency_repeats],
+        version=METRICS_VERSION,
+    )
     keys = {spec: _digest(dict(base=base_key, spec=spec.to_dict(), measure=measure)) for spec in specs}
 
     out = Path(out_dir) if out_dir is not None else None
@@ -648,9 +770,23 @@ def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) 
         for sub in ("cells", "samples"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
-    return _Plan(engine, cfg, ms, specs, [p for _ in seeds for p in prompts],
-                 [s * SEED_STRIDE + i for s in seeds for i in range(len(prompts))], attrs, use_real, height, width,
-                 sampler, measure, keys, out, cache)
+    return _Plan(
+        engine,
+        cfg,
+        ms,
+        specs,
+        [p for _ in seeds for p in prompts],
+        [s * SEED_STRIDE + i for s in seeds for i in range(len(prompts))],
+        attrs,
+        use_real,
+        height,
+        width,
+        sampler,
+        measure,
+        keys,
+        out,
+        cache,
+    )
 
 
 def _baseline_scores_path(plan: _Plan) -> Path | None:
@@ -669,8 +805,11 @@ def _baseline_phase(plan: _Plan, work: _Work) -> _Refs:
         refs.nonfinite = np.load(cache / "baseline-nonfinite.npy")
     else:
         shape = (n, plan.height, plan.width, 3)
-        refs.images = (np.lib.format.open_memmap(cache / "baseline.npy", mode="w+", dtype=np.uint8, shape=shape)
-                       if cache else np.zeros(shape, np.uint8))
+        refs.images = (
+            np.lib.format.open_memmap(cache / "baseline.npy", mode="w+", dtype=np.uint8, shape=shape)
+            if cache
+            else np.zeros(shape, np.uint8)
+        )
         refs.nonfinite = np.zeros(n, dtype=bool)
     if scores_path and scores_path.is_file():
         loaded = np.load(scores_path)
@@ -681,8 +820,17 @@ def _baseline_phase(plan: _Plan, work: _Work) -> _Refs:
             if not images_ready:
                 r = plan.draw(CompressionSpec(), sl)
                 refs.images[sl], refs.nonfinite[sl] = r.images, r.nonfinite
-            parts.append(_score_batch(np.asarray(refs.images[sl]), refs.nonfinite[sl], plan.ms, plan.prompts[sl],
-                                      plan.attrs_of(sl), None, None))
+            parts.append(
+                _score_batch(
+                    np.asarray(refs.images[sl]),
+                    refs.nonfinite[sl],
+                    plan.ms,
+                    plan.prompts[sl],
+                    plan.attrs_of(sl),
+                    None,
+                    None,
+                )
+            )
             work.step(f"baseline {sl.stop}/{n}")
         refs.per = _concat(parts)
         if cache:
@@ -717,12 +865,24 @@ def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool) -> list[dict]:
     per_b = _score_batch(real_b, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
     refs.features["real"] = {k: v for k, v in per_a.items() if k.startswith("feat:")}
     refs.feature_nonfinite["real"] = np.zeros(n, dtype=bool)
-    floor = _quality_estimates(per_b, ms, {"real": refs.features["real"]}, plan.cfg.n_boot, np.zeros(n, bool),
-                               refs.feature_nonfinite)
+    floor = _quality_estimates(
+        per_b, ms, {"real": refs.features["real"]}, plan.cfg.n_boot, np.zeros(n, bool), refs.feature_nonfinite
+    )
     floor = [e for e in floor if e.metric != "non-finite images"]
-    floor = [metrics.Estimate(**{**e.to_dict(), "note": (e.note + "; " if e.note else "") +
-                                 ("two independent real sets: the floor a perfect model would reach"
-                                  if e.reference == "real" else "real images: the ceiling")}) for e in floor]
+    floor = [
+        metrics.Estimate(
+            **{
+                **e.to_dict(),
+                "note": (e.note + "; " if e.note else "")
+                + (
+                    "two independent real sets: the floor a perfect model would reach"
+                    if e.reference == "real"
+                    else "real images: the ceiling"
+                ),
+            }
+        )
+        for e in floor
+    ]
     rows = _rows(None, floor, plan.model, "real")
     if path and rows:
         _write_json(path, {"rows": rows})
@@ -747,8 +907,17 @@ def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work)
             cost, report = r.cost, r.prune_report
             comp_seconds += r.compression_seconds
         nonfinite[sl] = nf
-        parts.append(_score_batch(images, nf, plan.ms, plan.prompts[sl], plan.attrs_of(sl),
-                                  np.asarray(refs.images[sl]), refs.nonfinite[sl]))
+        parts.append(
+            _score_batch(
+                images,
+                nf,
+                plan.ms,
+                plan.prompts[sl],
+                plan.attrs_of(sl),
+                np.asarray(refs.images[sl]),
+                refs.nonfinite[sl],
+            )
+        )
         if len(samples) < cfg.samples_per_cell:
             samples.extend(images[: cfg.samples_per_cell - len(samples)])
         work.step(f"{spec.label} {sl.stop}/{n}")
@@ -757,13 +926,18 @@ def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work)
     if cfg.latency_repeats > 0:
         est += _latency_estimates(plan, spec)
     est += _cost_estimates(plan, spec, cost, report, comp_seconds)
-    cell = {"key": key, "label": spec.label, "spec": spec.to_dict(), "n": n,
-            "rows": _rows(spec, est, plan.model, key)}
+    cell = {"key": key, "label": spec.label, "spec": spec.to_dict(), "n": n, "rows": _rows(spec, est, plan.model, key)}
     if plan.out:
         if samples:
             _save_strip(samples, plan.out / "samples" / f"{key}.png")
-        per_image = pd.DataFrame({"prompt": plan.prompts, "seed": plan.seeds, "nonfinite": nonfinite,
-                                  **{k: v for k, v in per.items() if v.ndim == 1}})
+        per_image = pd.DataFrame(
+            {
+                "prompt": plan.prompts,
+                "seed": plan.seeds,
+                "nonfinite": nonfinite,
+                **{k: v for k, v in per.items() if v.ndim == 1},
+            }
+        )
         per_image.to_csv(plan.out / "cells" / f"{key}.images.csv", index=False)
         _write_json(plan.out / "cells" / f"{key}.json", cell)
     return cell
@@ -777,8 +951,9 @@ def _latency_estimates(plan: _Plan, spec: CompressionSpec) -> list[metrics.Estim
     def timer(s: CompressionSpec) -> Callable[[], float]:
         return lambda: plan.draw(s, slice(0, 1)).seconds
 
-    pair = latency.paired_latency(timer(CompressionSpec()), timer(spec), cfg.latency_warmup, cfg.latency_repeats,
-                                  plan.engine.device)
+    pair = latency.paired_latency(
+        timer(CompressionSpec()), timer(spec), cfg.latency_warmup, cfg.latency_repeats, plan.engine.device
+    )
     return pair.sweep_estimates(cfg.steps, cfg.latency_warmup, cfg.n_boot)
 
 
@@ -788,21 +963,38 @@ def _cost_estimates(plan: _Plan, spec: CompressionSpec, cost, report, comp_secon
     base_cost = plan.engine.baseline_cost
     macs = _unet_macs(plan.engine, spec, plan.height, plan.width)
     if macs is not None:
-        est.append(metrics.exact_estimate("UNet MACs", macs / 1e9, "GMAC", False,
-                                          note="one UNet forward at batch 1, counted on the meta device"))
+        est.append(
+            metrics.exact_estimate(
+                "UNet MACs", macs / 1e9, "GMAC", False, note="one UNet forward at batch 1, counted on the meta device"
+            )
+        )
     est += [
-        metrics.exact_estimate("UNet size", cost.bytes / 2**20, "MB", False,
-                               note=f"baseline {base_cost.bytes / 2**20:.2f} MB"),
+        metrics.exact_estimate(
+            "UNet size", cost.bytes / 2**20, "MB", False, note=f"baseline {base_cost.bytes / 2**20:.2f} MB"
+        ),
         metrics.exact_estimate("parameters", cost.params / 1e6, "M", None),
-        metrics.exact_estimate("non-zero parameters", (cost.params - cost.zeros) / 1e6, "M", False,
-                               note="what a sparse format would have to store"),
-        metrics.exact_estimate("sparsity", 100 * cost.sparsity, "%", None,
-                               note="measured zeros over all Linear/Conv2d weights of the UNet"),
+        metrics.exact_estimate(
+            "non-zero parameters",
+            (cost.params - cost.zeros) / 1e6,
+            "M",
+            False,
+            note="what a sparse format would have to store",
+        ),
+        metrics.exact_estimate(
+            "sparsity", 100 * cost.sparsity, "%", None, note="measured zeros over all Linear/Conv2d weights of the UNet"
+        ),
         metrics.exact_estimate("compression time", comp_seconds, "s", False),
     ]
     if report is not None:
-        est.append(metrics.exact_estimate("scope sparsity", 100 * report.sparsity, "%", None,
-                                          note=f"measured over the {report.scope!r} scope ({report.layers} layers)"))
+        est.append(
+            metrics.exact_estimate(
+                "scope sparsity",
+                100 * report.sparsity,
+                "%",
+                None,
+                note=f"measured over the {report.scope!r} scope ({report.layers} layers)",
+            )
+        )
     return est
 
 
@@ -814,8 +1006,15 @@ def _outputs(plan: _Plan, done: dict, real_rows: list[dict], computed: list[str]
     sampler = dict(plan.sampler)
     config = {**sampler, "prompts_digest": sampler.pop("prompts"), "n_images": plan.n, **plan.measure}
     summary = summarize(table, config, fd_min={f.name: metrics.fd_min_n(f.num_features) for f in plan.ms.features})
-    summary["cells"] = [{"label": s.label, "key": plan.keys[s], "spec": s.to_dict(),
-                         "status": "computed" if s.label in computed else "reused"} for s in plan.specs]
+    summary["cells"] = [
+        {
+            "label": s.label,
+            "key": plan.keys[s],
+            "spec": s.to_dict(),
+            "status": "computed" if s.label in computed else "reused",
+        }
+        for s in plan.specs
+    ]
     if plan.out:
         table.to_csv(plan.out / "results.csv", index=False)
         _write_json(plan.out / "summary.json", summary)
@@ -853,22 +1052,26 @@ def available_prompt_sets() -> list[str]:
     return sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
 
 
-
 # ------------------------------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> SweepResult | None:
-    p = argparse.ArgumentParser(prog="python -m compression.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a named grid; --prune/--method/--quant/--scope override it")
+    p = argparse.ArgumentParser(
+        prog="python -m compression.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), help="a named grid; --prune/--method/--quant/--scope override it"
+    )
     p.add_argument("--model", default=None, help="catalog name (default: env MODEL_ID, else tiny-shapes)")
     p.add_argument("--prune", help="pruning percentages, e.g. 0,10,...,90 (default 0,30)")
     p.add_argument("--method", help="pruning methods, comma-separated (default l1-unstructured)")
     p.add_argument("--quant", help="quantization modes, comma-separated; simulated-int:4 gives bits (default fp32)")
     p.add_argument("--scope", help="pruning scopes, comma-separated (default all)")
-    p.add_argument("--prompt-set", default=None, help="name under assets/prompts/ or a .txt path "
-                                                      "(default: tiny-shapes for the embedded model, else general)")
+    p.add_argument(
+        "--prompt-set",
+        default=None,
+        help="name under assets/prompts/ or a .txt path (default: tiny-shapes for the embedded model, else general)",
+    )
     p.add_argument("--prompts", type=int, default=200, help="how many prompts of the set (the first N)")
     p.add_argument("--seeds", default="0", help="seed values, comma-separated; each prompt is drawn once per seed")
     p.add_argument("--steps", type=int, default=20)
@@ -877,11 +1080,16 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     p.add_argument("--latency-repeats", type=int, default=5)
     p.add_argument("--boot", type=int, default=metrics.N_BOOT, help="bootstrap resamples per interval")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
-                   help="inline: self-contained report (~5 MB); cdn: small file that loads plotly.js from the web")
+    p.add_argument(
+        "--plotlyjs",
+        choices=["inline", "cdn"],
+        default="inline",
+        help="inline: self-contained report (~5 MB); cdn: small file that loads plotly.js from the web",
+    )
     p.add_argument("--allow-download", action="store_true", help="let hub metric models (CLIP, DINOv2) download")
-    p.add_argument("--report-only", action="store_true",
-                   help="rebuild report.html from DIR/results.csv and summary.json")
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild report.html from DIR/results.csv and summary.json"
+    )
     p.add_argument("--png", action="store_true", help="also save every report figure as DIR/png/*.png (needs Chromium)")
     p.add_argument("--out", required=True, type=Path, help="output folder (resumes what is finished there)")
     args = p.parse_args(argv)
@@ -902,8 +1110,12 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     quant = args.quant or preset.get("quant", "fp32")
     scope = args.scope or preset.get("scope", "all")
     try:
-        specs = grid(parse_amounts(prune), [m.strip() for m in method.split(",") if m.strip()], parse_quant(quant),
-                     [s.strip() for s in scope.split(",") if s.strip()])
+        specs = grid(
+            parse_amounts(prune),
+            [m.strip() for m in method.split(",") if m.strip()],
+            parse_quant(quant),
+            [s.strip() for s in scope.split(",") if s.strip()],
+        )
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as err:
         p.error(str(err))
@@ -920,13 +1132,30 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     pipe, info = load_pipeline(args.model)
     engine = Engine(pipe, info.name, cache_size=1)
     ms = default_metric_set(info.name, args.allow_download, log=lambda m: print(m, file=sys.stderr))
-    print(f"{len(specs)} settings x {len(prompts) * len(seeds)} images on {info.name} ({info.device}); "
-          f"{torch.get_num_threads()} threads -> {args.out}", file=sys.stderr)
-    res = run_sweep(engine, specs, prompts, seeds, steps=args.steps, guidance=args.guidance, metric_set=ms,
-                    out_dir=args.out, batch_size=args.batch, latency_repeats=args.latency_repeats, n_boot=args.boot,
-                    plotlyjs=args.plotlyjs)
-    print(f"computed {len(res.computed)}, reused {len(res.skipped)}: {args.out / 'results.csv'}, "
-          f"{args.out / 'summary.json'}, {args.out / 'report.html'}", file=sys.stderr)
+    print(
+        f"{len(specs)} settings x {len(prompts) * len(seeds)} images on {info.name} ({info.device}); "
+        f"{torch.get_num_threads()} threads -> {args.out}",
+        file=sys.stderr,
+    )
+    res = run_sweep(
+        engine,
+        specs,
+        prompts,
+        seeds,
+        steps=args.steps,
+        guidance=args.guidance,
+        metric_set=ms,
+        out_dir=args.out,
+        batch_size=args.batch,
+        latency_repeats=args.latency_repeats,
+        n_boot=args.boot,
+        plotlyjs=args.plotlyjs,
+    )
+    print(
+        f"computed {len(res.computed)}, reused {len(res.skipped)}: {args.out / 'results.csv'}, "
+        f"{args.out / 'summary.json'}, {args.out / 'report.html'}",
+        file=sys.stderr,
+    )
     if args.png:
         write_pngs(res.table, args.out / "png")
     return res

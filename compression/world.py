@@ -75,7 +75,7 @@ class Attributes:
         if self.colour == self.background:
             raise ValueError("the shape colour must differ from the background colour")
 
-    def replace(self, **changes: str) -> "Attributes":
+    def replace(self, **changes: str) -> Attributes:
         return Attributes(**{**self.__dict__, **changes})
 
 
@@ -85,11 +85,7 @@ def caption(a: Attributes) -> str:
 
 def all_attributes() -> list[Attributes]:
     """Every combination the grammar allows (8 colours x 3 shapes x 5 positions x 7 backgrounds = 840)."""
-    return [
-        Attributes(c, s, p, b)
-        for c, s, p, b in itertools.product(COLOURS, SHAPES, POSITIONS, COLOURS)
-        if c != b
-    ]
+    return [Attributes(c, s, p, b) for c, s, p, b in itertools.product(COLOURS, SHAPES, POSITIONS, COLOURS) if c != b]
 
 
 def is_held_out(a: Attributes, fraction: float = 0.2) -> bool:
@@ -212,7 +208,9 @@ def judge_image(image: np.ndarray | Image.Image) -> dict[str, str | None]:
     x = np.asarray(image, dtype=np.float32)
     if x.shape != (SIZE, SIZE, 3):
         raise ValueError(f"expected a {SIZE}x{SIZE} RGB image, got shape {x.shape}")
-    border = np.concatenate([x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[:, :2].reshape(-1, 3), x[:, -2:].reshape(-1, 3)])
+    border = np.concatenate(
+        [x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[:, :2].reshape(-1, 3), x[:, -2:].reshape(-1, 3)]
+    )
     background = _nearest_colour(np.median(border, axis=0))
     bg_rgb = _PALETTE[_PALETTE_NAMES.index(background)]
     far = np.sqrt(((x - bg_rgb) ** 2).sum(-1)) > 35.0  # half the closest palette pair (orange-yellow, 71)

@@ -121,8 +121,12 @@ def unet_inputs(tiny_pipe):
     sample = torch.randn(2, 4, 16, 16, generator=g)
     timestep = torch.tensor([500, 500])
     with torch.no_grad():
-        ids = tiny_pipe.tokenizer([PROMPT, "a blue square at the top on a black background"], padding="max_length",
-                                  max_length=tiny_pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        ids = tiny_pipe.tokenizer(
+            [PROMPT, "a blue square at the top on a black background"],
+            padding="max_length",
+            max_length=tiny_pipe.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
         hidden = tiny_pipe.text_encoder(ids)[0]
     return sample, timestep, hidden
 

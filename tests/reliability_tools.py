@@ -25,12 +25,15 @@ def pixels_sha256(image) -> str:
 
 def digests(pipe) -> dict:
     """state_dict digests of the UNet, VAE and text encoder, and the scheduler's config."""
-    return {**{n: state_dict_digest(getattr(pipe, n)) for n in ("unet", "vae", "text_encoder")},
-            "scheduler": json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str)}
+    return {
+        **{n: state_dict_digest(getattr(pipe, n)) for n in ("unet", "vae", "text_encoder")},
+        "scheduler": json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str),
+    }
 
 
-def redraw(pipe, prompt: str = PROMPT, seed: int = 0, spec: CompressionSpec | None = None,
-           steps: int = STEPS) -> tuple[str, str]:
+def redraw(
+    pipe, prompt: str = PROMPT, seed: int = 0, spec: CompressionSpec | None = None, steps: int = STEPS
+) -> tuple[str, str]:
     """(baseline, compressed) pixel hashes drawn now by a fresh engine with no cache at all."""
     fresh = Engine(pipe, "reference", cache_size=0, baseline_cache_size=0)
     r = fresh.generate_pair(prompt, seed, steps, GUIDANCE, spec or CompressionSpec())

@@ -23,14 +23,30 @@ from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image
 
 # gradio's own queue code trips pandas 3 deprecation warnings on every event: not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*",
-                                        "ignore:.*:Warning:gradio.queueing")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*", "ignore:.*:Warning:gradio.queueing"
+)
 
 PROMPT = "a red circle on the left on a blue background"
 FAST = dict(steps=4)  # enough to exercise every path; the default (20 steps) is timed once
 
-BASELINE, COMPRESSED, BASE_CAPTION, COMP_CAPTION, SLIDER, HEATMAP, HEAT_CAPTION, NUMBERS, STATUS, DETAILS, \
-    HISTORY, HISTORY_CSV, COST_PLOT, QUALITY_PLOT, CHART_NOTES = range(15)
+(
+    BASELINE,
+    COMPRESSED,
+    BASE_CAPTION,
+    COMP_CAPTION,
+    SLIDER,
+    HEATMAP,
+    HEAT_CAPTION,
+    NUMBERS,
+    STATUS,
+    DETAILS,
+    HISTORY,
+    HISTORY_CSV,
+    COST_PLOT,
+    QUALITY_PLOT,
+    CHART_NOTES,
+) = range(15)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +70,11 @@ def plotly_json(plot) -> dict:
 
 
 def test_api_has_named_endpoints_only(client):
-    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/compare", "/sweep", "/export"}
+    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {
+        "/compare",
+        "/sweep",
+        "/export",
+    }
 
 
 def test_compare_at_defaults_returns_pair_numbers_and_plots(client):
@@ -79,8 +99,14 @@ def test_compare_at_defaults_returns_pair_numbers_and_plots(client):
     assert float(nums["denoising latency (ms, N=1)"][1]) > 0
 
     details = out[DETAILS]
-    assert details["spec"] == {"prune_amount": 0.3, "prune_method": "l1-unstructured", "prune_scope": "all",
-                               "quant_mode": "fp32", "bits": None, "seed": 0}
+    assert details["spec"] == {
+        "prune_amount": 0.3,
+        "prune_method": "l1-unstructured",
+        "prune_scope": "all",
+        "quant_mode": "fp32",
+        "bits": None,
+        "seed": 0,
+    }
     assert (details["seed"], details["steps"], details["guidance"], details["height"]) == (42, 20, 4.0, 64)
     assert len(details["baseline_sha256"]) == 64 and details["numbers"]["psnr_db"] > 0
 
@@ -126,8 +152,17 @@ def test_history_per_session_charted_and_downloadable_as_csv(lab_app):
     csv = pd.read_csv(b[HISTORY_CSV])
     assert len(csv) == 2
     assert list(csv["setting"]) == ["baseline", "L1 60% + int8 weights"]
-    assert {"prune_amount", "quant_mode", "psnr_db", "ssim", "clip_compressed", "unet_mb", "latency_ms",
-            "sparsity_pct", "model"} <= set(csv.columns)
+    assert {
+        "prune_amount",
+        "quant_mode",
+        "psnr_db",
+        "ssim",
+        "clip_compressed",
+        "unet_mb",
+        "latency_ms",
+        "sparsity_pct",
+        "model",
+    } <= set(csv.columns)
     assert csv["unet_mb"].iloc[1] < 0.5 * csv["unet_mb"].iloc[0]  # int8 weights: about a quarter of fp32
     assert csv["psnr_db"].iloc[1] == pytest.approx(b[DETAILS]["numbers"]["psnr_db"])
 
@@ -153,8 +188,11 @@ BAD = [  # (arguments, the parameter named in the error, the message)
     (dict(guidance=-1), "guidance", "guidance must be a number from 0 to 20"),
     (dict(prune_percent=100), "prune_percent", "pruning must be a number from 0 to 95%"),
     (dict(quant_mode="<script>alert(1)</script>"), "quant_mode", "unknown quantization mode; choose one of: fp32"),
-    (dict(prune_method="<img src=x onerror=alert(1)>"), "prune_method",
-     "unknown pruning method; choose one of: l1-unstructured"),
+    (
+        dict(prune_method="<img src=x onerror=alert(1)>"),
+        "prune_method",
+        "unknown pruning method; choose one of: l1-unstructured",
+    ),
     (dict(model="../../etc/passwd"), "model", "unknown model; choose one of: tiny-shapes"),
     (dict(height=65), "height", "height must be a multiple of 8 from 32 to 128"),
     (dict(quant_mode="simulated-int", bits=9), "bits", "bits must be a whole number from 2 to 8"),
@@ -189,9 +227,22 @@ def test_the_handler_checks_again_without_the_validator(lab_app):
 
     app, _ = lab_app
     for bad in (dict(prompt=""), dict(seed=3.5), dict(guidance=float("nan")), dict(prune_percent=float("inf"))):
-        args = dict(prompt=PROMPT, negative_prompt="", seed=42, steps=2, guidance=4.0, model="tiny-shapes",
-                    prune_percent=30, prune_method="l1-unstructured", prune_scope="all", quant_mode="fp32", bits=4,
-                    height=0, width=0, history=[])
+        args = dict(
+            prompt=PROMPT,
+            negative_prompt="",
+            seed=42,
+            steps=2,
+            guidance=4.0,
+            model="tiny-shapes",
+            prune_percent=30,
+            prune_method="l1-unstructured",
+            prune_scope="all",
+            quant_mode="fp32",
+            bits=4,
+            height=0,
+            width=0,
+            history=[],
+        )
         args.update(bad)
         with pytest.raises(gr.Error):
             app.compare(**args, progress=lambda *a, **k: None)
@@ -248,9 +299,18 @@ def test_nonfinite_output_is_shown_as_such_and_not_scored(client, lab_app, monke
 
 
 def test_sweep_returns_table_csv_report_and_charts(client):
-    out = client.predict(model="tiny-shapes", prune_percents=[0, 50], prune_methods=["l1-unstructured"],
-                         quant_modes=["fp32"], study="grid", n_prompts=3, steps=2, guidance=4, latency_repeats=1,
-                         api_name="/sweep")
+    out = client.predict(
+        model="tiny-shapes",
+        prune_percents=[0, 50],
+        prune_methods=["l1-unstructured"],
+        quant_modes=["fp32"],
+        study="grid",
+        n_prompts=3,
+        steps=2,
+        guidance=4,
+        latency_repeats=1,
+        api_name="/sweep",
+    )
     status, table, csv, report, *plots = out
     assert "2 settings × 3 prompts" in status and "N=3" in status
     rows = {r[0]: r for r in table["data"]}
@@ -270,19 +330,39 @@ def test_sweep_returns_table_csv_report_and_charts(client):
     assert any(t.get("name", "").startswith("Pareto front") for t in figures[7]["data"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n_prompts=0), "prompts must be a whole number from 1 to 200"),
-    (dict(prune_percents=[]), "choose at least one pruning percentage"),
-    (dict(prune_percents=[0, 10, 20, 30, 40, 50, 60], prune_methods=["l1-unstructured", "random-unstructured"],
-          quant_modes=["fp32", "int8-weight"]), "the app runs at most 24 per sweep"),
-    (dict(prune_percents=list(range(0, 96, 5))), "choose at most 14 pruning percentages"),
-    (dict(prune_percents=[0, 30, 60], n_prompts=200, quant_modes=["fp32", "bf16", "int8-weight"]),
-     "the app draws at most 1200 per sweep"),
-    (dict(study="layer-sensitivity", prune_percents=[0]), "needs a pruning percentage above 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_prompts=0), "prompts must be a whole number from 1 to 200"),
+        (dict(prune_percents=[]), "choose at least one pruning percentage"),
+        (
+            dict(
+                prune_percents=[0, 10, 20, 30, 40, 50, 60],
+                prune_methods=["l1-unstructured", "random-unstructured"],
+                quant_modes=["fp32", "int8-weight"],
+            ),
+            "the app runs at most 24 per sweep",
+        ),
+        (dict(prune_percents=list(range(0, 96, 5))), "choose at most 14 pruning percentages"),
+        (
+            dict(prune_percents=[0, 30, 60], n_prompts=200, quant_modes=["fp32", "bf16", "int8-weight"]),
+            "the app draws at most 1200 per sweep",
+        ),
+        (dict(study="layer-sensitivity", prune_percents=[0]), "needs a pruning percentage above 0"),
+    ],
+)
 def test_sweep_refuses_grids_over_the_limits(client, kwargs, message):
-    base = dict(model="tiny-shapes", prune_percents=[0, 30], prune_methods=["l1-unstructured"], quant_modes=["fp32"],
-                study="grid", n_prompts=4, steps=2, guidance=4, latency_repeats=0)
+    base = dict(
+        model="tiny-shapes",
+        prune_percents=[0, 30],
+        prune_methods=["l1-unstructured"],
+        quant_modes=["fp32"],
+        study="grid",
+        n_prompts=4,
+        steps=2,
+        guidance=4,
+        latency_repeats=0,
+    )
     with pytest.raises(ValidationError, match=message):
         client.predict(api_name="/sweep", **{**base, **kwargs})
 
@@ -291,8 +371,18 @@ def test_layer_sensitivity_grid_prunes_one_part_at_a_time(lab_app):
     import app_service as svc
 
     app, _ = lab_app
-    req = svc.parse_sweep(app.LAB, "tiny-shapes", [0, 50], ["l1-unstructured", "random-unstructured"],
-                          ["int8-weight"], "layer-sensitivity", 8, 20, 4.0, 3)
+    req = svc.parse_sweep(
+        app.LAB,
+        "tiny-shapes",
+        [0, 50],
+        ["l1-unstructured", "random-unstructured"],
+        ["int8-weight"],
+        "layer-sensitivity",
+        8,
+        20,
+        4.0,
+        3,
+    )
     assert req.layer_study and len(req.specs) == 1 + len(svc.LAYER_SCOPES)
     pruned = req.specs[1:]
     assert {s.prune_scope for s in pruned} == set(svc.LAYER_SCOPES)

@@ -39,8 +39,19 @@ def test_every_row_is_measured_against_the_same_runs_baseline(quick):
     rows = {r["key"]: r for r in block["rows"]}
     for key, r in rows.items():
         assert "error" not in r, r.get("error")
-        for field in ("compression_s", "cache_hit_ms", "bytes", "params", "macs", "step_ms", "step_ratio",
-                      "bytes_ratio", "params_ratio", "macs_ratio", "compression_over_step"):
+        for field in (
+            "compression_s",
+            "cache_hit_ms",
+            "bytes",
+            "params",
+            "macs",
+            "step_ms",
+            "step_ratio",
+            "bytes_ratio",
+            "params_ratio",
+            "macs_ratio",
+            "compression_over_step",
+        ):
             assert r[field] is not None, (key, field)
         assert r["bytes_ratio"] == pytest.approx(r["bytes"] / base["bytes"])
         assert r["step_ratio"] == pytest.approx(r["step_ms"] / r["paired_baseline_step_ms"])
@@ -73,12 +84,36 @@ def test_tables_and_frame_for_the_app(quick):
 
 def test_targets_are_judged_from_the_rows():
     rows = [
-        {"key": "fp32", "built": "baseline", "bytes": 100, "step_ratio": 1.0, "bytes_ratio": 1.0,
-         "compression_over_step": 0.0, "cache_hit_ms": 0.01, "peak_growth_over_compressed": None},
-        {"key": "int8-weight", "built": "layerwise", "bytes": 25, "bytes_ratio": 0.25, "step_ratio": 1.2,
-         "compression_over_step": 0.4, "cache_hit_ms": 0.02, "peak_growth_over_compressed": 1.1},
-        {"key": "bf16", "built": "layerwise", "bytes": 50, "bytes_ratio": 0.5, "step_ratio": 0.4,
-         "compression_over_step": 1.5, "cache_hit_ms": 0.02, "peak_growth_over_compressed": 1.0},
+        {
+            "key": "fp32",
+            "built": "baseline",
+            "bytes": 100,
+            "step_ratio": 1.0,
+            "bytes_ratio": 1.0,
+            "compression_over_step": 0.0,
+            "cache_hit_ms": 0.01,
+            "peak_growth_over_compressed": None,
+        },
+        {
+            "key": "int8-weight",
+            "built": "layerwise",
+            "bytes": 25,
+            "bytes_ratio": 0.25,
+            "step_ratio": 1.2,
+            "compression_over_step": 0.4,
+            "cache_hit_ms": 0.02,
+            "peak_growth_over_compressed": 1.1,
+        },
+        {
+            "key": "bf16",
+            "built": "layerwise",
+            "bytes": 50,
+            "bytes_ratio": 0.5,
+            "step_ratio": 0.4,
+            "compression_over_step": 1.5,
+            "cache_hit_ms": 0.02,
+            "peak_growth_over_compressed": 1.0,
+        },
     ]
     block = {"rows": rows, "structured": {"amount": 0.4, "params_removed": 0.3}}
     got = {t["target"]: t for t in bench.evaluate_targets(block)}

@@ -14,11 +14,40 @@ import pytest
 from compression import charts
 
 
-def _row(setting, amount, method, metric, value, reference="", unit="", n=200, ci=0.5, quant="fp32", scope="all",
-         higher=None, note=""):
-    return dict(model="tiny-shapes", setting=setting, prune_amount=amount, prune_method=method, prune_scope=scope,
-                quant_mode=quant, bits=None, metric=metric, reference=reference, value=value, ci_low=value - ci,
-                ci_high=value + ci, n=n, unit=unit, higher_is_better=higher, note=note, cell=setting)
+def _row(
+    setting,
+    amount,
+    method,
+    metric,
+    value,
+    reference="",
+    unit="",
+    n=200,
+    ci=0.5,
+    quant="fp32",
+    scope="all",
+    higher=None,
+    note="",
+):
+    return dict(
+        model="tiny-shapes",
+        setting=setting,
+        prune_amount=amount,
+        prune_method=method,
+        prune_scope=scope,
+        quant_mode=quant,
+        bits=None,
+        metric=metric,
+        reference=reference,
+        value=value,
+        ci_low=value - ci,
+        ci_high=value + ci,
+        n=n,
+        unit=unit,
+        higher_is_better=higher,
+        note=note,
+        cell=setting,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +67,28 @@ def table():
                 _row(s, a, method, "UNet size", 10.68, unit="MB", n=1, ci=0, higher=False),
                 _row(s, a, method, "sparsity", 100 * a, unit="%", n=1, ci=0),
             ]
-    rows.append(_row("int8 weights", 0.0, "l1-unstructured", "accuracy: all", 94, "prompt", "%", quant="int8-weight",
-                     higher=True))
-    rows.append(_row("int8 weights", 0.0, "l1-unstructured", "UNet size", 2.9, unit="MB", n=1, ci=0,
-                     quant="int8-weight", higher=False))
-    rows.append(dict(_row(charts.REAL_SETTING, math.nan, "", "accuracy: all", 100, "prompt", "%", higher=True),
-                     quant_mode=""))
+    rows.append(
+        _row(
+            "int8 weights", 0.0, "l1-unstructured", "accuracy: all", 94, "prompt", "%", quant="int8-weight", higher=True
+        )
+    )
+    rows.append(
+        _row(
+            "int8 weights",
+            0.0,
+            "l1-unstructured",
+            "UNet size",
+            2.9,
+            unit="MB",
+            n=1,
+            ci=0,
+            quant="int8-weight",
+            higher=False,
+        )
+    )
+    rows.append(
+        dict(_row(charts.REAL_SETTING, math.nan, "", "accuracy: all", 100, "prompt", "%", higher=True), quant_mode="")
+    )
     return pd.DataFrame(rows)
 
 
@@ -89,7 +134,13 @@ def test_pareto_front():
     cost = [1, 2, 3, 4, 2]
     quality = [1, 3, 2, 5, 3]
     assert charts.pareto_front(cost, quality).tolist() == [True, True, False, True, True]
-    assert charts.pareto_front(cost, quality, higher_quality_is_better=False).tolist() == [True, False, False, False, False]
+    assert charts.pareto_front(cost, quality, higher_quality_is_better=False).tolist() == [
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
     assert charts.pareto_front([1, float("nan")], [1, 2]).tolist() == [True, False]
 
 
@@ -104,8 +155,10 @@ def test_layer_sensitivity_bars_carry_the_share_of_weights():
     rows = [_row("baseline", 0.0, "l1-unstructured", "accuracy: all", 95, "prompt", "%", higher=True)]
     for scope, acc, share in (("down", 80, 10.8), ("up", 40, 28.6), ("projection", 93, 1.7)):
         s = f"L1 50% ({scope})"
-        rows += [_row(s, 0.5, "l1-unstructured", "accuracy: all", acc, "prompt", "%", scope=scope, higher=True),
-                 _row(s, 0.5, "l1-unstructured", "sparsity", share, unit="%", n=1, ci=0, scope=scope)]
+        rows += [
+            _row(s, 0.5, "l1-unstructured", "accuracy: all", acc, "prompt", "%", scope=scope, higher=True),
+            _row(s, 0.5, "l1-unstructured", "sparsity", share, unit="%", n=1, ci=0, scope=scope),
+        ]
     # A whole-UNet setting in the same table (scope "all") is not one of the parts: no bar for it.
     rows.append(_row("L1 50%", 0.5, "l1-unstructured", "accuracy: all", 60, "prompt", "%", higher=True))
     fig = charts.layer_sensitivity(pd.DataFrame(rows), "accuracy: all", "prompt")
@@ -115,14 +168,46 @@ def test_layer_sensitivity_bars_carry_the_share_of_weights():
 
 
 def test_history_charts_from_pair_rows():
-    rows = [dict(setting="L1 30%", prune_amount=0.3, prune_method="l1-unstructured", quant_mode="fp32", prompt="p",
-                 clip_baseline=30.0, clip_compressed=29.0, psnr_db=31.0, ssim=0.9, latency_baseline_ms=480.0,
-                 latency_ms=470.0, unet_mb_baseline=10.7, unet_mb=10.7, nonfinite=False),
-            dict(setting="int8 weights", prune_amount=0.0, prune_method="l1-unstructured", quant_mode="int8-weight",
-                 prompt="p", clip_baseline=30.0, clip_compressed=math.nan, psnr_db=math.nan, ssim=math.nan,
-                 latency_baseline_ms=480.0, latency_ms=900.0, unet_mb_baseline=10.7, unet_mb=2.9, nonfinite=True)]
+    rows = [
+        dict(
+            setting="L1 30%",
+            prune_amount=0.3,
+            prune_method="l1-unstructured",
+            quant_mode="fp32",
+            prompt="p",
+            clip_baseline=30.0,
+            clip_compressed=29.0,
+            psnr_db=31.0,
+            ssim=0.9,
+            latency_baseline_ms=480.0,
+            latency_ms=470.0,
+            unet_mb_baseline=10.7,
+            unet_mb=10.7,
+            nonfinite=False,
+        ),
+        dict(
+            setting="int8 weights",
+            prune_amount=0.0,
+            prune_method="l1-unstructured",
+            quant_mode="int8-weight",
+            prompt="p",
+            clip_baseline=30.0,
+            clip_compressed=math.nan,
+            psnr_db=math.nan,
+            ssim=math.nan,
+            latency_baseline_ms=480.0,
+            latency_ms=900.0,
+            unet_mb_baseline=10.7,
+            unet_mb=2.9,
+            nonfinite=True,
+        ),
+    ]
     cost = charts.history_cost(pd.DataFrame(rows))
-    assert {t.name for t in cost.data} >= {"baseline latency (ms)", "compressed latency (ms)", "compressed UNet size (MB)"}
+    assert {t.name for t in cost.data} >= {
+        "baseline latency (ms)",
+        "compressed latency (ms)",
+        "compressed UNet size (MB)",
+    }
     assert charts.MASKED_NOTE in _texts(cost) and "N=2" in cost.layout.title.text
     quality = charts.history_quality(pd.DataFrame(rows))
     assert "NaN/inf" in _texts(quality) and quality.layout.yaxis.title.text == "CLIP score (0-100)"
@@ -149,16 +234,22 @@ def test_axis_titles():
 def test_save_png_renders_offline(table, tmp_path):
     from PIL import Image
 
-    path = charts.save_png(charts.quality_vs_pruning(table, "accuracy: all", "prompt"), tmp_path / "f.png", width=600,
-                           height=400)
+    path = charts.save_png(
+        charts.quality_vs_pruning(table, "accuracy: all", "prompt"), tmp_path / "f.png", width=600, height=400
+    )
     image = Image.open(path).convert("L")
     assert image.size == (616, 416) and np.asarray(image).std() > 5  # a drawn chart, not a blank page
 
 
 def test_quality_by_mode_groups_bars_by_pruning(table):
     fig = charts.quality_by_mode(table, "accuracy: all", "prompt")
-    assert [t.name.split(" (")[0] for t in fig.data] == ["no pruning", "l1-unstructured 30%", "random-unstructured 30%",
-                                                        "l1-unstructured 60%", "random-unstructured 60%"]
+    assert [t.name.split(" (")[0] for t in fig.data] == [
+        "no pruning",
+        "l1-unstructured 30%",
+        "random-unstructured 30%",
+        "l1-unstructured 60%",
+        "random-unstructured 60%",
+    ]
     assert list(fig.data[0].x) == ["fp32", "int8-weight"] and fig.data[0].y[1] == 94
     assert "real images: 100" in _texts(fig) and "%" in fig.layout.yaxis.title.text
 
@@ -166,7 +257,18 @@ def test_quality_by_mode_groups_bars_by_pruning(table):
 def test_layer_sensitivity_labels_name_the_amount_when_a_study_has_several():
     rows = [_row("baseline", 0.0, "l1-unstructured", "accuracy: all", 95, "prompt", "%", higher=True)]
     for amount, acc in ((0.3, 90), (0.6, 70)):
-        rows.append(_row(f"L1 {amount:.0%} (up)", amount, "l1-unstructured", "accuracy: all", acc, "prompt", "%",
-                         scope="up", higher=True))
+        rows.append(
+            _row(
+                f"L1 {amount:.0%} (up)",
+                amount,
+                "l1-unstructured",
+                "accuracy: all",
+                acc,
+                "prompt",
+                "%",
+                scope="up",
+                higher=True,
+            )
+        )
     fig = charts.layer_sensitivity(pd.DataFrame(rows), "accuracy: all", "prompt")
     assert list(fig.data[0].y) == ["up at 60%", "up at 30%"]

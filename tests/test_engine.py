@@ -8,12 +8,10 @@ import weakref
 
 import numpy as np
 import pytest
-import torch
 from conftest import PROMPT, STEPS
 from torch import nn
 
-from compression import CompressionSpec, Engine, state_dict_digest
-from compression import quantization
+from compression import CompressionSpec, Engine, quantization, state_dict_digest
 from compression.quantization import QuantMode
 
 SPECS = [

@@ -24,7 +24,11 @@ from compression.export import (
 from compression.quantization import available_quant_modes
 
 SAMPLE = {"prompt": "a red circle on the left on a white background", "seed": 3, "steps": 3, "guidance": 5.0}
-PRUNINGS = {"none": (0.0, "l1-unstructured"), "l1": (0.3, "l1-unstructured"), "channels": (0.33, "l1-structured-channels")}
+PRUNINGS = {
+    "none": (0.0, "l1-unstructured"),
+    "l1": (0.3, "l1-unstructured"),
+    "channels": (0.33, "l1-structured-channels"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +43,14 @@ def _spec(mode: str, pruning: str) -> CompressionSpec:
 
 
 def _draw(pipe, sample: dict):
-    return pipe(sample["prompt"], generator=torch.Generator("cpu").manual_seed(sample["seed"]),
-                num_inference_steps=sample["steps"], guidance_scale=sample["guidance"], height=sample["height"],
-                width=sample["width"]).images[0]
+    return pipe(
+        sample["prompt"],
+        generator=torch.Generator("cpu").manual_seed(sample["seed"]),
+        num_inference_steps=sample["steps"],
+        guidance_scale=sample["guidance"],
+        height=sample["height"],
+        width=sample["width"],
+    ).images[0]
 
 
 def _data_bytes(path) -> int:
@@ -52,8 +61,9 @@ def _data_bytes(path) -> int:
 
 @pytest.fixture(scope="module")
 def l1_int8_bundle(engine, tmp_path_factory):
-    return save_compressed(tmp_path_factory.mktemp("b") / "l1-int8", _spec("int8-weight", "l1"), engine=engine,
-                           sample=SAMPLE, sparse=True)
+    return save_compressed(
+        tmp_path_factory.mktemp("b") / "l1-int8", _spec("int8-weight", "l1"), engine=engine, sample=SAMPLE, sparse=True
+    )
 
 
 @pytest.mark.parametrize("pruning", list(PRUNINGS))
@@ -69,8 +79,10 @@ def test_round_trip_gives_the_labs_pixels(engine, tmp_path, mode, pruning):
     # The tensors on disk are exactly the bytes the lab reports; the rest is safetensors' JSON header.
     file = result.folder / WEIGHTS
     assert _data_bytes(file) == result.reported_bytes == lab.compressed_cost.bytes
-    print(f"\n{spec.label}: file {file.stat().st_size / result.reported_bytes:.4f}x the reported bytes, "
-          f"{file.stat().st_size / result.manifest['measured']['baseline_bytes']:.3f}x the fp32 UNet")
+    print(
+        f"\n{spec.label}: file {file.stat().st_size / result.reported_bytes:.4f}x the reported bytes, "
+        f"{file.stat().st_size / result.manifest['measured']['baseline_bytes']:.3f}x the fp32 UNet"
+    )
 
 
 def test_baseline_is_not_touched_and_card_is_hub_format(engine, l1_int8_bundle):
@@ -79,8 +91,13 @@ def test_baseline_is_not_touched_and_card_is_hub_format(engine, l1_int8_bundle):
     assert state_dict_digest(engine.pipeline.unet) == l1_int8_bundle.manifest["base_model"]["unet_digest"]
     card = (l1_int8_bundle.folder / "README.md").read_text()
     head = card.split("---")[1]
-    for line in ("base_model: tiny-shapes", "library_name: diffusers", "pipeline_tag: text-to-image", "- pruning",
-                 "- quantization"):
+    for line in (
+        "base_model: tiny-shapes",
+        "library_name: diffusers",
+        "pipeline_tag: text-to-image",
+        "- pruning",
+        "- quantization",
+    ):
         assert line in head
     assert "| UNet bytes (in memory) |" in card and "comparison.png" in card
     assert (l1_int8_bundle.folder / "comparison.png").is_file()
@@ -165,12 +182,15 @@ def test_recipe_round_trip_and_errors():
         parse_recipe({**recipe, "spec": {"prune_amount": 2.0}})
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--prune", "300"], "--prune/100 must be from 0.0"),
-    (["--quant", "int9"], "invalid choice"),
-    (["--quant", "int8-weight", "--bits", "4"], "bits applies only"),
-    (["--model", "nope"], "unknown model"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prune", "300"], "--prune/100 must be from 0.0"),
+        (["--quant", "int9"], "invalid choice"),
+        (["--quant", "int8-weight", "--bits", "4"], "bits applies only"),
+        (["--model", "nope"], "unknown model"),
+    ],
+)
 def test_cli_rejects_bad_input(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--out", str(tmp_path / "b")])
@@ -194,11 +214,16 @@ def test_measure_export_ratios_and_time(engine, tmp_path):
     fp32 = save_compressed(tmp_path / "fp32", CompressionSpec(), engine=engine)
     base = (fp32.folder / WEIGHTS).stat().st_size
     lines = []
-    for name, spec in (("int8-weight", _spec("int8-weight", "none")), ("int4-weight", _spec("int4-weight", "none")),
-                       ("channels 33%", _spec("fp32", "channels"))):
+    for name, spec in (
+        ("int8-weight", _spec("int8-weight", "none")),
+        ("int4-weight", _spec("int4-weight", "none")),
+        ("channels 33%", _spec("fp32", "channels")),
+    ):
         r = save_compressed(tmp_path / name.replace(" ", "_"), spec, engine=engine)
-        lines.append(f"{name}: {(r.folder / WEIGHTS).stat().st_size / base:.3f}x the fp32 UNet file, "
-                     f"written in {r.seconds:.2f} s")
+        lines.append(
+            f"{name}: {(r.folder / WEIGHTS).stat().st_size / base:.3f}x the fp32 UNet file, "
+            f"written in {r.seconds:.2f} s"
+        )
     print("\n" + "\n".join(lines))
 
 
@@ -215,9 +240,21 @@ def test_export_endpoint_gives_a_bundle_that_reloads_to_the_api_image(lab_app, e
 
     _, url = lab_app
     client = Client(url, verbose=False)
-    args = dict(prompt=SAMPLE["prompt"], negative_prompt="", seed=5, steps=3, guidance=5.0, model="tiny-shapes",
-                prune_percent=30, prune_method="l1-unstructured", prune_scope="all", quant_mode="int8-weight",
-                bits=4, height=0, width=0)
+    args = dict(
+        prompt=SAMPLE["prompt"],
+        negative_prompt="",
+        seed=5,
+        steps=3,
+        guidance=5.0,
+        model="tiny-shapes",
+        prune_percent=30,
+        prune_method="l1-unstructured",
+        prune_scope="all",
+        quant_mode="int8-weight",
+        bits=4,
+        height=0,
+        width=0,
+    )
     file, note = client.predict(api_name="/export", **args)
     assert "ready" in note and "L1 30% + int8 weights" in note
     with zipfile.ZipFile(file) as z:
@@ -232,8 +269,22 @@ def test_export_refused_above_the_limit(lab_app, monkeypatch):
     import app_service as svc
 
     monkeypatch.setattr(svc, "EXPORT_MAX_BYTES", 1000)
-    req = svc.parse_compare(lab_app[0].LAB, SAMPLE["prompt"], "", 0, 2, 5.0, "tiny-shapes", 0, "l1-unstructured",
-                            "all", "int8-weight", 4, None, None)
+    req = svc.parse_compare(
+        lab_app[0].LAB,
+        SAMPLE["prompt"],
+        "",
+        0,
+        2,
+        5.0,
+        "tiny-shapes",
+        0,
+        "l1-unstructured",
+        "all",
+        "int8-weight",
+        4,
+        None,
+        None,
+    )
     with pytest.raises(svc.RequestError, match="limited to"):
         svc.export_bundle(lab_app[0].LAB, req)
 
@@ -243,11 +294,31 @@ def test_shared_link_values_are_checked_like_api_input(lab_app):
 
     import app_service as svc
 
-    current = dict(prompt="a blue square", seed=42, steps=20, guidance=4.0, model="tiny-shapes", prune_percent=30,
-                   prune_method="l1-unstructured", prune_scope="all", quant_mode="fp32", bits=4)
-    values, notes = svc.parse_share_query(lab_app[0].LAB, {"seed": "7", "steps": "5000", "quant_mode": "int9",
-                                                           "guidance": "nan", "prune_percent": "abc",
-                                                           "evil": "<b>", "prompt": "a red circle"}, current)
+    current = dict(
+        prompt="a blue square",
+        seed=42,
+        steps=20,
+        guidance=4.0,
+        model="tiny-shapes",
+        prune_percent=30,
+        prune_method="l1-unstructured",
+        prune_scope="all",
+        quant_mode="fp32",
+        bits=4,
+    )
+    values, notes = svc.parse_share_query(
+        lab_app[0].LAB,
+        {
+            "seed": "7",
+            "steps": "5000",
+            "quant_mode": "int9",
+            "guidance": "nan",
+            "prune_percent": "abc",
+            "evil": "<b>",
+            "prompt": "a red circle",
+        },
+        current,
+    )
     assert values == {"seed": 7, "prompt": "a red circle"}
     assert len(notes) == 5 and any("steps" in n for n in notes) and any("unknown" in n for n in notes)
     query = svc.share_query({**current, **values})
@@ -269,8 +340,9 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(exe), headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        b = p.chromium.launch(
+            executable_path=str(exe), headless=True, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
         try:
             yield b
         finally:
@@ -284,8 +356,10 @@ def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
 
     _, url = lab_app
     page = chromium.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(url + "?prompt=a+blue+square+on+the+right&seed=7&prune_percent=45&quant_mode=int8-weight"
-              "&steps=5000&prune_scope=nowhere")
+    page.goto(
+        url + "?prompt=a+blue+square+on+the+right&seed=7&prune_percent=45&quant_mode=int8-weight"
+        "&steps=5000&prune_scope=nowhere"
+    )
     page.wait_for_selector("#generate", timeout=30_000)
     note = page.locator("#take-note")
     note.get_by_text("steps").wait_for(timeout=20_000)
@@ -306,9 +380,21 @@ def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
     img.wait_for(timeout=10_000)
     shown = Image.open(BytesIO(page.request.get(img.get_attribute("src")).body()))
     out = Client(url, verbose=False).predict(
-        api_name="/compare", prompt="a blue square on the right", negative_prompt="", seed=7, steps=steps,
-        guidance=guidance, model="tiny-shapes", prune_percent=45, prune_method="l1-unstructured", prune_scope="all",
-        quant_mode="int8-weight", bits=4, height=0, width=0)
+        api_name="/compare",
+        prompt="a blue square on the right",
+        negative_prompt="",
+        seed=7,
+        steps=steps,
+        guidance=guidance,
+        model="tiny-shapes",
+        prune_percent=45,
+        prune_method="l1-unstructured",
+        prune_scope="all",
+        quant_mode="int8-weight",
+        bits=4,
+        height=0,
+        width=0,
+    )
     assert image_sha256(shown) == out[9]["compressed_sha256"]
     page.click("#copy-link")
     box = page.locator("#share-url textarea")

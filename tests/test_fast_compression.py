@@ -16,11 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROMPT, STEPS, rel_err, unet_out
+from conftest import rel_err, unet_out
 from torch import nn
 
-from compression import CompressionSpec, Engine, apply_pruning_, apply_quantization_, module_cost, pruning
-from compression import state_dict_digest
+from compression import (
+    CompressionSpec,
+    Engine,
+    apply_pruning_,
+    apply_quantization_,
+    module_cost,
+    pruning,
+    state_dict_digest,
+)
 from compression.engine import build_compressed, layerwise_supported
 from compression.metrics import psnr
 from compression.quantization import QUANT_MODES
@@ -56,17 +63,27 @@ def test_layerwise_build_equals_the_in_place_path(tiny_pipe, unet_inputs, method
     assert torch.equal(unet_out(built, unet_inputs), unet_out(reference, unet_inputs))
     assert module_cost(built) == module_cost(reference)
     measured = apply_pruning_(copy.deepcopy(tiny_pipe.unet), method, 0.4)
-    assert (report.zeros, report.weights, report.params_after) == (measured.zeros, measured.weights,
-                                                                   measured.params_after)
+    assert (report.zeros, report.weights, report.params_after) == (
+        measured.zeros,
+        measured.weights,
+        measured.params_after,
+    )
 
 
 def test_layerwise_copy_shares_no_memory_with_the_baseline(tiny_pipe):
     owned = {t.untyped_storage().data_ptr() for t in tiny_pipe.unet.state_dict().values()}
-    for spec in (CompressionSpec(quant_mode="int8-weight"), CompressionSpec(0.3), CompressionSpec(0.3, "l1-structured-channels")):
+    for spec in (
+        CompressionSpec(quant_mode="int8-weight"),
+        CompressionSpec(0.3),
+        CompressionSpec(0.3, "l1-structured-channels"),
+    ):
         built, _ = build_compressed(tiny_pipe.unet, spec)
         for t in built.state_dict().values():
-            inner = [getattr(t, n) for n in t.__tensor_flatten__()[0]] if hasattr(t, "__tensor_flatten__") and \
-                type(t) is not torch.Tensor else [t]
+            inner = (
+                [getattr(t, n) for n in t.__tensor_flatten__()[0]]
+                if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor
+                else [t]
+            )
             assert all(i.untyped_storage().data_ptr() not in owned for i in inner if isinstance(i, torch.Tensor))
 
 
@@ -91,8 +108,9 @@ def test_fast_int4_is_bit_identical_to_quanto():
     from optimum.quanto import freeze, qint4, quantize
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(384, 96), nn.Conv2d(64, 33, 3), nn.Linear(40, 8), nn.Linear(128, 3),
-                          nn.Linear(320, 5))
+    model = nn.Sequential(
+        nn.Linear(384, 96), nn.Conv2d(64, 33, 3), nn.Linear(40, 8), nn.Linear(128, 3), nn.Linear(320, 5)
+    )
     ours = apply_quantization_(copy.deepcopy(model), "int4-weight")
     theirs = copy.deepcopy(model)
     quantize(theirs, weights=qint4)
@@ -158,9 +176,14 @@ def _vm(key: str) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to read peak memory")
-@pytest.mark.parametrize("spec, size_ratio", [(CompressionSpec(quant_mode="int8-weight"), 0.25),
-                                              (CompressionSpec(0.3, quant_mode="int8-weight"), 0.25),
-                                              (CompressionSpec(0.5, "l1-structured-channels"), 0.5)])
+@pytest.mark.parametrize(
+    "spec, size_ratio",
+    [
+        (CompressionSpec(quant_mode="int8-weight"), 0.25),
+        (CompressionSpec(0.3, quant_mode="int8-weight"), 0.25),
+        (CompressionSpec(0.5, "l1-structured-channels"), 0.5),
+    ],
+)
 def test_peak_memory_is_about_the_result_not_a_second_float_copy(spec, size_ratio):
     """A 256 MiB stack of 16 MiB layers compressed layer by layer: peak growth is the compressed size plus a few
     layers' temporaries (a deep copy first would add the full 256 MiB)."""
@@ -205,12 +228,15 @@ def embedded_engine():
     return Engine(pipe, info.name)  # one engine: the baseline images are drawn once and cached
 
 
-@pytest.mark.parametrize("mode, min_psnr, max_bytes", [("int8-weight", 40.0, 0.27), ("bf16+int8-weight", 40.0, 0.27),
-                                                        ("int4-weight", 30.0, 0.16)])
+@pytest.mark.parametrize(
+    "mode, min_psnr, max_bytes",
+    [("int8-weight", 40.0, 0.27), ("bf16+int8-weight", 40.0, 0.27), ("int4-weight", 30.0, 0.16)],
+)
 def test_whole_unet_int_weights_stay_close_on_the_embedded_model(embedded_engine, mode, min_psnr, max_bytes):
     scores = []
-    for seed, prompt in enumerate(["a red circle on the left on a white background",
-                                   "a blue square at the top on a black background"]):
+    for seed, prompt in enumerate(
+        ["a red circle on the left on a white background", "a blue square at the top on a black background"]
+    ):
         r = embedded_engine.generate_pair(prompt, seed, 10, 4.0, CompressionSpec(quant_mode=mode))
         assert not r.compressed_nonfinite
         scores.append(float(psnr(np.asarray(r.baseline_image)[None], np.asarray(r.compressed_image)[None])[0]))

@@ -32,22 +32,30 @@ from dataclasses import dataclass, field
 import pytest
 from gradio_client import Client
 from gradio_client.utils import Status
+from reliability_tools import GUIDANCE, STEPS, Watcher, digests, redraw, redraw_baseline, rss_bytes
 
 from compression import SCOPES, CompressionSpec, get_pruner
 from compression.quantization import QUANT_MODES
-from reliability_tools import GUIDANCE, STEPS, Watcher, digests, redraw, redraw_baseline, rss_bytes
 
-pytestmark = [pytest.mark.load,
-              pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*",
-                                         "ignore:.*:Warning:gradio.queueing",
-                                         # gc.get_objects() meets torch's deprecated module attribute
-                                         "ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning")]
+pytestmark = [
+    pytest.mark.load,
+    pytest.mark.filterwarnings(
+        "ignore::DeprecationWarning:gradio.*",
+        "ignore::FutureWarning:gradio.*",
+        "ignore:.*:Warning:gradio.queueing",
+        # gc.get_objects() meets torch's deprecated module attribute
+        "ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning",
+    ),
+]
 
 CLIENTS = 8
 PER_CLIENT = 25  # 14 random + 10 repeated + 1 sweep
 RANDOM_PER_CLIENT, REPEATED_PER_CLIENT = 14, 10
-PROMPTS = ["a red circle on the left on a blue background", "a yellow triangle at the top on a black background",
-           "a green square in the center on a white background"]
+PROMPTS = [
+    "a red circle on the left on a blue background",
+    "a yellow triangle at the top on a black background",
+    "a green square in the center on a white background",
+]
 SEEDS = [0, 1, 2, 3]
 REPEATED = [  # (prompt, seed, spec): drawn again and again by every session
     (PROMPTS[0], 0, CompressionSpec(0.3)),
@@ -64,13 +72,27 @@ DETAILS = 9
 
 
 def spec_args(spec: CompressionSpec) -> dict:
-    return dict(prune_percent=round(spec.prune_amount * 100, 4), prune_method=spec.prune_method,
-                prune_scope=spec.prune_scope, quant_mode=spec.quant_mode, bits=spec.bits or 4)
+    return dict(
+        prune_percent=round(spec.prune_amount * 100, 4),
+        prune_method=spec.prune_method,
+        prune_scope=spec.prune_scope,
+        quant_mode=spec.quant_mode,
+        bits=spec.bits or 4,
+    )
 
 
 def sweep_args(percents) -> dict:
-    return dict(model="tiny-shapes", prune_percents=percents, prune_methods=["l1-unstructured"], quant_modes=["fp32"],
-                study="grid", n_prompts=2, steps=STEPS, guidance=GUIDANCE, latency_repeats=0)
+    return dict(
+        model="tiny-shapes",
+        prune_percents=percents,
+        prune_methods=["l1-unstructured"],
+        quant_modes=["fp32"],
+        study="grid",
+        n_prompts=2,
+        steps=STEPS,
+        guidance=GUIDANCE,
+        latency_repeats=0,
+    )
 
 
 @dataclass
@@ -124,12 +146,15 @@ def structured_scopes(unet, method: str) -> list[str]:
     return out
 
 
-def random_spec(rng: random.Random, pruners: list[str], modes: list[str], scopes: dict[str, list[str]]) -> CompressionSpec:
+def random_spec(
+    rng: random.Random, pruners: list[str], modes: list[str], scopes: dict[str, list[str]]
+) -> CompressionSpec:
     method = rng.choice(pruners)
     mode = rng.choice(modes)
     amount = rng.choice([0, rng.randint(1, 95)]) / 100
-    return CompressionSpec(amount, method, rng.choice(scopes[method]), mode,
-                           rng.randint(2, 8) if QUANT_MODES[mode].uses_bits else None)
+    return CompressionSpec(
+        amount, method, rng.choice(scopes[method]), mode, rng.randint(2, 8) if QUANT_MODES[mode].uses_bits else None
+    )
 
 
 def plan_for(client_index: int, pruners, modes, scopes) -> list[Answer]:
@@ -137,7 +162,9 @@ def plan_for(client_index: int, pruners, modes, scopes) -> list[Answer]:
     work = []
     for _ in range(RANDOM_PER_CLIENT):
         spec = random_spec(rng, pruners, modes, scopes)
-        req = dict(prompt=rng.choice(PROMPTS), seed=rng.choice(SEEDS), steps=STEPS, guidance=GUIDANCE, **spec_args(spec))
+        req = dict(
+            prompt=rng.choice(PROMPTS), seed=rng.choice(SEEDS), steps=STEPS, guidance=GUIDANCE, **spec_args(spec)
+        )
         work.append(Answer("random", req, spec))
     for k in range(REPEATED_PER_CLIENT):
         prompt, seed, spec = REPEATED[k % len(REPEATED)]
@@ -206,8 +233,15 @@ def load_run(lab_app) -> LoadRun:
         warm = Client(url, verbose=False, download_files=False)
         for i in range(max(len(pruners), len(modes))):
             m, q = pruners[i % len(pruners)], modes[i % len(modes)]
-            warm.predict(api_name="/compare", prompt=PROMPTS[0], steps=1, prune_percent=40, prune_method=m,
-                         prune_scope=scopes[m][0], quant_mode=q)
+            warm.predict(
+                api_name="/compare",
+                prompt=PROMPTS[0],
+                steps=1,
+                prune_percent=40,
+                prune_method=m,
+                prune_scope=scopes[m][0],
+                quant_mode=q,
+            )
         for percents in SWEEPS:
             warm.predict(api_name="/sweep", **sweep_args(percents))
         warm.close()
@@ -230,11 +264,28 @@ def load_run(lab_app) -> LoadRun:
         rss_after, objects_after = rss_bytes(), live_images()
     finally:
         engine.compress = real_compress
-    print(f"load: {CLIENTS} x {PER_CLIENT} requests in {seconds:.1f} s; RSS {rss_level / 2**20:.0f} -> "
-          f"{rss_after / 2**20:.0f} MB; largest UNet {biggest[0] / 2**20:.1f} MB; {len(built)} UNets built")
-    return LoadRun([a for p in plans for a in p], seconds, base_before, redraw_baseline(pipe), watcher.drawn,
-                   digests_before, digests(pipe), baseline_refs, compressed_refs, rss_level, rss_after, objects_level,
-                   objects_after, biggest[0], built, {id(e.unet) for e in engine._unets.values()})
+    print(
+        f"load: {CLIENTS} x {PER_CLIENT} requests in {seconds:.1f} s; RSS {rss_level / 2**20:.0f} -> "
+        f"{rss_after / 2**20:.0f} MB; largest UNet {biggest[0] / 2**20:.1f} MB; {len(built)} UNets built"
+    )
+    return LoadRun(
+        [a for p in plans for a in p],
+        seconds,
+        base_before,
+        redraw_baseline(pipe),
+        watcher.drawn,
+        digests_before,
+        digests(pipe),
+        baseline_refs,
+        compressed_refs,
+        rss_level,
+        rss_after,
+        objects_level,
+        objects_after,
+        biggest[0],
+        built,
+        {id(e.unet) for e in engine._unets.values()},
+    )
 
 
 def test_no_failures_and_bounded_time(load_run):
@@ -261,13 +312,14 @@ def test_each_answer_is_its_own_requests(load_run):
         req = a.request
         checks = {
             "spec": d["spec"] == a.expected.to_dict(),
-            "settings": (d["prompt"], d["seed"], d["steps"], d["guidance"]) == (req["prompt"], req["seed"], STEPS,
-                                                                                 GUIDANCE),
+            "settings": (d["prompt"], d["seed"], d["steps"], d["guidance"])
+            == (req["prompt"], req["seed"], STEPS, GUIDANCE),
             "baseline": d["baseline_sha256"] == load_run.baseline_refs[(req["prompt"], req["seed"])],
         }
         if a.kind == "repeated":
-            i = next(k for k, (p, s, spec) in enumerate(REPEATED) if (p, s, spec) == (req["prompt"], req["seed"],
-                                                                                       a.expected))
+            i = next(
+                k for k, (p, s, spec) in enumerate(REPEATED) if (p, s, spec) == (req["prompt"], req["seed"], a.expected)
+            )
             checks["compressed"] = d["compressed_sha256"] == load_run.compressed_refs[i]
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -296,8 +348,10 @@ def test_memory_stays_bounded_and_evicted_unets_are_freed(load_run, lab_app):
     engine = app.LAB.get("tiny-shapes").engine
     grown = load_run.rss_after - load_run.rss_level
     bound = (engine.cache_size + 1) * load_run.biggest_unet + MEMORY_MARGIN
-    assert grown <= bound, (f"RSS grew {grown / 2**20:.1f} MB over the load; bound {bound / 2**20:.1f} MB = "
-                            f"({engine.cache_size} + 1) x {load_run.biggest_unet / 2**20:.1f} MB + 192 MB")
+    assert grown <= bound, (
+        f"RSS grew {grown / 2**20:.1f} MB over the load; bound {bound / 2**20:.1f} MB = "
+        f"({engine.cache_size} + 1) x {load_run.biggest_unet / 2**20:.1f} MB + 192 MB"
+    )
     # The baseline cache may fill up during the load (64 images); no other image may stay alive per request.
     images = load_run.objects_after - load_run.objects_level
     assert images <= engine.baseline_cache_size, f"{images} more PIL images alive after the load"

@@ -15,8 +15,13 @@ from compression.models import REPO_ROOT, check_local_folder, default_dtype
 
 
 def _draw(pipe) -> np.ndarray:
-    return pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=5.0, output_type="np",
-                generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    return pipe(
+        PROMPT,
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(0),
+    ).images[0]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +111,10 @@ def test_dtype_policy():
     assert default_dtype("cuda") == torch.float16
 
 
-@pytest.mark.skipif(not (REPO_ROOT / "assets" / "tiny-shapes-sd" / "model_index.json").exists(),
-                    reason="the embedded tiny-shapes model has not been trained into assets/ yet")
+@pytest.mark.skipif(
+    not (REPO_ROOT / "assets" / "tiny-shapes-sd" / "model_index.json").exists(),
+    reason="the embedded tiny-shapes model has not been trained into assets/ yet",
+)
 def test_embedded_model_loads_offline_and_draws():
     pipe, info = load_pipeline("tiny-shapes", device="cpu")
     assert info.name == "tiny-shapes" and pipe.safety_checker is None

@@ -11,8 +11,7 @@ import torch
 from conftest import rel_err, unet_out
 from torch import nn
 
-from compression import PRUNERS, SCOPES, apply_pruning_, available_pruners, scope_layers, state_dict_digest
-from compression import pruning
+from compression import PRUNERS, SCOPES, apply_pruning_, available_pruners, pruning, scope_layers, state_dict_digest
 
 AMOUNTS = [0.1, 0.3, 0.5, 0.9]
 TOLERANCE = 0.005  # 0.5 percentage points

@@ -102,8 +102,9 @@ def test_simulated_int_rounds_to_n_bit_grid(tiny_pipe, unet_inputs, reference, b
 
 def test_simulated_error_shrinks_with_bits(tiny_pipe, unet_inputs, reference):
     errors = [
-        rel_err(unet_out(apply_quantization_(copy.deepcopy(tiny_pipe.unet), "simulated-int", b), unet_inputs),
-                reference[0])
+        rel_err(
+            unet_out(apply_quantization_(copy.deepcopy(tiny_pipe.unet), "simulated-int", b), unet_inputs), reference[0]
+        )
         for b in (2, 4, 8)
     ]
     assert errors[0] > errors[1] > errors[2], errors

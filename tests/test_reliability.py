@@ -38,14 +38,15 @@ import pytest
 import torch
 from gradio_client import Client
 from PIL import Image
+from reliability_tools import GUIDANCE, PROMPT, STEPS, Watcher, digests, pixels_sha256, redraw_baseline
 
 from compression import CompressionSpec, Engine, available_pruners, available_quant_modes
 from compression.models import load_pipeline
 from compression.quantization import QUANT_MODES
-from reliability_tools import GUIDANCE, PROMPT, STEPS, Watcher, digests, pixels_sha256, redraw_baseline
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*",
-                                        "ignore:.*:Warning:gradio.queueing")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*", "ignore:.*:Warning:gradio.queueing"
+)
 
 DETAILS = 9  # index of the details JSON among /compare's outputs
 
@@ -54,11 +55,16 @@ def every_path_specs() -> list[CompressionSpec]:
     """A spec per pruning method and per quantization mode available on this device, plus scoped ones:
     every way the engine builds a compressed UNet (layer by layer, deep copy, structured) is taken."""
     specs = [CompressionSpec(0.5, m) for m in available_pruners("cpu")]
-    specs += [CompressionSpec(0.3, quant_mode=q, bits=3 if QUANT_MODES[q].uses_bits else None)
-              for q in available_quant_modes("cpu") if q != "fp32"]
-    specs += [CompressionSpec(0.95, "l1-unstructured", "attention", "simulated-int", 2),
-              CompressionSpec(0.6, "random-unstructured", "no-io", "int8-weight"),
-              CompressionSpec(0.4, "l1-unstructured-layer", "up", "bf16")]
+    specs += [
+        CompressionSpec(0.3, quant_mode=q, bits=3 if QUANT_MODES[q].uses_bits else None)
+        for q in available_quant_modes("cpu")
+        if q != "fp32"
+    ]
+    specs += [
+        CompressionSpec(0.95, "l1-unstructured", "attention", "simulated-int", 2),
+        CompressionSpec(0.6, "random-unstructured", "no-io", "int8-weight"),
+        CompressionSpec(0.4, "l1-unstructured-layer", "up", "bf16"),
+    ]
     return list(dict.fromkeys(specs))
 
 
@@ -145,8 +151,7 @@ def test_engine_storm_never_changes_the_baseline_or_another_request(app_model):
         for i, spec in items:
             try:
                 r = shared.generate_pair(PROMPT, i, STEPS, GUIDANCE, spec)
-                results.append((spec, pixels_sha256(r.baseline_image), pixels_sha256(r.compressed_image),
-                                r.spec))
+                results.append((spec, pixels_sha256(r.baseline_image), pixels_sha256(r.compressed_image), r.spec))
             except Exception as err:  # noqa: BLE001 - reported below with the spec
                 errors.append((spec.label, repr(err)))
 
@@ -185,9 +190,20 @@ def test_sweep_streams_batches_and_keeps_baseline_images_on_disk(app_model, tmp_
     monkeypatch.setattr(engine, "generate_batch", tracked)
     prompts = load_prompts("tiny-shapes")[:12]
     # samples_per_cell=2: the report's sample strip keeps views of one batch (8 would pin the first 4 batches of 2)
-    res = run_sweep(engine, [CompressionSpec(), CompressionSpec(0.5)], prompts, steps=1, guidance=GUIDANCE,
-                    metric_set=app_model.metric_set, out_dir=tmp_path, batch_size=2, latency_repeats=0, n_boot=20,
-                    show_bar=False, samples_per_cell=2)
+    res = run_sweep(
+        engine,
+        [CompressionSpec(), CompressionSpec(0.5)],
+        prompts,
+        steps=1,
+        guidance=GUIDANCE,
+        metric_set=app_model.metric_set,
+        out_dir=tmp_path,
+        batch_size=2,
+        latency_repeats=0,
+        n_boot=20,
+        show_bar=False,
+        samples_per_cell=2,
+    )
     assert len(batches) == 12  # 6 baseline batches + 6 of the pruned setting
     assert most_alive[0] <= 2, f"{most_alive[0]} earlier batches of images were still held (of {len(batches)})"
     stored = list((tmp_path / "cache").glob("*/baseline.npy"))
@@ -224,8 +240,18 @@ def test_two_sweeps_of_one_model_take_turns_and_each_gets_its_own_report(lab_app
 
     def run(label, percents):
         try:
-            outputs[label] = app.sweep("tiny-shapes", percents, ["l1-unstructured"], ["fp32"], "grid", 2, 1, GUIDANCE,
-                                       0, progress=lambda *a, **k: None)
+            outputs[label] = app.sweep(
+                "tiny-shapes",
+                percents,
+                ["l1-unstructured"],
+                ["fp32"],
+                "grid",
+                2,
+                1,
+                GUIDANCE,
+                0,
+                progress=lambda *a, **k: None,
+            )
         except Exception as err:  # noqa: BLE001
             errors.append(repr(err))
 
@@ -265,9 +291,15 @@ def overflowing_model(lab_app, app_model, monkeypatch):
         k = 1e6 / float(unet.conv_in(latents).abs().max())
         unet.conv_in.weight.mul_(k)
         unet.conv_in.bias.mul_(k)
-    hot = svc.LoadedModel(app_model.name, Engine(pipe, app_model.name, cache_size=1),
-                          Engine(pipe, app_model.name, cache_size=1, baseline_cache_size=0), app_model.metric_set,
-                          app_model.native, app_model.device, "overflow-" + app_model.fingerprint)
+    hot = svc.LoadedModel(
+        app_model.name,
+        Engine(pipe, app_model.name, cache_size=1),
+        Engine(pipe, app_model.name, cache_size=1, baseline_cache_size=0),
+        app_model.metric_set,
+        app_model.native,
+        app_model.device,
+        "overflow-" + app_model.fingerprint,
+    )
     monkeypatch.setitem(app.LAB._models, app_model.name, hot)
     monkeypatch.setitem(QUANT_MODES, "fp16", dataclasses.replace(QUANT_MODES["fp16"], check=lambda d: (True, "")))
     yield hot
@@ -276,11 +308,11 @@ def overflowing_model(lab_app, app_model, monkeypatch):
 def test_overflow_to_nan_is_reported_not_scored_and_not_shown_as_a_picture(lab_app, overflowing_model):
     _, url = lab_app
     client = Client(url, verbose=False, download_files=False)
-    ok = client.predict(api_name="/compare", prompt=PROMPT, seed=3, steps=STEPS, prune_percent=0,
-                        quant_mode="bf16")  # the same model in bf16 (fp32's range): finite
+    ok = client.predict(
+        api_name="/compare", prompt=PROMPT, seed=3, steps=STEPS, prune_percent=0, quant_mode="bf16"
+    )  # the same model in bf16 (fp32's range): finite
     assert ok[DETAILS]["compressed_nonfinite"] is False and ok[DETAILS]["baseline_nonfinite"] is False
-    out = client.predict(api_name="/compare", prompt=PROMPT, seed=3, steps=STEPS, prune_percent=30,
-                         quant_mode="fp16")
+    out = client.predict(api_name="/compare", prompt=PROMPT, seed=3, steps=STEPS, prune_percent=30, quant_mode="fp16")
     details = out[DETAILS]
     assert details["compressed_nonfinite"] is True and details["baseline_nonfinite"] is False
     assert any("NaN/inf" in w for w in details["warnings"])
@@ -296,8 +328,9 @@ def test_overflow_to_nan_is_reported_not_scored_and_not_shown_as_a_picture(lab_a
     assert out[10]["data"][0][6] == "NaN/inf"  # the history's CLIP column
     quality = json.loads(out[13]["plot"])
     fp16 = [t for t in quality["data"] if t.get("legendgroup") == "fp16"]
-    assert fp16 and all(y is None or (isinstance(y, float) and math.isnan(y))
-                        for t in fp16 for y in _values(t.get("y"))), "a NaN comparison was charted as a number"
+    assert fp16 and all(
+        y is None or (isinstance(y, float) and math.isnan(y)) for t in fp16 for y in _values(t.get("y"))
+    ), "a NaN comparison was charted as a number"
     assert "not scored" in out[14]  # the note under the charts
 
 
@@ -312,10 +345,18 @@ def _values(y):
 def test_overflow_in_a_sweep_is_counted_and_left_out_of_every_score(lab_app, overflowing_model):
     _, url = lab_app
     client = Client(url, verbose=False, download_files=False)
-    status, summary, csv, *_ = client.predict(api_name="/sweep", model="tiny-shapes", prune_percents=[0, 30],
-                                              prune_methods=["l1-unstructured"], quant_modes=["fp32", "fp16"],
-                                              study="grid", n_prompts=2, steps=STEPS, guidance=GUIDANCE,
-                                              latency_repeats=0)
+    status, summary, csv, *_ = client.predict(
+        api_name="/sweep",
+        model="tiny-shapes",
+        prune_percents=[0, 30],
+        prune_methods=["l1-unstructured"],
+        quant_modes=["fp32", "fp16"],
+        study="grid",
+        n_prompts=2,
+        steps=STEPS,
+        guidance=GUIDANCE,
+        latency_repeats=0,
+    )
     rows = {r[0]: dict(zip(summary["headers"], r)) for r in summary["data"]}
     assert set(rows) == {"baseline", "L1 30%", "fp16", "L1 30% + fp16"}
     for setting in ("fp16", "L1 30% + fp16"):

@@ -14,28 +14,55 @@ from compression.metrics import LatencyStats
 
 
 def _row(setting, amount, metric, value, lo, hi, n, reference="", unit=""):
-    return dict(model="tiny-shapes", setting=setting, prune_amount=amount, prune_method="l1-unstructured",
-                prune_scope="all", quant_mode="fp32", bits=None, metric=metric, reference=reference, value=value,
-                ci_low=lo, ci_high=hi, n=n, unit=unit, higher_is_better=True, note="", cell=setting)
+    return dict(
+        model="tiny-shapes",
+        setting=setting,
+        prune_amount=amount,
+        prune_method="l1-unstructured",
+        prune_scope="all",
+        quant_mode="fp32",
+        bits=None,
+        metric=metric,
+        reference=reference,
+        value=value,
+        ci_low=lo,
+        ci_high=hi,
+        n=n,
+        unit=unit,
+        higher_is_better=True,
+        note="",
+        cell=setting,
+    )
 
 
 @pytest.fixture
 def table():
-    return pd.DataFrame([
-        _row("baseline", 0.0, "accuracy: all", 100.0, 100.0, 100.0, 8, "prompt", "%"),
-        _row("L1 30%", 0.3, "accuracy: all", 37.5, 12.5, 62.5, 8, "prompt", "%"),
-        _row("baseline", 0.0, "KID-tinyCLIP", 0.0012, -0.002, 0.004, 8, "real"),
-        _row("L1 30%", 0.3, "KID-tinyCLIP", 0.000012, -0.00003, 0.00005, 8, "real"),
-        _row("baseline", 0.0, "sparsity", 0.0, 0.0, 0.0, 1, "", "%"),
-        _row("L1 30%", 0.3, "sparsity", 30.0, 30.0, 30.0, 1, "", "%"),
-        _row("L1 30%", 0.3, "latency", 1234.5, 1100.0, 1300.0, 5, "", "ms"),
-        _row(report.REAL_SETTING, math.nan, "accuracy: all", 99.0, 98.0, 100.0, 8, "prompt", "%"),
-    ])
+    return pd.DataFrame(
+        [
+            _row("baseline", 0.0, "accuracy: all", 100.0, 100.0, 100.0, 8, "prompt", "%"),
+            _row("L1 30%", 0.3, "accuracy: all", 37.5, 12.5, 62.5, 8, "prompt", "%"),
+            _row("baseline", 0.0, "KID-tinyCLIP", 0.0012, -0.002, 0.004, 8, "real"),
+            _row("L1 30%", 0.3, "KID-tinyCLIP", 0.000012, -0.00003, 0.00005, 8, "real"),
+            _row("baseline", 0.0, "sparsity", 0.0, 0.0, 0.0, 1, "", "%"),
+            _row("L1 30%", 0.3, "sparsity", 30.0, 30.0, 30.0, 1, "", "%"),
+            _row("L1 30%", 0.3, "latency", 1234.5, 1100.0, 1300.0, 5, "", "ms"),
+            _row(report.REAL_SETTING, math.nan, "accuracy: all", 99.0, 98.0, 100.0, 8, "prompt", "%"),
+        ]
+    )
 
 
-@pytest.mark.parametrize("value, digits, text", [(100.0, 2, "100"), (100.0, 3, "100"), (37.5, 3, "37.5"),
-                                                 (0.000012, 2, "0.000012"), (12345.6, 3, "12300"),
-                                                 (math.nan, 3, "-"), (0.0, 4, "0")])
+@pytest.mark.parametrize(
+    "value, digits, text",
+    [
+        (100.0, 2, "100"),
+        (100.0, 3, "100"),
+        (37.5, 3, "37.5"),
+        (0.000012, 2, "0.000012"),
+        (12345.6, 3, "12300"),
+        (math.nan, 3, "-"),
+        (0.0, 4, "0"),
+    ],
+)
 def test_numbers_are_plain_never_exponent(value, digits, text):
     assert report.plain_number(value, digits) == text
 
@@ -55,8 +82,10 @@ def test_app_summary_prints_100_not_1e02(table):
 
 def test_report_and_app_use_the_same_cells(table):
     wide = report.headline_table(table, report.report_columns(table), include_real=True).set_index("setting")
-    assert wide.loc["L1 30%", "accuracy: all (%)"] == app_format.sweep_summary(table).set_index("setting").loc[
-        "L1 30%", "accuracy %"]
+    assert (
+        wide.loc["L1 30%", "accuracy: all (%)"]
+        == app_format.sweep_summary(table).set_index("setting").loc["L1 30%", "accuracy %"]
+    )
     assert wide.loc["L1 30%", "KID-tinyCLIP vs real"] == "0.000012 [-0.00003, 0.00005]"
     assert report.REAL_SETTING in wide.index
     records = report.headline_records(table)
@@ -67,8 +96,15 @@ def test_report_and_app_use_the_same_cells(table):
 def test_sweep_module_keeps_the_report_names():
     from compression import sweep
 
-    for name in ("summarize", "write_report", "write_pngs", "report_figures", "first_clear_drop",
-                 "quality_holds_until", "paired_difference"):
+    for name in (
+        "summarize",
+        "write_report",
+        "write_pngs",
+        "report_figures",
+        "first_clear_drop",
+        "quality_holds_until",
+        "paired_difference",
+    ):
         assert getattr(sweep, name) is getattr(report, name)
 
 
@@ -90,11 +126,16 @@ def test_pair_captions_and_sweep_texts():
     from types import SimpleNamespace
 
     spec = SimpleNamespace(label="L1 <30%>")
-    result = SimpleNamespace(baseline_seconds=0.5, baseline_cached=True, compressed_seconds=0.25,
-                             compressed_nonfinite=True, spec=spec)
+    result = SimpleNamespace(
+        baseline_seconds=0.5, baseline_cached=True, compressed_seconds=0.25, compressed_nonfinite=True, spec=spec
+    )
     base, comp = app_format.pair_captions(result)
     assert base == "**Baseline** · fp32 · 500 ms (cached)"
     assert comp == "**L1 &lt;30%&gt;** · 250 ms (0.50× baseline) · NaN/inf"  # a label is escaped, never markup
-    t = pd.DataFrame([dict(metric="non-finite images", value=2.0, n=8, setting="int4"),
-                      dict(metric="non-finite images", value=0.0, n=8, setting="baseline")])
+    t = pd.DataFrame(
+        [
+            dict(metric="non-finite images", value=2.0, n=8, setting="int4"),
+            dict(metric="non-finite images", value=0.0, n=8, setting="baseline"),
+        ]
+    )
     assert app_format.nonfinite_warnings(t) == ["int4: 2 of 8 images held NaN/inf; they are left out of its scores."]

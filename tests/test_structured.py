@@ -3,8 +3,8 @@
 What the amount means for `l1-structured-channels` / `l2-structured-channels`: the fraction removed of the
 inner channels of every ResNet block (conv1 outputs = conv2 inputs, with norm2 and the time projection; the
 same number kept in every GroupNorm group), of the hidden width of every transformer feed-forward and of the
-heads of every attention layer. `pruning.structured_size` turns it into parameters from the layer shapes; these tests hold the pruned
-UNet to that number exactly.
+heads of every attention layer. `pruning.structured_size` turns it into parameters from the layer shapes; these
+tests hold the pruned UNet to that number exactly.
 """
 
 from __future__ import annotations

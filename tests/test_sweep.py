@@ -35,8 +35,20 @@ def test_layer_sensitivity_scopes_partition_the_unet(tiny_pipe):
     from compression.pruning import scope_layers
 
     unet = tiny_pipe.unet
-    names = {s: {n for n, _ in scope_layers(unet, s)} for s in
-             ("all", "attention", "down", "mid", "up", "self-attention", "cross-attention", "feed-forward", "projection")}
+    names = {
+        s: {n for n, _ in scope_layers(unet, s)}
+        for s in (
+            "all",
+            "attention",
+            "down",
+            "mid",
+            "up",
+            "self-attention",
+            "cross-attention",
+            "feed-forward",
+            "projection",
+        )
+    }
     # where: the three locations and the entry/exit layers make up the whole UNet, without overlap
     io = {n for n in names["all"] if n.split(".")[0] in ("conv_in", "conv_out", "time_embedding")}
     assert names["down"] | names["mid"] | names["up"] | io == names["all"]
@@ -44,7 +56,9 @@ def test_layer_sensitivity_scopes_partition_the_unet(tiny_pipe):
     # what: the four transformer parts make up the attention scope, without overlap
     parts = [names[s] for s in ("self-attention", "cross-attention", "feed-forward", "projection")]
     assert set().union(*parts) == names["attention"] and sum(map(len, parts)) == len(names["attention"])
-    assert all(".attn2." in n for n in names["cross-attention"]) and all(".attn1." in n for n in names["self-attention"])
+    assert all(".attn2." in n for n in names["cross-attention"]) and all(
+        ".attn1." in n for n in names["self-attention"]
+    )
     assert all(n.endswith(("proj_in", "proj_out")) for n in names["projection"])
 
 
@@ -53,12 +67,16 @@ def test_layer_sensitivity_scopes_partition_the_unet(tiny_pipe):
 import json  # noqa: E402
 
 import pandas as pd  # noqa: E402
-
-from compression import metrics, quantization, sweep  # noqa: E402
 from metric_models import build_tiny_clip  # noqa: E402
 
-WORLD_PROMPTS = ["a red circle on the left on a white background", "a blue square at the top on a black background",
-                 "a green triangle on the right on a yellow background", "a purple circle at the bottom on a orange background"]
+from compression import metrics, quantization, sweep  # noqa: E402
+
+WORLD_PROMPTS = [
+    "a red circle on the left on a white background",
+    "a blue square at the top on a black background",
+    "a green triangle on the right on a yellow background",
+    "a purple circle at the bottom on a orange background",
+]
 FAST = dict(steps=2, guidance=2.0, batch_size=4, latency_repeats=1, n_boot=50, show_bar=False, plotlyjs="cdn")
 
 
@@ -78,8 +96,15 @@ def _strict_json(path):
 def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_path, tokenizer_dir):
     specs = [sweep.CompressionSpec(prune_amount=0.5)]
     seen = []
-    first = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=metric_set, out_dir=tmp_path,
-                            progress=lambda f, what: seen.append(f), **FAST)
+    first = sweep.run_sweep(
+        engine,
+        specs,
+        WORLD_PROMPTS,
+        metric_set=metric_set,
+        out_dir=tmp_path,
+        progress=lambda f, what: seen.append(f),
+        **FAST,
+    )
     assert first.computed == ["baseline", "L1 50%"] and first.skipped == []
     assert seen and seen[-1] == 1.0 and seen == sorted(seen)
 
@@ -87,8 +112,20 @@ def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_pat
     assert list(table.columns) == sweep.COLUMNS
     assert set(table["setting"]) == {"baseline", "L1 50%", sweep.REAL_SETTING}
     metrics_of = set(table[table["setting"] == "L1 50%"]["metric"])
-    assert {"CLIP score (rand)", "accuracy: all", "PSNR", "SSIM", "FD-rand", "KID-rand", "latency", "UNet size",
-            "sparsity", "non-finite images", "speed-up", "UNet MACs"} <= metrics_of
+    assert {
+        "CLIP score (rand)",
+        "accuracy: all",
+        "PSNR",
+        "SSIM",
+        "FD-rand",
+        "KID-rand",
+        "latency",
+        "UNet size",
+        "sparsity",
+        "non-finite images",
+        "speed-up",
+        "UNet MACs",
+    } <= metrics_of
     quality = table[table["reference"].isin(["baseline", "real", "prompt"]) & (table["metric"] != "speed-up")]
     assert (quality["n"] == 4).all()  # every aggregate says how many images it stands on
     finite = quality.dropna(subset=["value", "ci_low", "ci_high"])
@@ -114,12 +151,19 @@ def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_pat
     again = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=metric_set, out_dir=tmp_path, **FAST)
     assert again.computed == [] and again.skipped == ["baseline", "L1 50%"]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*.json")} == cells
-    pd.testing.assert_frame_equal(again.table.reset_index(drop=True), first.table.reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        again.table.reset_index(drop=True), first.table.reset_index(drop=True), check_dtype=False
+    )
 
     # A grown grid computes only the new cell; the baseline images come from the cache on disk.
-    grown = sweep.run_sweep(engine, [*specs, sweep.CompressionSpec(0.5, "random-unstructured")], WORLD_PROMPTS,
-                            metric_set=metric_set, out_dir=tmp_path, **FAST)
+    grown = sweep.run_sweep(
+        engine,
+        [*specs, sweep.CompressionSpec(0.5, "random-unstructured")],
+        WORLD_PROMPTS,
+        metric_set=metric_set,
+        out_dir=tmp_path,
+        **FAST,
+    )
     assert grown.computed == ["random 50%"] and grown.skipped == ["baseline", "L1 50%"]
     diff = sweep.paired_difference(tmp_path, "L1 50%", "random 50%", "psnr")
     assert diff.n == 4 and diff.ci_low <= diff.value <= diff.ci_high
@@ -129,13 +173,16 @@ def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_pat
     # A retrained judge under the same name re-scores every cell, from the baseline images already on disk.
     baseline_npy = next((tmp_path / "cache").glob("*/baseline.npy"))
     drawn = baseline_npy.stat().st_mtime_ns
-    retrained = sweep.MetricSet(metrics.MetricClip(build_tiny_clip(tmp_path / "clip2", tokenizer_dir, seed=1), name="rand"))
+    retrained = sweep.MetricSet(
+        metrics.MetricClip(build_tiny_clip(tmp_path / "clip2", tokenizer_dir, seed=1), name="rand")
+    )
     rescored = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=retrained, out_dir=tmp_path, **FAST)
     assert rescored.computed == ["baseline", "L1 50%"] and baseline_npy.stat().st_mtime_ns == drawn
 
     # Other sampler settings are other cells, not silently reused ones.
-    other = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=metric_set, out_dir=tmp_path,
-                            **{**FAST, "steps": 3})
+    other = sweep.run_sweep(
+        engine, specs, WORLD_PROMPTS, metric_set=metric_set, out_dir=tmp_path, **{**FAST, "steps": 3}
+    )
     assert other.computed == ["baseline", "L1 50%"]
 
 
@@ -159,14 +206,16 @@ def test_other_weights_under_the_same_name_are_other_cells(tiny_pipe, engine, me
     other = copy.deepcopy(tiny_pipe)
     other.unet.conv_out.bias.data += 0.01  # "retrained"
     assert sweep.model_fingerprint(other) != sweep.model_fingerprint(tiny_pipe)
-    res = sweep.run_sweep(Engine(other, "tiny-test"), specs, WORLD_PROMPTS[:2], metric_set=metric_set,
-                          out_dir=tmp_path, **FAST)
+    res = sweep.run_sweep(
+        Engine(other, "tiny-test"), specs, WORLD_PROMPTS[:2], metric_set=metric_set, out_dir=tmp_path, **FAST
+    )
     assert res.computed == ["baseline", "L1 50%"]
 
 
 def test_non_finite_images_are_counted_and_not_scored(engine, metric_set, nan_mode):
-    res = sweep.run_sweep(engine, [sweep.CompressionSpec(quant_mode=nan_mode)], WORLD_PROMPTS[:2],
-                          metric_set=metric_set, **FAST)
+    res = sweep.run_sweep(
+        engine, [sweep.CompressionSpec(quant_mode=nan_mode)], WORLD_PROMPTS[:2], metric_set=metric_set, **FAST
+    )
     rows = res.table[res.table["quant_mode"] == nan_mode].set_index("metric")
     assert rows.loc["non-finite images", "value"] == 2
     assert rows.loc["CLIP score (rand)", "n"] == 0 and pd.isna(rows.loc["CLIP score (rand)", "value"])
@@ -174,15 +223,20 @@ def test_non_finite_images_are_counted_and_not_scored(engine, metric_set, nan_mo
     assert res.out_dir is None  # without out_dir nothing is written
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(prompts=[]), "at least 1 prompt"),
-    (dict(seeds=[]), "at least 1 seed"),
-    (dict(max_cells=1), "limit of 1 per sweep"),
-    (dict(prompts=["a red circle on the left on a white background"] * 5001), "limit of 5000"),
-    (dict(seeds=[-1]), "seeds must be integers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(prompts=[]), "at least 1 prompt"),
+        (dict(seeds=[]), "at least 1 seed"),
+        (dict(max_cells=1), "limit of 1 per sweep"),
+        (dict(prompts=["a red circle on the left on a white background"] * 5001), "limit of 5000"),
+        (dict(seeds=[-1]), "seeds must be integers"),
+    ],
+)
 def test_absurd_grids_are_refused_naming_the_limit(engine, metric_set, kwargs, match):
-    args = dict(specs=[sweep.CompressionSpec(prune_amount=0.3)], prompts=WORLD_PROMPTS, seeds=[0], metric_set=metric_set)
+    args = dict(
+        specs=[sweep.CompressionSpec(prune_amount=0.3)], prompts=WORLD_PROMPTS, seeds=[0], metric_set=metric_set
+    )
     with pytest.raises(ValueError, match=match):
         sweep.run_sweep(engine, **{**args, **kwargs}, **FAST)
 
@@ -198,8 +252,12 @@ def test_grid_parsing_and_presets():
     with pytest.raises(ValueError, match="known"):
         sweep.grid([0.3], ["magic"], [("fp32", None)])
     for name, preset in sweep.PRESETS.items():  # every preset is a valid grid on this machine's registries
-        specs = sweep.grid(sweep.parse_amounts(preset["prune"]), preset["method"].split(","),
-                           sweep.parse_quant(preset["quant"]), preset["scope"].split(","))
+        specs = sweep.grid(
+            sweep.parse_amounts(preset["prune"]),
+            preset["method"].split(","),
+            sweep.parse_quant(preset["quant"]),
+            preset["scope"].split(","),
+        )
         assert 1 < len(specs) <= sweep.MAX_CELLS, name
     assert len(sweep.load_prompts("tiny-shapes", 200)) == 200
     assert all(sweep.world.parse_caption(p) for p in sweep.load_prompts("tiny-shapes"))
@@ -210,9 +268,25 @@ def test_grid_parsing_and_presets():
 def _curve(values, cis, method="l1-unstructured", metric="accuracy: all", higher=True):
     rows = []
     for amount, value, ci in zip((0.0, 0.2, 0.3, 0.4, 0.5), values, cis):
-        rows.append(dict(setting=f"{amount}", prune_amount=amount, prune_method="l1-unstructured" if amount == 0 else method,
-                         prune_scope="all", quant_mode="fp32", bits=None, metric=metric, reference="prompt", value=value,
-                         ci_low=value - ci, ci_high=value + ci, n=200, unit="%", higher_is_better=higher, note=""))
+        rows.append(
+            dict(
+                setting=f"{amount}",
+                prune_amount=amount,
+                prune_method="l1-unstructured" if amount == 0 else method,
+                prune_scope="all",
+                quant_mode="fp32",
+                bits=None,
+                metric=metric,
+                reference="prompt",
+                value=value,
+                ci_low=value - ci,
+                ci_high=value + ci,
+                n=200,
+                unit="%",
+                higher_is_better=higher,
+                note="",
+            )
+        )
     return pd.DataFrame(rows)
 
 

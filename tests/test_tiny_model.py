@@ -40,8 +40,12 @@ def test_assets_are_safetensors_only_and_small():
 
 def test_pipeline_loads_offline_and_draws_a_64px_image(pipe):
     assert type(pipe).__name__ == "StableDiffusionPipeline"
-    image = pipe("a red circle on the left on a blue background", num_inference_steps=20, guidance_scale=4.0,
-                 generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    image = pipe(
+        "a red circle on the left on a blue background",
+        num_inference_steps=20,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(0),
+    ).images[0]
     assert image.size == (64, 64)
     judged = world.judge_image(image)
     assert judged["background"] == "blue" and judged["colour"] == "red", judged
@@ -49,8 +53,13 @@ def test_pipeline_loads_offline_and_draws_a_64px_image(pipe):
 
 def test_different_prompts_give_different_images(pipe):
     def draw(prompt):
-        return pipe(prompt, num_inference_steps=10, guidance_scale=4.0, output_type="np",
-                    generator=torch.Generator("cpu").manual_seed(1)).images[0]
+        return pipe(
+            prompt,
+            num_inference_steps=10,
+            guidance_scale=4.0,
+            output_type="np",
+            generator=torch.Generator("cpu").manual_seed(1),
+        ).images[0]
 
     a = draw("a yellow square at the top on a black background")
     b = draw("a white triangle at the bottom on a green background")
@@ -77,8 +86,13 @@ def test_metric_clip_ranks_the_true_caption_above_a_one_attribute_change(judge):
 
 def test_quick_evaluation_runs_and_the_model_follows_prompts(tmp_path):
     out = tmp_path / "eval.json"
-    subprocess.run([sys.executable, "-m", "tinyworld.evaluate", "--quick", "--threads", "1", "--json", str(out)],
-                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "tinyworld.evaluate", "--quick", "--threads", "1", "--json", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     result = json.loads(out.read_text())
     assert result["prompts"] == 8
     # Eight held-out prompts: a trained model gets most attributes right; random weights get ~1/5.
@@ -90,10 +104,31 @@ def test_quick_evaluation_runs_and_the_model_follows_prompts(tmp_path):
 def test_retraining_command_runs_end_to_end(tmp_path):
     """The one-command retrain, at a few steps per stage: it must write folders the app can load."""
     subprocess.run(
-        [sys.executable, "-m", "tinyworld.train", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-         "--threads", "1", "--vae-steps", "2", "--clip-steps", "2", "--unet-steps", "2", "--batch", "4",
-         "--check-prompts", "2"],
-        cwd=REPO, check=True, capture_output=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "tinyworld.train",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+            "--threads",
+            "1",
+            "--vae-steps",
+            "2",
+            "--clip-steps",
+            "2",
+            "--unet-steps",
+            "2",
+            "--batch",
+            "4",
+            "--check-prompts",
+            "2",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     from diffusers import DiffusionPipeline
 

@@ -55,8 +55,12 @@ def test_held_out_split_is_stable_and_disjoint():
 def test_pixel_judge_reads_real_images_exactly():
     attrs, images = world.real_images(11, 400)
     for a, im in zip(attrs, images):
-        assert world.judge_image(im) == {"background": a.background, "colour": a.colour,
-                                         "position": a.position, "shape": a.shape}
+        assert world.judge_image(im) == {
+            "background": a.background,
+            "colour": a.colour,
+            "position": a.position,
+            "shape": a.shape,
+        }
 
 
 def test_pixel_judge_reports_a_missing_shape():

@@ -62,7 +62,9 @@ def accuracy(picked: dict[str, list], attrs: list[world.Attributes]) -> dict[str
 
 
 @torch.no_grad()
-def generate(pipe, attrs: list[world.Attributes], seeds: list[int], steps: int, guidance: float, batch: int = 25) -> np.ndarray:
+def generate(
+    pipe, attrs: list[world.Attributes], seeds: list[int], steps: int, guidance: float, batch: int = 25
+) -> np.ndarray:
     images = []
     for i in tqdm(range(0, len(attrs), batch), desc="generate", unit="batch"):
         prompts = [world.caption(a) for a in attrs[i : i + batch]]
@@ -80,16 +82,28 @@ def seconds_per_image(pipe, steps: int, guidance: float, threads: int, repeats: 
         times = []
         for r in range(repeats + 1):  # the first run is a warm-up
             t = time.perf_counter()
-            pipe("a red circle on the left on a blue background", num_inference_steps=steps, guidance_scale=guidance,
-                 generator=torch.Generator("cpu").manual_seed(r), output_type="np")
+            pipe(
+                "a red circle on the left on a blue background",
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=torch.Generator("cpu").manual_seed(r),
+                output_type="np",
+            )
             times.append(time.perf_counter() - t)
         return round(statistics.median(times[1:]), 4)
     finally:
         torch.set_num_threads(before)
 
 
-def evaluate(pipeline_path: Path, clip_path: Path, n_prompts: int, n_fd: int, steps: int, guidance: float,
-             timing_repeats: int = 5) -> dict:
+def evaluate(
+    pipeline_path: Path,
+    clip_path: Path,
+    n_prompts: int,
+    n_fd: int,
+    steps: int,
+    guidance: float,
+    timing_repeats: int = 5,
+) -> dict:
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(str(pipeline_path), use_safetensors=True)
@@ -104,11 +118,15 @@ def evaluate(pipeline_path: Path, clip_path: Path, n_prompts: int, n_fd: int, st
     by_pixels = {k: [j[k] for j in judged] for k in ALTERNATIVES}
     result["generated_accuracy_clip"] = accuracy(by_clip, attrs)
     result["generated_accuracy_pixel"] = accuracy(by_pixels, attrs)
-    result["judges_agree"] = {k: round(float(np.mean([a == b for a, b in zip(by_clip[k], by_pixels[k])])), 4) for k in ALTERNATIVES}
+    result["judges_agree"] = {
+        k: round(float(np.mean([a == b for a, b in zip(by_clip[k], by_pixels[k])])), 4) for k in ALTERNATIVES
+    }
 
     real_attrs, real = world.real_images(777, max(n_prompts, 1000 if n_fd >= 1000 else n_prompts), "heldout")
     result["real_accuracy_clip"] = accuracy(clip_judge(judge, real, real_attrs), real_attrs)
-    result["real_accuracy_pixel"] = accuracy({k: [world.judge_image(im)[k] for im in real] for k in ALTERNATIVES}, real_attrs)
+    result["real_accuracy_pixel"] = accuracy(
+        {k: [world.judge_image(im)[k] for im in real] for k in ALTERNATIVES}, real_attrs
+    )
 
     # Distribution distances: generated vs real, and real vs real (the floor a perfect model would reach).
     fd_attrs = world.sample_attributes(99, n_fd, "heldout")
@@ -124,7 +142,11 @@ def evaluate(pipeline_path: Path, clip_path: Path, n_prompts: int, n_fd: int, st
     }
     kid_gen = metrics.kernel_inception_distance(features, real_a, generated)
     kid_real = metrics.kernel_inception_distance(features, real_a, real_b)
-    result[f"KID-{name}"] = {"n": n_fd, "generated_vs_real": round(kid_gen[0], 6), "real_vs_real": round(kid_real[0], 6)}
+    result[f"KID-{name}"] = {
+        "n": n_fd,
+        "generated_vs_real": round(kid_gen[0], 6),
+        "real_vs_real": round(kid_real[0], 6),
+    }
 
     result["seconds_per_image"] = {
         f"{t}_threads": seconds_per_image(pipe, steps, guidance, t, timing_repeats) for t in (1, 2)
@@ -148,8 +170,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.prompts, args.fd_images = 8, 32
     torch.set_num_threads(args.threads)
-    result = evaluate(args.pipeline, args.clip, args.prompts, args.fd_images, args.steps, args.guidance,
-                      timing_repeats=1 if args.quick else 5)
+    result = evaluate(
+        args.pipeline,
+        args.clip,
+        args.prompts,
+        args.fd_images,
+        args.steps,
+        args.guidance,
+        timing_repeats=1 if args.quick else 5,
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -200,7 +200,9 @@ def train_vae(work: Path, steps: int, batch: int, seed: int) -> None:
         "latent_std": float(z.std()),
         "latent_mean": float(z.mean()),
         # The pixel judge on reconstructions: the ceiling for any image this VAE decodes.
-        "judge_accuracy_on_reconstructions": {k: float(np.mean([j[k] == getattr(a, k) for j, a in zip(judged, attrs)])) for k in world.ATTRIBUTES},
+        "judge_accuracy_on_reconstructions": {
+            k: float(np.mean([j[k] == getattr(a, k) for j, a in zip(judged, attrs)])) for k in world.ATTRIBUTES
+        },
     }
     (work / "vae" / "report.json").write_text(json.dumps(report, indent=2))
     print("vae:", report)
@@ -215,7 +217,9 @@ def load_vae(work: Path):
 
 
 def caption_ids(tokenizer, captions: list[str], max_length: int = MAX_TOKENS) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def train_clip(work: Path, steps: int, batch: int, seed: int) -> None:
@@ -227,7 +231,14 @@ def train_clip(work: Path, steps: int, batch: int, seed: int) -> None:
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     config = CLIPConfig(
         text_config=text_config(len(tokenizer), bos, eos),
-        vision_config=dict(image_size=64, patch_size=8, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
+        vision_config=dict(
+            image_size=64,
+            patch_size=8,
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+        ),
         projection_dim=128,
     )
     model = CLIPModel(config)
@@ -241,8 +252,12 @@ def train_clip(work: Path, steps: int, batch: int, seed: int) -> None:
     # than the CLIP step itself), so the judge reads generated images, which pass through the VAE, as well.
     pool_attrs, pool = world.real_images(seed + 3, 2048)
     with torch.no_grad():
-        pool = torch.cat([vae.decode(vae.encode(to_tensor(pool[i:i + 256])).latent_dist.mean).sample.clamp(-1, 1)
-                          for i in range(0, len(pool), 256)])
+        pool = torch.cat(
+            [
+                vae.decode(vae.encode(to_tensor(pool[i : i + 256])).latent_dist.mean).sample.clamp(-1, 1)
+                for i in range(0, len(pool), 256)
+            ]
+        )
     data = Batches(seed + 1, batch - batch // 3, "all")
     gen = torch.Generator().manual_seed(seed)
     bar = tqdm(range(steps), desc="clip", unit="step")
@@ -296,8 +311,10 @@ def train_unet(work: Path, steps: int, batch: int, seed: int, sample_every: int,
         gen.set_state(state["gen"])
         start = data.i = state["step"]
         print(f"unet: resuming at step {start}")
-    print(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters, text encoder "
-          f"{sum(p.numel() for p in text.parameters()) / 1e6:.2f}M")
+    print(
+        f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters, text encoder "
+        f"{sum(p.numel() for p in text.parameters()) / 1e6:.2f}M"
+    )
     bar = tqdm(range(start, steps), desc="unet", unit="step", initial=start, total=steps)
     losses: list[float] = []
     for step in bar:
@@ -328,8 +345,15 @@ def train_unet(work: Path, steps: int, batch: int, seed: int, sample_every: int,
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}")
         if (step + 1) % sample_every == 0 or step + 1 == steps:
             torch.save(
-                {"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema["unet"].state_dict(),
-                 "ema_text": ema["text"].state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step + 1},
+                {
+                    "unet": unet.state_dict(),
+                    "text": text.state_dict(),
+                    "ema_unet": ema["unet"].state_dict(),
+                    "ema_text": ema["text"].state_dict(),
+                    "opt": opt.state_dict(),
+                    "gen": gen.get_state(),
+                    "step": step + 1,
+                },
                 ckpt,
             )
             pipe = build_pipeline(work, ema["unet"], ema["text"])
@@ -362,10 +386,16 @@ def quick_check(pipe, png: Path, n: int = 16) -> dict[str, float]:
     attrs = world.sample_attributes(12345, n, "heldout")
     images = []
     for i, a in enumerate(attrs):
-        out = pipe(world.caption(a), num_inference_steps=20, guidance_scale=4.0,
-                   generator=torch.Generator("cpu").manual_seed(i), output_type="np", progress_bar=False)
+        out = pipe(
+            world.caption(a),
+            num_inference_steps=20,
+            guidance_scale=4.0,
+            generator=torch.Generator("cpu").manual_seed(i),
+            output_type="np",
+            progress_bar=False,
+        )
         images.append((out.images[0] * 255).round().astype(np.uint8))
-    rows = [images[r:r + 8] + [np.zeros_like(images[0])] * (8 - len(images[r:r + 8])) for r in range(0, n, 8)]
+    rows = [images[r : r + 8] + [np.zeros_like(images[0])] * (8 - len(images[r : r + 8])) for r in range(0, n, 8)]
     grid = np.concatenate([np.concatenate(row, 1) for row in rows], 0)
     Image.fromarray(grid).save(png)
     hits = {k: 0 for k in world.ATTRIBUTES}
@@ -426,7 +456,9 @@ def main(argv: list[str] | None = None) -> None:
         "tokenizer": lambda: train_tokenizer(args.work),
         "vae": lambda: train_vae(args.work, args.vae_steps, args.batch, args.seed),
         "clip": lambda: train_clip(args.work, args.clip_steps, 128, args.seed),
-        "unet": lambda: train_unet(args.work, args.unet_steps, args.batch, args.seed, args.sample_every, args.check_prompts),
+        "unet": lambda: train_unet(
+            args.work, args.unet_steps, args.batch, args.seed, args.sample_every, args.check_prompts
+        ),
         "save": lambda: save_assets(args.work, args.out),
     }
     unknown = set(stages) - set(runs)

@@ -27,9 +27,18 @@ Example:
 """
 
 from .plan import MAX_AMOUNT, Alloc, PrunePlan
-from .registry import (PRUNERS, Pruner, PruneReport, apply_pruning_, available_pruners, check_amount, get_pruner,
-                       measure_pruning)
+from .registry import (
+    PRUNERS,
+    Pruner,
+    PruneReport,
+    apply_pruning_,
+    available_pruners,
+    check_amount,
+    get_pruner,
+    measure_pruning,
+)
 from .scopes import SCOPE_REGISTRY, SCOPES, Scope, get_scope, scope_layers
+
 # CHUNK and SAMPLE are read from .select at call time: set them there, not here, to tune them.
 from .select import CHUNK, SAMPLE, Sampler, Scorer, _threshold  # noqa: F401
 from .semi_structured import two_of_four_mask

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -169,9 +169,7 @@ def get_pruner(method: str) -> Pruner:
 
 
 @torch.no_grad()
-def apply_pruning_(
-    module: nn.Module, method: str, amount: float, scope: str = "all", seed: int = 0
-) -> PruneReport:
+def apply_pruning_(module: nn.Module, method: str, amount: float, scope: str = "all", seed: int = 0) -> PruneReport:
     """Prune `module` IN PLACE (pass a copy to keep the original) and report the measured sparsity.
 
     Args:
@@ -214,12 +212,20 @@ def check_amount(pruner: Pruner, amount: object) -> None:
         raise ValueError(f"pruning amount must be a number from 0.0 to {MAX_AMOUNT}, got {_short_repr(amount)}")
     if pruner.fixed_amount is not None and amount not in (0.0, pruner.fixed_amount):
         raise ValueError(
-            f"{pruner.name} prunes a fixed share: amount must be 0.0 or {pruner.fixed_amount}, got {_short_repr(amount)}"
+            f"{pruner.name} prunes a fixed share: amount must be 0.0 or {pruner.fixed_amount}, "
+            f"got {_short_repr(amount)}"
         )
 
 
-def measure_pruning(module: nn.Module, method: str, amount: float, scope: str, seconds: float,
-                    params_before: int, plan: PrunePlan | None = None) -> PruneReport:
+def measure_pruning(
+    module: nn.Module,
+    method: str,
+    amount: float,
+    scope: str,
+    seconds: float,
+    params_before: int,
+    plan: PrunePlan | None = None,
+) -> PruneReport:
     """The `PruneReport` of a module pruned with `method` (counts zeros unless the plan knows them)."""
     layers = scope_layers(module, scope)  # a structured method has replaced layers
     weights = sum(m.weight.numel() for _, m in layers)
@@ -230,8 +236,9 @@ def measure_pruning(module: nn.Module, method: str, amount: float, scope: str, s
         zeros = sum(m.weight.numel() - int(torch.count_nonzero(_plain(m.weight))) for _, m in layers)
     channels = (plan.channels_before, plan.channels_after) if isinstance(plan, _ChannelPlan) else (0, 0)
     params_after = sum(p.numel() for p in module.parameters())
-    return PruneReport(method, amount, scope, weights, zeros, len(layers), seconds, params_before, params_after,
-                       *channels)
+    return PruneReport(
+        method, amount, scope, weights, zeros, len(layers), seconds, params_before, params_after, *channels
+    )
 
 
 def _plain(weight: torch.Tensor) -> torch.Tensor:

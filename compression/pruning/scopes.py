@@ -11,8 +11,8 @@ Class names, not imports: a scope must also work on a quantized copy and on mode
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from torch import nn
 
@@ -51,8 +51,10 @@ def _in_attention(cross: bool) -> Callable[[nn.Module, str], bool]:
     """The layer sits inside a diffusers `Attention` that is (or is not) cross-attention."""
 
     def select(module: nn.Module, name: str) -> bool:
-        return any(type(sub).__name__ == "Attention" and bool(getattr(sub, "is_cross_attention", False)) == cross
-                   for _, sub in _chain(module, name))
+        return any(
+            type(sub).__name__ == "Attention" and bool(getattr(sub, "is_cross_attention", False)) == cross
+            for _, sub in _chain(module, name)
+        )
 
     return select
 
@@ -111,27 +113,48 @@ SCOPE_REGISTRY: dict[str, Scope] = {
     for s in (
         Scope("all", "every nn.Linear and nn.Conv2d (the seed study's choice)", _everything),
         Scope("no-io", "all but conv_in, conv_out and the time/class embeddings", _not_io),
-        Scope("attention", "only the transformer blocks (q/k/v/out projections, feed-forward, proj_in/out)",
-              _inside("Transformer2DModel", "BasicTransformerBlock", "Attention")),
+        Scope(
+            "attention",
+            "only the transformer blocks (q/k/v/out projections, feed-forward, proj_in/out)",
+            _inside("Transformer2DModel", "BasicTransformerBlock", "Attention"),
+        ),
         Scope("resnet", "only the ResNet blocks (conv1, conv2, time_emb_proj, shortcut)", _inside("ResnetBlock2D")),
         # Finer parts, for the layer-sensitivity study (one part pruned at a time): where in the UNet ...
         Scope("down", "only the encoder half (every layer under down_blocks)", _under("down_blocks")),
         Scope("mid", "only the bottleneck (every layer under mid_block)", _under("mid_block")),
         Scope("up", "only the decoder half (every layer under up_blocks)", _under("up_blocks")),
         # ... and which kind of layer inside the transformer blocks ("attention" is the union of these four).
-        Scope("self-attention", "only the q/k/v/out projections of self-attention (image tokens to image tokens)",
-              _in_attention(cross=False)),
-        Scope("cross-attention", "only the q/k/v/out projections of cross-attention (where the text enters the "
-              "image)", _in_attention(cross=True)),
-        Scope("feed-forward", "only the transformer feed-forward layers (GEGLU projection and output Linear)",
-              _inside("FeedForward")),
-        Scope("projection", "only proj_in/proj_out, which map feature maps into and out of the transformer blocks",
-              _transformer_projection),
+        Scope(
+            "self-attention",
+            "only the q/k/v/out projections of self-attention (image tokens to image tokens)",
+            _in_attention(cross=False),
+        ),
+        Scope(
+            "cross-attention",
+            "only the q/k/v/out projections of cross-attention (where the text enters the image)",
+            _in_attention(cross=True),
+        ),
+        Scope(
+            "feed-forward",
+            "only the transformer feed-forward layers (GEGLU projection and output Linear)",
+            _inside("FeedForward"),
+        ),
+        Scope(
+            "projection",
+            "only proj_in/proj_out, which map feature maps into and out of the transformer blocks",
+            _transformer_projection,
+        ),
         # By kind of layer, wherever it sits (the seed study's second experiment): "all" is exactly these two.
-        Scope("linear", "every nn.Linear (attention and feed-forward projections, time embedding, time_emb_proj)",
-              _of_type(nn.Linear)),
-        Scope("conv", "every nn.Conv2d (ResNet convolutions, samplers, conv_in/conv_out, 1x1 proj_in/out where "
-              "used)", _of_type(nn.Conv2d)),
+        Scope(
+            "linear",
+            "every nn.Linear (attention and feed-forward projections, time embedding, time_emb_proj)",
+            _of_type(nn.Linear),
+        ),
+        Scope(
+            "conv",
+            "every nn.Conv2d (ResNet convolutions, samplers, conv_in/conv_out, 1x1 proj_in/out where used)",
+            _of_type(nn.Conv2d),
+        ),
     )
 }
 

@@ -9,7 +9,7 @@ scores are selected. Extra memory: the sample and the bracket (under 1% of the s
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -28,8 +28,6 @@ Scorer = Callable[[int, torch.Tensor], Iterator[torch.Tensor]]
 Sampler = Callable[[int, torch.Tensor, int], torch.Tensor]
 
 SAMPLE = 1 << 20  # scores sampled to bracket the k-th smallest one before the single exact counting pass
-
-
 
 
 def _keys(scores: torch.Tensor) -> torch.Tensor:
@@ -92,15 +90,19 @@ def _count_below_and_gather(s: torch.Tensor, lo: float, hi: float) -> tuple[int,
         wide = s[s >= lo]
     else:
         mid, half = (lo + hi) / 2, (hi - lo) / 2
-        mask = torch.le(torch.sub(s, mid, out=work).abs_(), half * (1 + 1e-5) + 1e-30,
-                        out=scratch(s.numel(), torch.bool, s.device, slot=12))
+        mask = torch.le(
+            torch.sub(s, mid, out=work).abs_(),
+            half * (1 + 1e-5) + 1e-30,
+            out=scratch(s.numel(), torch.bool, s.device, slot=12),
+        )
         wide = s[mask]
     return below, wide[(wide >= lo) & (wide < hi)]
 
 
 @torch.no_grad()
-def _threshold(weights: list[torch.Tensor], scorer: Scorer, sampler: Sampler, k: int,
-               sample: int | None = None) -> tuple[float, list[int]]:
+def _threshold(
+    weights: list[torch.Tensor], scorer: Scorer, sampler: Sampler, k: int, sample: int | None = None
+) -> tuple[float, list[int]]:
     """The k-th smallest score over `weights` (1 <= k <= total), exactly, reading every weight once.
 
     A sorted sample brackets the k-th score; one pass counts the scores below the bracket and gathers the
@@ -125,7 +127,7 @@ def _threshold(weights: list[torch.Tensor], scorer: Scorer, sampler: Sampler, k:
         p = k / n
         rank = p * m
         spread = 6 * math.sqrt(max(m * p * (1 - p), 1.0)) + 64  # sample ranks; 6 sigma of the sample quantile
-    for attempt in range(3):
+    for _ in range(3):
         if step > 1:
             a, b = math.floor(rank - spread), math.ceil(rank + spread)
             lo = float(s[a]) if a > 0 else -math.inf

@@ -55,11 +55,14 @@ class _TwoFourPlan(PrunePlan):
 
 def _plan_two_four(module: nn.Module, amount: float, scope: str, seed: int) -> PrunePlan:
     if amount != 0.5:
-        raise ValueError(f"2:4 semi-structured pruning removes exactly half the weights: amount must be 0.5, got {amount}")
-    layers = {n for n, m in scope_layers(module, scope)
-              if isinstance(m, nn.Linear) and m.in_features % 4 == 0}
+        raise ValueError(
+            f"2:4 semi-structured pruning removes exactly half the weights: amount must be 0.5, got {amount}"
+        )
+    layers = {n for n, m in scope_layers(module, scope) if isinstance(m, nn.Linear) and m.in_features % 4 == 0}
     if not layers:
-        raise ValueError(f"pruning scope {scope!r} has no nn.Linear whose input width is a multiple of 4 (2:4 needs one)")
+        raise ValueError(
+            f"pruning scope {scope!r} has no nn.Linear whose input width is a multiple of 4 (2:4 needs one)"
+        )
     return _TwoFourPlan(layers)
 
 

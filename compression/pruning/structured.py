@@ -8,7 +8,7 @@ and the time projection, the same number in each GroupNorm group), a transformer
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -140,8 +140,11 @@ class _ChannelPlan(PrunePlan):
         self._cut(f"{prefix}.to_out.0", "weight", 1, keep)
         self.attrs[f"{prefix}.to_out.0"] = {"in_features": keep.numel()}
         # The processor splits q/k/v by `heads`; the head width (and so the softmax scale) stays as it was.
-        self.module_attrs[prefix] = {"heads": kept_heads.numel(), "inner_dim": keep.numel(),
-                                     "inner_kv_dim": keep.numel()}
+        self.module_attrs[prefix] = {
+            "heads": kept_heads.numel(),
+            "inner_dim": keep.numel(),
+            "inner_kv_dim": keep.numel(),
+        }
         self.units += 1
         self.channels_before += inner
         self.channels_after += keep.numel()
@@ -174,12 +177,17 @@ _HEAD_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # they split q/k/v by 
 def _head_prunable(attn: nn.Module) -> bool:
     # diffusers' Attention with plain q/k/v/out Linears and a processor that only reads `heads`: no added
     # k/v projections, no per-head norms, as many k/v heads as query heads.
-    return (type(getattr(attn, "processor", None)).__name__ in _HEAD_PROCESSORS
-            and all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("to_q", "to_k", "to_v"))
-            and isinstance(getattr(attn, "to_out", [None])[0], nn.Linear)
-            and getattr(attn, "add_k_proj", None) is None and getattr(attn, "norm_q", None) is None
-            and getattr(attn, "norm_k", None) is None and attn.to_q.out_features == attn.to_k.out_features
-            and attn.heads > 1 and attn.to_q.out_features % attn.heads == 0)
+    return (
+        type(getattr(attn, "processor", None)).__name__ in _HEAD_PROCESSORS
+        and all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("to_q", "to_k", "to_v"))
+        and isinstance(getattr(attn, "to_out", [None])[0], nn.Linear)
+        and getattr(attn, "add_k_proj", None) is None
+        and getattr(attn, "norm_q", None) is None
+        and getattr(attn, "norm_k", None) is None
+        and attn.to_q.out_features == attn.to_k.out_features
+        and attn.heads > 1
+        and attn.to_q.out_features % attn.heads == 0
+    )
 
 
 def _channel_units(module: nn.Module, scope: str) -> tuple[list, list, list]:
@@ -190,8 +198,13 @@ def _channel_units(module: nn.Module, scope: str) -> tuple[list, list, list]:
         kind = type(sub).__name__
         if kind == "ResnetBlock2D" and f"{prefix}.conv1" in names and isinstance(sub.conv1, nn.Conv2d):
             resnets.append((prefix, sub))
-        elif (kind == "FeedForward" and len(sub.net) >= 3 and type(sub.net[0]).__name__ in _FF_ACTIVATIONS
-              and f"{prefix}.net.0.proj" in names and isinstance(sub.net[2], nn.Linear)):
+        elif (
+            kind == "FeedForward"
+            and len(sub.net) >= 3
+            and type(sub.net[0]).__name__ in _FF_ACTIVATIONS
+            and f"{prefix}.net.0.proj" in names
+            and isinstance(sub.net[2], nn.Linear)
+        ):
             ffs.append((prefix, sub))
         elif kind == "Attention" and f"{prefix}.to_q" in names and _head_prunable(sub):
             attns.append((prefix, sub))

@@ -6,15 +6,15 @@ No dense kernel gets faster or smaller from these zeros: the lab reports them as
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from ..scratch import scratch
+from . import select  # CHUNK and SAMPLE read at call time: tests shrink them to reach every path
 from .plan import Alloc, PrunePlan, _fresh
 from .scopes import scope_layers
-from . import select  # CHUNK and SAMPLE read at call time: tests shrink them to reach every path
 from .select import Sampler, Scorer, _threshold
 
 # --------------------------------------------------------------------------- importance scores
@@ -52,6 +52,7 @@ def _random_sampler(seed: int) -> Sampler:
         return torch.rand(max(1, weight.numel() // step), generator=gen)
 
     return sample
+
 
 # ------------------------------------------------------------------------------ masks
 
@@ -94,8 +95,9 @@ class _MaskPlan(PrunePlan):
         return out
 
 
-def _mask_plan(module: nn.Module, scope: str, scorer: Scorer, sampler: Sampler, amount: float,
-               per_layer: bool, l1: bool) -> _MaskPlan:
+def _mask_plan(
+    module: nn.Module, scope: str, scorer: Scorer, sampler: Sampler, amount: float, per_layer: bool, l1: bool
+) -> _MaskPlan:
     layers = scope_layers(module, scope)
     weights = [m.weight.detach() for _, m in layers]
     plan: dict[str, tuple[int, float, int]] = {}
@@ -134,4 +136,3 @@ def _plan_l1_layer(module: nn.Module, amount: float, scope: str, seed: int) -> P
 
 def _plan_random(module: nn.Module, amount: float, scope: str, seed: int) -> PrunePlan:
     return _mask_plan(module, scope, _random_scorer(seed), _random_sampler(seed), amount, per_layer=False, l1=False)
-

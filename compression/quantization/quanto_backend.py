@@ -76,10 +76,17 @@ def quanto() -> types.SimpleNamespace:
         def forward(self, input: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.linear(input, self.weight.dequantize(), self.bias)
 
-    return types.SimpleNamespace(unpack_lib=_torch_unpack_on_cpu(), qint4=qint4, qint8=qint8,
-                                 quantize_module=quantize_module, WeightQBytesTensor=WeightQBytesTensor,
-                                 WeightQBitsTensor=WeightQBitsTensor, PackedTensor=PackedTensor, QLinear=QLinear,
-                                 DequantQLinear=DequantQLinear)
+    return types.SimpleNamespace(
+        unpack_lib=_torch_unpack_on_cpu(),
+        qint4=qint4,
+        qint8=qint8,
+        quantize_module=quantize_module,
+        WeightQBytesTensor=WeightQBytesTensor,
+        WeightQBitsTensor=WeightQBitsTensor,
+        PackedTensor=PackedTensor,
+        QLinear=QLinear,
+        DequantQLinear=DequantQLinear,
+    )
 
 
 def _rowwise_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,8 +40,7 @@ def each_layer_(module: nn.Module, layer: LayerFn, bits: int | None) -> nn.Modul
     return module
 
 
-def layerwise_quantize_(module: nn.Module, bits: int | None, *, layer: LayerFn, finish: FinishFn | None
-                        ) -> nn.Module:
+def layerwise_quantize_(module: nn.Module, bits: int | None, *, layer: LayerFn, finish: FinishFn | None) -> nn.Module:
     """The whole-module form of a per-layer mode: `layer` on each module, then `finish` once."""
     io_dtype = module_dtype(module)
     module = each_layer_(module, layer, bits)
