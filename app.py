@@ -33,8 +33,18 @@ import pandas as pd  # noqa: E402
 import app_format as fmt  # noqa: E402
 import app_service as svc  # noqa: E402
 from app_format import (  # noqa: E402, F401 - the formatting helpers' names stay importable from app
-    HISTORY_COLUMNS, SUMMARY_METRICS, SWEEP_PLOTS, SWEEP_QUALITY, SWEEP_TABS, history_figures, history_table,
-    numbers_table, phone_friendly, status_markdown, sweep_figures, sweep_summary,
+    HISTORY_COLUMNS,
+    SUMMARY_METRICS,
+    SWEEP_PLOTS,
+    SWEEP_QUALITY,
+    SWEEP_TABS,
+    history_figures,
+    history_table,
+    numbers_table,
+    phone_friendly,
+    status_markdown,
+    sweep_figures,
+    sweep_summary,
 )
 from compression import QUANT_MODES, SCOPES, charts  # noqa: E402
 from compression.metrics import pair_row  # noqa: E402
@@ -57,8 +67,9 @@ def _cli_model() -> str | None:
     if __name__ != "__main__":
         return None
     parser = argparse.ArgumentParser(description="Diffusion Compression Lab")
-    parser.add_argument("--model", default=None, help="catalog name of the startup model (default: env MODEL_ID, "
-                                                      "else tiny-shapes)")
+    parser.add_argument(
+        "--model", default=None, help="catalog name of the startup model (default: env MODEL_ID, else tiny-shapes)"
+    )
     return parser.parse_args().model
 
 
@@ -72,8 +83,13 @@ MODEL_WORK = "model"  # the one concurrency_id of every listener that touches a 
 
 EXAMPLES = list(DEFAULTS.examples)  # the catalog entry's own examples
 
-PIXEL_IMAGE = dict(format="png", height=260, interactive=False, elem_classes="pixel",  # png: lossless pixels
-                   buttons=["download", "fullscreen"])
+PIXEL_IMAGE = dict(
+    format="png",
+    height=260,
+    interactive=False,
+    elem_classes="pixel",  # png: lossless pixels
+    buttons=["download", "fullscreen"],
+)
 
 CSS = """
 /* 64x64 images fill their box, drawn as blocks (nearest neighbour), not blurred */
@@ -106,33 +122,104 @@ def plain_errors():
         raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
     except MemoryError:
         log.exception("out of memory")
-        raise gr.Error("The server ran out of memory for this request: choose a smaller image size, fewer steps or "
-                       "fewer prompts.", print_exception=False) from None
+        raise gr.Error(
+            "The server ran out of memory for this request: choose a smaller image size, fewer steps or fewer prompts.",
+            print_exception=False,
+        ) from None
     except Exception:  # noqa: BLE001
         ref = uuid.uuid4().hex[:8]
         log.exception("request failed (ref %s)", ref)
-        raise gr.Error(f"The server hit an unexpected error (reference {ref}, logged). Try again or change a "
-                       "setting.", print_exception=False) from None
+        raise gr.Error(
+            f"The server hit an unexpected error (reference {ref}, logged). Try again or change a setting.",
+            print_exception=False,
+        ) from None
 
 
 @gpu(duration=60)
-def compare(prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope,
-            quant_mode, bits, height, width, history, progress=gr.Progress(track_tqdm=True)):
+def compare(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+    history,
+    progress=gr.Progress(track_tqdm=True),
+):
     """Draw the baseline and the compressed model with the same prompt and seed; measure both."""
     with plain_errors():
-        return _compare(prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
-                        prune_scope, quant_mode, bits, height, width, history, progress)
+        return _compare(
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            guidance,
+            model,
+            prune_percent,
+            prune_method,
+            prune_scope,
+            quant_mode,
+            bits,
+            height,
+            width,
+            history,
+            progress,
+        )
 
 
-def _compare(prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope,
-             quant_mode, bits, height, width, history, progress):
-    req = svc.parse_compare(LAB, prompt, negative_prompt, seed, steps, guidance, model, prune_percent,
-                            prune_method, prune_scope, quant_mode, bits, height, width)
+def _compare(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+    history,
+    progress,
+):
+    req = svc.parse_compare(
+        LAB,
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance,
+        model,
+        prune_percent,
+        prune_method,
+        prune_scope,
+        quant_mode,
+        bits,
+        height,
+        width,
+    )
     loaded = LAB.get(req.model)
     progress(0.0, desc="starting")
-    result = loaded.engine.generate_pair(req.prompt, req.seed, req.steps, req.guidance, req.spec,
-                                         req.negative_prompt, req.height, req.width,
-                                         progress=svc.progress_adapter(progress))
+    result = loaded.engine.generate_pair(
+        req.prompt,
+        req.seed,
+        req.steps,
+        req.guidance,
+        req.spec,
+        req.negative_prompt,
+        req.height,
+        req.width,
+        progress=svc.progress_adapter(progress),
+    )
     progress(1.0, desc="scoring")
     row = pair_row(result, req.prompt, loaded.judge)
     warnings = fmt.pair_warnings(result)
@@ -151,34 +238,67 @@ def _compare(prompt, negative_prompt, seed, steps, guidance, model, prune_percen
     base_caption, comp_caption = fmt.pair_captions(result)
 
     row = {"model": req.model, **row}
-    history = [*(history or []), row][-svc.HISTORY_LIMIT:]
+    history = [*(history or []), row][-svc.HISTORY_LIMIT :]
     hist_df = pd.DataFrame(history)
     csv = svc.write_download(hist_df, "history")
     hashes = (svc.image_sha256(result.baseline_image), svc.image_sha256(result.compressed_image))
     details = fmt.pair_details(req, result, row, stats, warnings, hashes)
     judge = loaded.judge.name if loaded.judge is not None else ""
     return (
-        base_img, comp_img, base_caption, comp_caption, (base_img, comp_img), heat, heat_caption,
-        numbers_table(row, result, judge), status_markdown(req, result, stats, warnings), details,
-        history_table(history), str(csv), *history_figures(hist_df), history,
+        base_img,
+        comp_img,
+        base_caption,
+        comp_caption,
+        (base_img, comp_img),
+        heat,
+        heat_caption,
+        numbers_table(row, result, judge),
+        status_markdown(req, result, stats, warnings),
+        details,
+        history_table(history),
+        str(csv),
+        *history_figures(hist_df),
+        history,
     )
 
 
 @gpu(duration=120)  # ZeroGPU caps a call's duration (the lower, the sooner a visitor gets a GPU): small sweeps
-def sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats,
-          progress=gr.Progress(track_tqdm=True)):
+def sweep(
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    progress=gr.Progress(track_tqdm=True),
+):
     """Run a grid of settings over a prompt set (compression.sweep.run_sweep) and chart it."""
     with plain_errors():
-        return _sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
-                      latency_repeats, progress)
+        return _sweep(
+            model,
+            prune_percents,
+            prune_methods,
+            quant_modes,
+            study,
+            n_prompts,
+            steps,
+            guidance,
+            latency_repeats,
+            progress,
+        )
 
 
-def _sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats,
-           progress):
+def _sweep(
+    model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress
+):
     from compression.sweep import run_sweep
 
-    req = svc.parse_sweep(LAB, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps,
-                          guidance, latency_repeats)
+    req = svc.parse_sweep(
+        LAB, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+    )
     loaded = LAB.get(req.model)
     out_dir = svc.sweep_dir(loaded.name, loaded.fingerprint)
     lock = svc.sweep_lock(out_dir)
@@ -187,10 +307,21 @@ def _sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, 
         lock.acquire()
     try:  # one sweep per work folder at a time (svc.sweep_lock): the report copied below is this sweep's
         progress(0.0, desc=f"{len(req.specs)} settings x {len(req.prompts)} prompts")
-        res = run_sweep(loaded.sweep_engine, req.specs, req.prompts, (0,), steps=req.steps, guidance=req.guidance,
-                        metric_set=loaded.metric_set, out_dir=out_dir, latency_repeats=req.latency_repeats,
-                        progress=svc.progress_adapter(progress), show_bar=False, max_cells=svc.MAX_SWEEP_SETTINGS,
-                        n_boot=svc.SWEEP_BOOTSTRAP)
+        res = run_sweep(
+            loaded.sweep_engine,
+            req.specs,
+            req.prompts,
+            (0,),
+            steps=req.steps,
+            guidance=req.guidance,
+            metric_set=loaded.metric_set,
+            out_dir=out_dir,
+            latency_repeats=req.latency_repeats,
+            progress=svc.progress_adapter(progress),
+            show_bar=False,
+            max_cells=svc.MAX_SWEEP_SETTINGS,
+            n_boot=svc.SWEEP_BOOTSTRAP,
+        )
         report = svc.download_path("sweep-report", ".html")
         shutil.copyfile(res.out_dir / "report.html", report)
     finally:
@@ -204,10 +335,32 @@ def _sweep(model, prune_percents, prune_methods, quant_modes, study, n_prompts, 
     return (status, sweep_summary(table), str(csv), str(report), *figures)
 
 
-COMPARE_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "model", "prune_percent", "prune_method",
-                  "prune_scope", "quant_mode", "bits", "height", "width")
-SWEEP_FIELDS = ("model", "prune_percents", "prune_methods", "quant_modes", "study", "n_prompts", "steps", "guidance",
-                "latency_repeats")
+COMPARE_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "model",
+    "prune_percent",
+    "prune_method",
+    "prune_scope",
+    "quant_mode",
+    "bits",
+    "height",
+    "width",
+)
+SWEEP_FIELDS = (
+    "model",
+    "prune_percents",
+    "prune_methods",
+    "quant_modes",
+    "study",
+    "n_prompts",
+    "steps",
+    "guidance",
+    "latency_repeats",
+)
 
 
 def _verdicts(fields, problems_of, args) -> list:
@@ -247,8 +400,18 @@ def on_model_change(name):
 def sweep_plan(prune_percents, prune_methods, quant_modes, study, n_prompts):
     """How big the sweep will be, before it runs."""
     try:
-        req = svc.parse_sweep(LAB, LAB.default_model, prune_percents, prune_methods, quant_modes, study, n_prompts,
-                              DEFAULTS.steps, DEFAULTS.guidance, 0)
+        req = svc.parse_sweep(
+            LAB,
+            LAB.default_model,
+            prune_percents,
+            prune_methods,
+            quant_modes,
+            study,
+            n_prompts,
+            DEFAULTS.steps,
+            DEFAULTS.guidance,
+            0,
+        )
     except ValueError as err:
         return f"⚠ {html.escape(str(err))}"
     return fmt.sweep_plan_text(req)
@@ -268,20 +431,52 @@ def _model_line() -> str:
 # ------------------------------------------------------------------------------- export and shared links
 
 
-def export_unet(prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope,
-                quant_mode, bits, height, width):
+def export_unet(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+):
     """Build the current setting's compressed UNet bundle (safetensors, manifest, card, recipe) as a zip."""
     with plain_errors():
-        req = svc.parse_compare(LAB, prompt, negative_prompt, seed, steps, guidance, model, prune_percent,
-                                prune_method, prune_scope, quant_mode, bits, height, width)
+        req = svc.parse_compare(
+            LAB,
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            guidance,
+            model,
+            prune_percent,
+            prune_method,
+            prune_scope,
+            quant_mode,
+            bits,
+            height,
+            width,
+        )
         path, size = svc.export_bundle(LAB, req)
         recipe = html.escape(json.dumps(svc.recipe_of(req)), quote=False)
-        return (str(path),  # a plain path: API clients download it
-                (f"Bundle of **{html.escape(req.spec.label)}** ready ({size:,} bytes, zip). "
-                 f"Recipe (for `python -m compression.export --recipe`): `{recipe}`"))
+        return (
+            str(path),  # a plain path: API clients download it
+            (
+                f"Bundle of **{html.escape(req.spec.label)}** ready ({size:,} bytes, zip). "
+                f"Recipe (for `python -m compression.export --recipe`): `{recipe}`"
+            ),
+        )
 
 
-COPY_LINK_JS = """(prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode, bits) => {
+COPY_LINK_JS = """(prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode,
+                   bits) => {
     const values = {prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode};
     if (quant_mode === "simulated-int") values.bits = bits;
     const url = window.location.origin + window.location.pathname + "?" + new URLSearchParams(values).toString();
@@ -299,11 +494,26 @@ def show_export(path):
     return gr.DownloadButton(f"Download compressed UNet ({size / 2**20:.2f} MiB)", visible=True)
 
 
-def apply_link(prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode, bits,
-               request: gr.Request):
+def apply_link(
+    prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    request: gr.Request,
+):
     """On page load: fill the controls from a shared link's query parameters; a bad one is ignored, with a note."""
-    current = dict(zip(svc.SHARE_FIELDS, (prompt, seed, steps, guidance, model, prune_percent, prune_method,
-                                          prune_scope, quant_mode, bits)))
+    current = dict(
+        zip(
+            svc.SHARE_FIELDS,
+            (prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode, bits),
+        )
+    )
     params = dict(request.query_params) if request is not None else {}
     values, notes = svc.parse_share_query(LAB, params, current)
     updates = [values[k] if k in values else gr.skip() for k in svc.SHARE_FIELDS]
@@ -336,50 +546,104 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         with gr.Tab("Compare", id="compare"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=300):
-                    prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, max_lines=4,
-                                        max_length=svc.MAX_PROMPT_CHARS, elem_id="prompt")
+                    prompt = gr.Textbox(
+                        label="Prompt",
+                        value=EXAMPLES[0],
+                        lines=2,
+                        max_lines=4,
+                        max_length=svc.MAX_PROMPT_CHARS,
+                        elem_id="prompt",
+                    )
                     gr.Examples([[p] for p in EXAMPLES], inputs=[prompt], label="Example prompts")
                     if DEFAULTS.grammar:
                         gr.Markdown(DEFAULTS.grammar, elem_classes="note")
                     with gr.Row(equal_height=True):
-                        seed = gr.Number(value=42, precision=0, label="Seed", minimum=0, maximum=svc.MAX_SEED,
-                                         min_width=120, scale=3, elem_id="seed")
+                        seed = gr.Number(
+                            value=42,
+                            precision=0,
+                            label="Seed",
+                            minimum=0,
+                            maximum=svc.MAX_SEED,
+                            min_width=120,
+                            scale=3,
+                            elem_id="seed",
+                        )
                         dice = gr.Button("Random seed", size="md", min_width=80, scale=1, elem_id="dice")
                     with gr.Group():
                         with gr.Row():
-                            steps = gr.Slider(1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps",
-                                              min_width=120)
-                            guidance = gr.Slider(0, svc.MAX_GUIDANCE, value=DEFAULTS.guidance, step=0.5,
-                                                 label="Guidance scale", min_width=120)
+                            steps = gr.Slider(
+                                1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps", min_width=120
+                            )
+                            guidance = gr.Slider(
+                                0,
+                                svc.MAX_GUIDANCE,
+                                value=DEFAULTS.guidance,
+                                step=0.5,
+                                label="Guidance scale",
+                                min_width=120,
+                            )
                     with gr.Group():
-                        prune = gr.Slider(0, svc.MAX_PRUNE_PERCENT, value=30, step=1, label="Pruning amount (%)",
-                                          info="weights zeroed (unstructured) or channels removed (structured); "
-                                               "the SD 1.5 study saw quality go past 30-35%",
-                                          elem_id="prune")
+                        prune = gr.Slider(
+                            0,
+                            svc.MAX_PRUNE_PERCENT,
+                            value=30,
+                            step=1,
+                            label="Pruning amount (%)",
+                            info="weights zeroed (unstructured) or channels removed (structured); "
+                            "the SD 1.5 study saw quality go past 30-35%",
+                            elem_id="prune",
+                        )
                         with gr.Row():
-                            method = gr.Dropdown(_pruner_choices(), value="l1-unstructured", label="Pruning method",
-                                                 min_width=160, scale=3, elem_id="method")
-                            scope = gr.Dropdown(list(SCOPES), value="all", label="Pruning scope", min_width=110,
-                                                scale=2, elem_id="scope")
-                        quant = gr.Dropdown(_quant_choices(), value="fp32", label="Quantization",
-                                            info="only the modes this device can run", elem_id="quant")
-                        bits = gr.Slider(2, 8, value=4, step=1, label="Simulated bit width", visible=False,
-                                         elem_id="bits")
+                            method = gr.Dropdown(
+                                _pruner_choices(),
+                                value="l1-unstructured",
+                                label="Pruning method",
+                                min_width=160,
+                                scale=3,
+                                elem_id="method",
+                            )
+                            scope = gr.Dropdown(
+                                list(SCOPES),
+                                value="all",
+                                label="Pruning scope",
+                                min_width=110,
+                                scale=2,
+                                elem_id="scope",
+                            )
+                        quant = gr.Dropdown(
+                            _quant_choices(),
+                            value="fp32",
+                            label="Quantization",
+                            info="only the modes this device can run",
+                            elem_id="quant",
+                        )
+                        bits = gr.Slider(
+                            2, 8, value=4, step=1, label="Simulated bit width", visible=False, elem_id="bits"
+                        )
                     generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate")
                     # Take the comparison away (handlers in "export and shared links" below).
                     with gr.Row():
                         export_btn = gr.Button("Build compressed UNet", size="sm", elem_id="export")
-                        export_file = gr.DownloadButton("Download compressed UNet", size="sm", visible=False,
-                                                        elem_id="export-file")
+                        export_file = gr.DownloadButton(
+                            "Download compressed UNet", size="sm", visible=False, elem_id="export-file"
+                        )
                         copy_link = gr.Button("Copy link", size="sm", elem_id="copy-link")
                     share_url = gr.Textbox(label="Link to this comparison", visible=False, elem_id="share-url")
                     take_note = gr.Markdown(elem_classes="note", elem_id="take-note")
                     with gr.Accordion("Negative prompt, model, image size", open=False):
-                        negative = gr.Textbox(label="Negative prompt", value="", max_length=svc.MAX_PROMPT_CHARS,
-                                              placeholder="(optional) what to steer away from")
-                        model = gr.Dropdown(LAB.model_names, value=LAB.default_model, label="Model",
-                                            info="the embedded tiny-shapes model runs offline; hub models need "
-                                                 "network and ideally a GPU")
+                        negative = gr.Textbox(
+                            label="Negative prompt",
+                            value="",
+                            max_length=svc.MAX_PROMPT_CHARS,
+                            placeholder="(optional) what to steer away from",
+                        )
+                        model = gr.Dropdown(
+                            LAB.model_names,
+                            value=LAB.default_model,
+                            label="Model",
+                            info="the embedded tiny-shapes model runs offline; hub models need "
+                            "network and ideally a GPU",
+                        )
                         with gr.Row():
                             height = gr.Number(value=0, precision=0, label="Height (0: native)", min_width=100)
                             width = gr.Number(value=0, precision=0, label="Width (0: native)", min_width=100)
@@ -398,64 +662,118 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                             heat_caption = gr.Markdown(elem_classes="caption")
                     with gr.Row():
                         with gr.Column(scale=2, min_width=260):
-                            slider = gr.ImageSlider(label="Slide: baseline | compressed", format="png", height=300,
-                                                    interactive=False, elem_classes="pixel", elem_id="slider")
+                            slider = gr.ImageSlider(
+                                label="Slide: baseline | compressed",
+                                format="png",
+                                height=300,
+                                interactive=False,
+                                elem_classes="pixel",
+                                elem_id="slider",
+                            )
                         with gr.Column(scale=3, min_width=300):
-                            numbers = gr.Dataframe(headers=["measure", "baseline", "compressed", "ratio"],
-                                                   label="Numbers for this pair (ratio: compressed / baseline)",
-                                                   interactive=False, wrap=True, elem_id="numbers",
-                                                   elem_classes="dcl-table", max_height=640,
-                                                   column_widths=["46%", "18%", "18%", "18%"])
+                            numbers = gr.Dataframe(
+                                headers=["measure", "baseline", "compressed", "ratio"],
+                                label="Numbers for this pair (ratio: compressed / baseline)",
+                                interactive=False,
+                                wrap=True,
+                                elem_id="numbers",
+                                elem_classes="dcl-table",
+                                max_height=640,
+                                column_widths=["46%", "18%", "18%", "18%"],
+                            )
                     with gr.Accordion("Details (JSON, as the API returns it)", open=False):
                         details = gr.JSON(label="details")
 
-            gr.Markdown("### Session history\nEvery comparison of this session, newest first. Charts: N = "
-                        "comparisons, one image each.")
-            history_df = gr.Dataframe(value=history_table([]), label="History", interactive=False, wrap=True,
-                                      max_height=320, elem_id="history", elem_classes="dcl-table")
+            gr.Markdown(
+                "### Session history\nEvery comparison of this session, newest first. Charts: N = "
+                "comparisons, one image each."
+            )
+            history_df = gr.Dataframe(
+                value=history_table([]),
+                label="History",
+                interactive=False,
+                wrap=True,
+                max_height=320,
+                elem_id="history",
+                elem_classes="dcl-table",
+            )
             with gr.Row():
                 history_csv = gr.DownloadButton("Download history (CSV)", size="sm", elem_id="history-csv")
                 clear = gr.Button("Clear history", size="sm", variant="secondary")
             # One chart per row: their notes are single lines that a half-width chart clips, and phones stack.
             cost_plot = gr.Plot(value=charts.history_cost(None), label="Latency and UNet size", elem_id="cost-plot")
-            quality_plot = gr.Plot(value=charts.history_quality(None), label="Quality against pruning",
-                                   elem_id="quality-plot")
+            quality_plot = gr.Plot(
+                value=charts.history_quality(None), label="Quality against pruning", elem_id="quality-plot"
+            )
             chart_notes = gr.Markdown(elem_classes="note", elem_id="chart-notes")
 
         # ----------------------------------------------------------------------------------- Sweep
         with gr.Tab("Sweep", id="sweep"):
-            gr.Markdown("Run a grid of settings over a prompt set and measure each against the baseline (and, for "
-                        "the embedded model, against real images of its world). Finished settings are reused by "
-                        "later sweeps with the same prompts and sampler settings. Bigger grids: "
-                        "`python -m compression.sweep`.")
+            gr.Markdown(
+                "Run a grid of settings over a prompt set and measure each against the baseline (and, for "
+                "the embedded model, against real images of its world). Finished settings are reused by "
+                "later sweeps with the same prompts and sampler settings. Bigger grids: "
+                "`python -m compression.sweep`."
+            )
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     sw_model = gr.Dropdown(LAB.model_names, value=LAB.default_model, label="Model")
-                    sw_study = gr.Radio([(text, name) for name, text in svc.SWEEP_STUDIES.items()],
-                                        value="grid", label="Study")
-                    sw_percents = gr.CheckboxGroup(list(svc.SWEEP_PERCENTS), value=[0, 30, 60], label="Pruning (%)",
-                                                   info="layer study: each non-zero value x 9 parts")
-                    sw_methods = gr.CheckboxGroup(_pruner_choices(), value=["l1-unstructured"],
-                                                  label="Pruning methods", info="layer study: the first one")
-                    sw_quant = gr.CheckboxGroup(svc.sweep_quant_choices(LAB), value=["fp32"], label="Quantization",
-                                                info="simulated-int:N = N-bit simulated weights; layer study: fp32")
-                    sw_prompts = gr.Slider(1, svc.MAX_SWEEP_PROMPTS, value=16, step=1,
-                                           label="Prompts (N per setting)",
-                                           info="from assets/prompts; KID is unbiased at small N, FD needs hundreds")
+                    sw_study = gr.Radio(
+                        [(text, name) for name, text in svc.SWEEP_STUDIES.items()], value="grid", label="Study"
+                    )
+                    sw_percents = gr.CheckboxGroup(
+                        list(svc.SWEEP_PERCENTS),
+                        value=[0, 30, 60],
+                        label="Pruning (%)",
+                        info="layer study: each non-zero value x 9 parts",
+                    )
+                    sw_methods = gr.CheckboxGroup(
+                        _pruner_choices(),
+                        value=["l1-unstructured"],
+                        label="Pruning methods",
+                        info="layer study: the first one",
+                    )
+                    sw_quant = gr.CheckboxGroup(
+                        svc.sweep_quant_choices(LAB),
+                        value=["fp32"],
+                        label="Quantization",
+                        info="simulated-int:N = N-bit simulated weights; layer study: fp32",
+                    )
+                    sw_prompts = gr.Slider(
+                        1,
+                        svc.MAX_SWEEP_PROMPTS,
+                        value=16,
+                        step=1,
+                        label="Prompts (N per setting)",
+                        info="from assets/prompts; KID is unbiased at small N, FD needs hundreds",
+                    )
                     with gr.Row():
                         sw_steps = gr.Slider(1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps")
-                        sw_guidance = gr.Slider(0, svc.MAX_GUIDANCE, value=DEFAULTS.guidance, step=0.5,
-                                                label="Guidance")
-                    sw_latency = gr.Slider(0, svc.MAX_LATENCY_REPEATS, value=3, step=1, label="Latency repeats",
-                                           info="median of this many timed runs per setting (0: skip)")
+                        sw_guidance = gr.Slider(
+                            0, svc.MAX_GUIDANCE, value=DEFAULTS.guidance, step=0.5, label="Guidance"
+                        )
+                    sw_latency = gr.Slider(
+                        0,
+                        svc.MAX_LATENCY_REPEATS,
+                        value=3,
+                        step=1,
+                        label="Latency repeats",
+                        info="median of this many timed runs per setting (0: skip)",
+                    )
                     sw_plan = gr.Markdown(elem_classes="caption")
                     # No Stop button: cancelling a running Gradio event does not stop its worker thread, so the
                     # sweep would go on computing while the queue let the next model request in beside it.
                     run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
                 with gr.Column(scale=2, min_width=320):
                     sw_status = gr.Markdown("Choose a grid and press **Run sweep**.")
-                    sw_table = gr.Dataframe(label="Results per setting: value [95% CI]", interactive=False, wrap=True,
-                                            max_height=360, elem_id="sweep-table", elem_classes="dcl-table")
+                    sw_table = gr.Dataframe(
+                        label="Results per setting: value [95% CI]",
+                        interactive=False,
+                        wrap=True,
+                        max_height=360,
+                        elem_id="sweep-table",
+                        elem_classes="dcl-table",
+                    )
                     with gr.Row():
                         sw_csv = gr.DownloadButton("Download results (CSV, tidy)", size="sm")
                         sw_report = gr.DownloadButton("Download report (HTML)", size="sm")
@@ -464,45 +782,116 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         for tab, indices in SWEEP_TABS:
                             with gr.Tab(tab):
                                 for i in indices:
-                                    sw_plots[i] = gr.Plot(value=charts.empty_figure("Run a sweep first."),
-                                                          label=SWEEP_PLOTS[i], elem_id=f"sweep-plot-{i}")
+                                    sw_plots[i] = gr.Plot(
+                                        value=charts.empty_figure("Run a sweep first."),
+                                        label=SWEEP_PLOTS[i],
+                                        elem_id=f"sweep-plot-{i}",
+                                    )
 
         with gr.Tab("About", id="about"):
             gr.Markdown(fmt.about(LAB.device, LAB.cache_size))
 
     # ------------------------------------------------------------------------------------------ wiring
-    compare_inputs = [prompt, negative, seed, steps, guidance, model, prune, method, scope, quant, bits, height,
-                      width, history_state]
-    compare_outputs = [base_img, comp_img, base_caption, comp_caption, slider, heat_img, heat_caption, numbers,
-                       status, details, history_df, history_csv, cost_plot, quality_plot, chart_notes,
-                       history_state]
+    compare_inputs = [
+        prompt,
+        negative,
+        seed,
+        steps,
+        guidance,
+        model,
+        prune,
+        method,
+        scope,
+        quant,
+        bits,
+        height,
+        width,
+        history_state,
+    ]
+    compare_outputs = [
+        base_img,
+        comp_img,
+        base_caption,
+        comp_caption,
+        slider,
+        heat_img,
+        heat_caption,
+        numbers,
+        status,
+        details,
+        history_df,
+        history_csv,
+        cost_plot,
+        quality_plot,
+        chart_notes,
+        history_state,
+    ]
     # preprocess=False: the raw values reach app_service's checks, which refuse NaN, non-integers and unknown
     # names with plain messages (Gradio's own preprocessing rounds 3.5 to 4 and echoes bad choices).
     model_work = dict(concurrency_id=MODEL_WORK, concurrency_limit=MODEL_CONCURRENCY, preprocess=False)
-    gr.on([generate.click, prompt.submit], compare, compare_inputs, compare_outputs, api_name="compare",
-          validator=validate_compare, **model_work)
+    gr.on(
+        [generate.click, prompt.submit],
+        compare,
+        compare_inputs,
+        compare_outputs,
+        api_name="compare",
+        validator=validate_compare,
+        **model_work,
+    )
     quant.change(on_quant_change, quant, bits, queue=False, api_visibility="private")
     model.change(on_model_change, model, [steps, guidance, height, width], queue=False, api_visibility="private")
-    sw_model.change(lambda name: on_model_change(name)[:2], sw_model, [sw_steps, sw_guidance], queue=False,
-                    api_visibility="private")
+    sw_model.change(
+        lambda name: on_model_change(name)[:2], sw_model, [sw_steps, sw_guidance], queue=False, api_visibility="private"
+    )
     dice.click(None, None, seed, js="() => Math.floor(Math.random() * 4294967296)", api_visibility="private")
-    clear.click(clear_history, None, [history_state, history_df, history_csv, cost_plot, quality_plot, chart_notes],
-                queue=False, api_visibility="private")
+    clear.click(
+        clear_history,
+        None,
+        [history_state, history_df, history_csv, cost_plot, quality_plot, chart_notes],
+        queue=False,
+        api_visibility="private",
+    )
 
-    sweep_inputs = [sw_model, sw_percents, sw_methods, sw_quant, sw_study, sw_prompts, sw_steps, sw_guidance,
-                    sw_latency]
-    run_sweep_btn.click(sweep, sweep_inputs, [sw_status, sw_table, sw_csv, sw_report, *sw_plots], api_name="sweep",
-                        validator=validate_sweep, **model_work)
+    sweep_inputs = [
+        sw_model,
+        sw_percents,
+        sw_methods,
+        sw_quant,
+        sw_study,
+        sw_prompts,
+        sw_steps,
+        sw_guidance,
+        sw_latency,
+    ]
+    run_sweep_btn.click(
+        sweep,
+        sweep_inputs,
+        [sw_status, sw_table, sw_csv, sw_report, *sw_plots],
+        api_name="sweep",
+        validator=validate_sweep,
+        **model_work,
+    )
     plan_inputs = [sw_percents, sw_methods, sw_quant, sw_study, sw_prompts]
-    gr.on([demo.load, *(comp.change for comp in plan_inputs)], sweep_plan, plan_inputs, sw_plan, queue=False,
-          api_visibility="private")
+    gr.on(
+        [demo.load, *(comp.change for comp in plan_inputs)],
+        sweep_plan,
+        plan_inputs,
+        sw_plan,
+        queue=False,
+        api_visibility="private",
+    )
     demo.load(_model_line, None, model_line, queue=False, api_visibility="private")
 
     # export and shared links
     share_inputs = [prompt, seed, steps, guidance, model, prune, method, scope, quant, bits]
-    export_btn.click(export_unet, compare_inputs[:-1], [export_file, take_note], api_name="export",
-                     validator=validate_compare, **model_work).then(
-        show_export, export_file, export_file, queue=False, api_visibility="private")
+    export_btn.click(
+        export_unet,
+        compare_inputs[:-1],
+        [export_file, take_note],
+        api_name="export",
+        validator=validate_compare,
+        **model_work,
+    ).then(show_export, export_file, export_file, queue=False, api_visibility="private")
     copy_link.click(None, share_inputs, share_url, js=COPY_LINK_JS, api_visibility="private")
     demo.load(apply_link, share_inputs, [*share_inputs, take_note], queue=False, api_visibility="private")
 
@@ -535,8 +924,7 @@ def launch(**kwargs):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     LAB.startup()
     if LAB.warm_seconds is not None:
         log.info("warmed %s in %.1f s", LAB.default_model, LAB.warm_seconds)

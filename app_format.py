@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from compression import PRUNERS, QUANT_MODES, SCOPES, charts, world
+from compression import PRUNERS, QUANT_MODES, SCOPES, charts
 from compression.report import headline_columns, headline_table
 
 
@@ -19,7 +19,7 @@ def num(v, digits: int = 3, unit: str = "") -> str:
     """A number for a table cell: significant digits, NaN shown as a dash."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
-    text = f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:,.0f}"
+    text = f"{v:.{digits}g}" if abs(v) < 10**digits else f"{v:,.0f}"
     return f"{text}{unit}"
 
 
@@ -34,31 +34,63 @@ def numbers_table(row: dict, result, judge_name: str) -> pd.DataFrame:
     """The pair's numbers: one row per measure, baseline / compressed / compressed relative to baseline."""
     nf = result.compressed_nonfinite
     not_scored = "NaN/inf: not scored"
-    ratio = (lambda a, b: f"{a / b:.2f}x" if b else "-")
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if b else "-"
+
     clip_note = f"CLIP score ({judge_name}, 0-100)" if judge_name else "CLIP score (no judge loaded)"
     rows = [
-        [clip_note, num(row["clip_baseline"]), not_scored if nf else num(row["clip_compressed"]),
-         "-" if nf or not math.isfinite(row["clip_compressed"]) or not math.isfinite(row["clip_baseline"])
-         else f"{row['clip_compressed'] - row['clip_baseline']:+.2f}"],
+        [
+            clip_note,
+            num(row["clip_baseline"]),
+            not_scored if nf else num(row["clip_compressed"]),
+            "-"
+            if nf or not math.isfinite(row["clip_compressed"]) or not math.isfinite(row["clip_baseline"])
+            else f"{row['clip_compressed'] - row['clip_baseline']:+.2f}",
+        ],
         ["PSNR vs baseline (dB)", "-", not_scored if nf else num(row["psnr_db"]), ""],
         ["SSIM vs baseline (0-1)", "-", not_scored if nf else num(row["ssim"]), ""],
-        ["UNet size (MB)", num(row["unet_mb_baseline"]), num(row["unet_mb"]),
-         ratio(row["unet_mb"], row["unet_mb_baseline"])],
-        ["parameters (M)", num(row["params_baseline"] / 1e6), num(row["params"] / 1e6),
-         ratio(row["params"], row["params_baseline"])],
-        ["measured sparsity, whole UNet (%)", num(100 * result.baseline_cost.sparsity, 3),
-         num(row["sparsity_pct"], 3), ""],
+        [
+            "UNet size (MB)",
+            num(row["unet_mb_baseline"]),
+            num(row["unet_mb"]),
+            ratio(row["unet_mb"], row["unet_mb_baseline"]),
+        ],
+        [
+            "parameters (M)",
+            num(row["params_baseline"] / 1e6),
+            num(row["params"] / 1e6),
+            ratio(row["params"], row["params_baseline"]),
+        ],
+        [
+            "measured sparsity, whole UNet (%)",
+            num(100 * result.baseline_cost.sparsity, 3),
+            num(row["sparsity_pct"], 3),
+            "",
+        ],
     ]
     if result.prune_report is not None and result.prune_report.scope != "all":
-        rows.append([f"measured sparsity, scope '{result.prune_report.scope}' (%)", "-",
-                     num(100 * result.prune_report.sparsity, 3), ""])
+        rows.append(
+            [
+                f"measured sparsity, scope '{result.prune_report.scope}' (%)",
+                "-",
+                num(100 * result.prune_report.sparsity, 3),
+                "",
+            ]
+        )
     rows += [
-        ["compression time (s)", "-",
-         "cached" if result.compression_cached and not result.spec.is_identity else num(row["compression_s"], 2),
-         ""],
-        ["denoising latency (ms, N=1)",
-         num(row["latency_baseline_ms"], 4) + (" (cached)" if result.baseline_cached else ""),
-         num(row["latency_ms"], 4), ratio(row["latency_ms"], row["latency_baseline_ms"])],
+        [
+            "compression time (s)",
+            "-",
+            "cached" if result.compression_cached and not result.spec.is_identity else num(row["compression_s"], 2),
+            "",
+        ],
+        [
+            "denoising latency (ms, N=1)",
+            num(row["latency_baseline_ms"], 4) + (" (cached)" if result.baseline_cached else ""),
+            num(row["latency_ms"], 4),
+            ratio(row["latency_ms"], row["latency_baseline_ms"]),
+        ],
     ]
     return pd.DataFrame(rows, columns=["measure", "baseline", "compressed", "ratio"])
 
@@ -67,8 +99,11 @@ def status_markdown(req, result, stats: dict, warnings: list[str]) -> str:
     """The line above the pair: what was drawn, what came from a cache, what the setting cannot gain."""
     spec = result.spec
     cache = []
-    cache.append("baseline from cache (same prompt, seed and sampler settings: not redrawn)" if result.baseline_cached
-                 else "baseline drawn now")
+    cache.append(
+        "baseline from cache (same prompt, seed and sampler settings: not redrawn)"
+        if result.baseline_cached
+        else "baseline drawn now"
+    )
     if spec.is_identity:
         cache.append("nothing to compress (0% pruning, fp32): the compressed side is the baseline UNet")
     elif result.compression_cached:
@@ -81,19 +116,33 @@ def status_markdown(req, result, stats: dict, warnings: list[str]) -> str:
         " · ".join(cache),
     ]
     if not QUANT_MODES[spec.quant_mode].real_gain:
-        lines.append("Simulated quantization: weights are rounded to fewer bits but stored as float, so the size "
-                     "and speed are the baseline's.")
+        lines.append(
+            "Simulated quantization: weights are rounded to fewer bits but stored as float, so the size "
+            "and speed are the baseline's."
+        )
     if spec.prunes and "unstructured" in spec.prune_method:
-        lines.append("Unstructured pruning writes zeros into dense weights: no dense kernel gets faster and the "
-                     "stored size does not shrink; the numbers below show it.")
+        lines.append(
+            "Unstructured pruning writes zeros into dense weights: no dense kernel gets faster and the "
+            "stored size does not shrink; the numbers below show it."
+        )
     lines += [f"⚠ {html.escape(w)}" for w in warnings]
     return "\n\n".join(lines)
 
 
 HISTORY_COLUMNS = {
-    "setting": "setting", "prompt": "prompt", "seed": "seed", "steps": "steps", "clip_baseline": "CLIP base",
-    "clip_compressed": "CLIP comp", "psnr_db": "PSNR dB", "ssim": "SSIM", "unet_mb": "UNet MB",
-    "sparsity_pct": "sparsity %", "latency_baseline_ms": "base ms", "latency_ms": "comp ms", "speedup": "ms ratio",
+    "setting": "setting",
+    "prompt": "prompt",
+    "seed": "seed",
+    "steps": "steps",
+    "clip_baseline": "CLIP base",
+    "clip_compressed": "CLIP comp",
+    "psnr_db": "PSNR dB",
+    "ssim": "SSIM",
+    "unet_mb": "UNet MB",
+    "sparsity_pct": "sparsity %",
+    "latency_baseline_ms": "base ms",
+    "latency_ms": "comp ms",
+    "speedup": "ms ratio",
 }
 
 
@@ -117,10 +166,16 @@ def history_table(rows: list[dict]) -> pd.DataFrame:
 
 # Columns of the sweep summary table, in reading order: (metric prefix, reference, column name).
 SUMMARY_METRICS = [
-    ("accuracy: all", "prompt", "accuracy %"), ("CLIP score", "prompt", "CLIP score"),
-    ("KID-", "baseline", "KID vs baseline"), ("KID-", "real", "KID vs real"), ("PSNR", "baseline", "PSNR dB"),
-    ("SSIM", "baseline", "SSIM"), ("latency", "", "latency ms"), ("UNet size", "", "UNet MB"),
-    ("sparsity", "", "sparsity %"), ("non-finite images", "", "NaN/inf images"),
+    ("accuracy: all", "prompt", "accuracy %"),
+    ("CLIP score", "prompt", "CLIP score"),
+    ("KID-", "baseline", "KID vs baseline"),
+    ("KID-", "real", "KID vs real"),
+    ("PSNR", "baseline", "PSNR dB"),
+    ("SSIM", "baseline", "SSIM"),
+    ("latency", "", "latency ms"),
+    ("UNet size", "", "UNet MB"),
+    ("sparsity", "", "sparsity %"),
+    ("non-finite images", "", "NaN/inf images"),
 ]
 
 
@@ -136,16 +191,21 @@ def phone_friendly(fig):
     charts.py writes each note as one line of text at a fixed place under the axes; on a phone the line is
     cut off and a legend that wraps to several rows runs into it. As page text the notes wrap on any screen.
     """
-    notes = [html.unescape(a.text) for a in fig.layout.annotations
-             if a.yref == "paper" and a.y is not None and a.y < 0 and a.text]
-    fig.layout.annotations = [a for a in fig.layout.annotations
-                              if not (a.yref == "paper" and a.y is not None and a.y < 0)]
+    notes = [
+        html.unescape(a.text)
+        for a in fig.layout.annotations
+        if a.yref == "paper" and a.y is not None and a.y < 0 and a.text
+    ]
+    fig.layout.annotations = [
+        a for a in fig.layout.annotations if not (a.yref == "paper" and a.y is not None and a.y < 0)
+    ]
     title = fig.layout.title.text or ""
     if " (" in title:  # the N part on a line of its own: long titles are clipped on narrow screens
         head, tail = title.split(" (", 1)
         fig.update_layout(title_text=f"{head}<br><sup>({tail}</sup>")
-    fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.18, yanchor="top"),
-                      margin=dict(t=80, b=130))
+    fig.update_layout(
+        legend=dict(orientation="h", x=0, xanchor="left", y=-0.18, yanchor="top"), margin=dict(t=80, b=130)
+    )
     return fig, notes
 
 
@@ -176,8 +236,11 @@ def pick_metric(table: pd.DataFrame, prefix: str, reference: str | None) -> str 
 
 def sweep_figures(table: pd.DataFrame, layer_study: bool) -> list:
     """The sweep tab's charts, in the order of SWEEP_PLOTS."""
-    grid = table[(table["prune_scope"].isin([*charts.curve_scopes(table), ""])) | (table["prune_amount"].fillna(0) == 0)
-                 | (table["setting"] == charts.REAL_SETTING)]
+    grid = table[
+        (table["prune_scope"].isin([*charts.curve_scopes(table), ""]))
+        | (table["prune_amount"].fillna(0) == 0)
+        | (table["setting"] == charts.REAL_SETTING)
+    ]
     figs = []
     for label, prefix, ref in SWEEP_QUALITY:
         metric = pick_metric(table, prefix, ref)
@@ -193,8 +256,11 @@ def sweep_figures(table: pd.DataFrame, layer_study: bool) -> list:
     ref = "prompt"
     if quality is None:
         quality, ref = pick_metric(table, "KID-", "baseline"), "baseline"
-    figs.append(charts.quality_cost_pareto(table, quality, "UNet size", ref) if quality
-                else charts.empty_figure("No quality metric for a Pareto chart."))
+    figs.append(
+        charts.quality_cost_pareto(table, quality, "UNet size", ref)
+        if quality
+        else charts.empty_figure("No quality metric for a Pareto chart.")
+    )
     if layer_study and quality:
         figs.append(charts.layer_sensitivity(table, quality, ref))
     else:
@@ -215,8 +281,13 @@ SWEEP_QUALITY = [
 ]
 SWEEP_PLOTS = [label for label, _, _ in SWEEP_QUALITY] + ["latency", "UNet size", "Pareto", "layer sensitivity"]
 # Tabs of the sweep charts (few enough to fit a phone's width without an overflow menu): plot indices.
-SWEEP_TABS = [("Quality vs pruning", (0, 1)), ("Distances", (2, 3, 4)), ("Cost", (5, 6)), ("Pareto", (7,)),
-              ("Layer sensitivity", (8,))]
+SWEEP_TABS = [
+    ("Quality vs pruning", (0, 1)),
+    ("Distances", (2, 3, 4)),
+    ("Cost", (5, 6)),
+    ("Pareto", (7,)),
+    ("Layer sensitivity", (8,)),
+]
 
 
 # ------------------------------------------------------------------------------------- compare results
@@ -230,8 +301,10 @@ def pair_warnings(result) -> list[str]:
     if result.negative_prompt_truncated:
         warnings.append("The negative prompt is longer than 77 tokens: the model ignored the rest.")
     if result.compressed_nonfinite:
-        warnings.append("The compressed model produced NaN/inf values: its image is not a picture and is not "
-                        "scored (too much pruning or too few bits).")
+        warnings.append(
+            "The compressed model produced NaN/inf values: its image is not a picture and is not "
+            "scored (too much pruning or too few bits)."
+        )
     if result.baseline_nonfinite:
         warnings.append("The baseline produced NaN/inf values: this setting is not comparable.")
     return warnings
@@ -241,18 +314,20 @@ def difference_caption(stats: dict | None) -> str:
     """Under the difference image; None: an output held NaN/inf and nothing was computed."""
     if stats is None:
         return "**Difference**: not computed (an output held NaN/inf)"
-    return (f"**|compressed − baseline|** ×{stats['gain']:g} · mean {stats['mean_abs_diff']:.1f}, "
-            f"max {stats['max_abs_diff']:.0f} of 255")
+    return (
+        f"**|compressed − baseline|** ×{stats['gain']:g} · mean {stats['mean_abs_diff']:.1f}, "
+        f"max {stats['max_abs_diff']:.0f} of 255"
+    )
 
 
 def pair_captions(result) -> tuple[str, str]:
     """Under the baseline and the compressed image: setting and latency (compressed: as a multiple of the
     baseline's)."""
     base = f"**Baseline** · fp32 · {1000 * result.baseline_seconds:,.0f} ms" + (
-        " (cached)" if result.baseline_cached else "")
+        " (cached)" if result.baseline_cached else ""
+    )
     ratio = result.compressed_seconds / result.baseline_seconds if result.baseline_seconds else math.nan
-    comp = (f"**{html.escape(result.spec.label)}** · {1000 * result.compressed_seconds:,.0f} ms "
-            f"({ratio:.2f}× baseline)")
+    comp = f"**{html.escape(result.spec.label)}** · {1000 * result.compressed_seconds:,.0f} ms ({ratio:.2f}× baseline)"
     if result.compressed_nonfinite:
         comp += " · NaN/inf"
     return base, comp
@@ -266,8 +341,11 @@ def pair_details(req, result, row: dict, stats: dict, warnings: list[str], hashe
         "setting": result.spec.label,
         "prompt": req.prompt,
         "negative_prompt": req.negative_prompt,
-        "seed": result.seed, "steps": result.steps, "guidance": result.guidance,
-        "height": result.height, "width": result.width,
+        "seed": result.seed,
+        "steps": result.steps,
+        "guidance": result.guidance,
+        "height": result.height,
+        "width": result.width,
         "baseline_cached": result.baseline_cached,
         "compression_cached": result.compression_cached,
         "prompt_truncated": result.prompt_truncated,
@@ -286,24 +364,30 @@ def pair_details(req, result, row: dict, stats: dict, warnings: list[str], hashe
 
 def sweep_status(req, res, bootstrap: int) -> str:
     """The line above the sweep table: grid, N, sampler, what was reused, how intervals were made."""
-    return (f"**{len(req.specs)} settings × {len(req.prompts)} prompts** (N={len(req.prompts)} images per "
-            f"setting, `{req.prompt_set}` prompt set) on `{html.escape(req.model)}` · {req.steps} steps · "
-            f"guidance {req.guidance:g} · computed {len(res.computed)}, reused from earlier sweeps {len(res.skipped)} · "
-            f"intervals: bootstrap 95% ({bootstrap} resamples).")
+    return (
+        f"**{len(req.specs)} settings × {len(req.prompts)} prompts** (N={len(req.prompts)} images per "
+        f"setting, `{req.prompt_set}` prompt set) on `{html.escape(req.model)}` · {req.steps} steps · "
+        f"guidance {req.guidance:g} · computed {len(res.computed)}, reused from earlier sweeps {len(res.skipped)} · "
+        f"intervals: bootstrap 95% ({bootstrap} resamples)."
+    )
 
 
 def nonfinite_warnings(table: pd.DataFrame) -> list[str]:
     """One line per setting of a sweep whose images held NaN/inf."""
     rows = table[(table["metric"] == "non-finite images") & (table["value"] > 0)]
-    return [f"{r.setting}: {int(r.value)} of {int(r.n)} images held NaN/inf; they are left out of its scores."
-            for r in rows.itertuples()]
+    return [
+        f"{r.setting}: {int(r.value)} of {int(r.n)} images held NaN/inf; they are left out of its scores."
+        for r in rows.itertuples()
+    ]
 
 
 def sweep_plan_text(req) -> str:
     """How big the sweep will be, before it runs."""
     n = len(req.specs) * len(req.prompts)
-    return (f"{len(req.specs)} settings (baseline included) × {len(req.prompts)} prompts = **{n} images**, plus "
-            "latency timing per setting.")
+    return (
+        f"{len(req.specs)} settings (baseline included) × {len(req.prompts)} prompts = **{n} images**, plus "
+        "latency timing per setting."
+    )
 
 
 # ------------------------------------------------------------------------------------------- page texts
@@ -318,8 +402,10 @@ def model_line(lab) -> str:
         return f"Model `{lab.default_model}` loads on the first request (device: {lab.device})."
     cost = loaded.engine.baseline_cost
     side = f"{loaded.native[1]}×{loaded.native[0]} px"
-    return (f"Model **{loaded.name}** on **{loaded.device}** · draws {side} · UNet {cost.bytes / 2**20:.1f} MB, "
-            f"{cost.params / 1e6:.2f} M parameters")
+    return (
+        f"Model **{loaded.name}** on **{loaded.device}** · draws {side} · UNet {cost.bytes / 2**20:.1f} MB, "
+        f"{cost.params / 1e6:.2f} M parameters"
+    )
 
 
 def about(device, cache_size: int) -> str:
@@ -328,12 +414,16 @@ def about(device, cache_size: int) -> str:
     for kind, registry in (("pruning", PRUNERS), ("quantization", QUANT_MODES)):
         for name, item in registry.items():
             ok, why = item.available(device)
-            lines.append(f"| {kind} | `{name}` | {'yes' if ok else 'no: ' + html.escape(why)} | "
-                         f"{html.escape(item.description)} |")
+            lines.append(
+                f"| {kind} | `{name}` | {'yes' if ok else 'no: ' + html.escape(why)} | "
+                f"{html.escape(item.description)} |"
+            )
     lines += ["", "| scope | layers pruned |", "|---|---|"]
     lines += [f"| `{name}` | {html.escape(text)} |" for name, text in SCOPES.items()]
     lines += [
-        "", "### How to read the numbers", "",
+        "",
+        "### How to read the numbers",
+        "",
         "- **Same-seed pairs**: both images start from the same noise, so PSNR/SSIM against the baseline measure "
         "only what compression changed (N=1 per comparison: read trends, not decimals; sweeps give N and 95% "
         "intervals).",

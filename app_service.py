@@ -34,9 +34,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -169,8 +169,9 @@ def text(name: str, value: object, required: bool, max_chars: int = MAX_PROMPT_C
     try:  # JSON can carry lone UTF-16 surrogates ("\ud800"): the tokenizer would fail on them later
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise RequestError(f"{name} holds characters that are not valid Unicode (a lone surrogate); "
-                           "send UTF-8 text.") from None
+        raise RequestError(
+            f"{name} holds characters that are not valid Unicode (a lone surrogate); send UTF-8 text."
+        ) from None
     if len(value) > max_chars:
         raise RequestError(f"{name} must be at most {max_chars} characters (the model reads about 77 words).")
     if required and not value.strip():
@@ -261,8 +262,7 @@ class Lab:
         max_models (`int`, defaults to env `APP_MAX_MODELS` or 2): models loaded at once.
     """
 
-    def __init__(self, default_model: str | None = None, cache_size: int | None = None,
-                 max_models: int | None = None):
+    def __init__(self, default_model: str | None = None, cache_size: int | None = None, max_models: int | None = None):
         self.default_model = default_model or os.environ.get("MODEL_ID") or DEFAULT_MODEL
         self.cache_size = int(os.environ.get("APP_CACHE_SIZE", 3)) if cache_size is None else cache_size
         self.max_models = max(1, int(os.environ.get("APP_MAX_MODELS", 2)) if max_models is None else max_models)
@@ -320,8 +320,15 @@ class Lab:
                 raise RequestError(_load_failure(name, err)) from None
             engine = Engine(pipe, info.name, cache_size=self.cache_size)
             sweep_engine = Engine(pipe, info.name, cache_size=1, baseline_cache_size=0)
-            loaded = LoadedModel(info.name, engine, sweep_engine, metric_set, engine.default_size(), info.device,
-                                 weight_files_digest(info.source))
+            loaded = LoadedModel(
+                info.name,
+                engine,
+                sweep_engine,
+                metric_set,
+                engine.default_size(),
+                info.device,
+                weight_files_digest(info.source),
+            )
             self._models[name] = loaded
             while len(self._models) > self.max_models:
                 victim = next((k for k in self._models if k != self.default_model), None)
@@ -344,8 +351,9 @@ class Lab:
             started = time.perf_counter()
             # Two steps, a seed no one uses by default: warms every module on both paths without putting the
             # default comparison's baseline into the cache (the first real comparison is measured honestly).
-            model.engine.generate_pair("warm up", seed=MAX_SEED, steps=2, guidance=4.0,
-                                       spec=CompressionSpec(prune_amount=0.01))
+            model.engine.generate_pair(
+                "warm up", seed=MAX_SEED, steps=2, guidance=4.0, spec=CompressionSpec(prune_amount=0.01)
+            )
             if model.judge is not None:
                 model.judge.clip_score(np.zeros((1, *model.native, 3), np.uint8), ["warm up"])
             model.engine.clear_cache()
@@ -355,8 +363,10 @@ class Lab:
 def _load_failure(name: str, err: Exception) -> str:
     entry = CATALOG.get(name)
     if entry is not None and not entry.local:
-        return (f"could not load {name} from the Hugging Face hub ({type(err).__name__}): it needs network access "
-                "and a few GB of disk; this server may be offline. The embedded tiny-shapes model always works.")
+        return (
+            f"could not load {name} from the Hugging Face hub ({type(err).__name__}): it needs network access "
+            "and a few GB of disk; this server may be offline. The embedded tiny-shapes model always works."
+        )
     if isinstance(err, UnsafeModelError):  # our own plain refusal (pickles, custom code): names no server path
         return f"could not load {name}: {err}."
     if isinstance(err, FileNotFoundError):
@@ -387,29 +397,54 @@ def _size(name: str, value, lo: int, hi: int, default: int, model: str) -> int:
         return default  # empty / 0: the model's native size
     v = _number(value)
     if v is None or not math.isfinite(v) or v != math.floor(v) or not lo <= v <= hi or int(v) % SIZE_MULTIPLE:
-        raise RequestError(f"{name} must be a multiple of {SIZE_MULTIPLE} from {lo} to {hi} pixels for {model} (0: native size).")
+        raise RequestError(
+            f"{name} must be a multiple of {SIZE_MULTIPLE} from {lo} to {hi} pixels for {model} (0: native size)."
+        )
     return int(v)
 
 
-def _compare_values(lab: Lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
-                    prune_scope, quant_mode, bits, height, width, load: bool) -> tuple[dict, dict[str, str]]:
-    values, problems = _checked([
-        ("prompt", lambda: text("prompt", prompt, required=True)),
-        ("negative_prompt", lambda: text("negative prompt", negative_prompt, required=False)),
-        ("seed", lambda: whole_number("seed", seed, 0, MAX_SEED)),
-        ("steps", lambda: whole_number("steps", steps, 1, MAX_STEPS)),
-        ("guidance", lambda: real_number("guidance", guidance, 0, MAX_GUIDANCE)),
-        ("model", lambda: choice("model", model, lab.model_names)),
-        ("prune_percent", lambda: round(real_number("pruning", prune_percent, 0, MAX_PRUNE_PERCENT, "%") / 100, 6)),
-        ("prune_method", lambda: choice("pruning method", prune_method, lab.pruners())),
-        ("prune_scope", lambda: choice("pruning scope", prune_scope, list(SCOPES))),
-        ("quant_mode", lambda: choice("quantization mode", quant_mode, lab.quant_modes(),
-                                      " (modes this device cannot run are hidden)")),
-    ])
+def _compare_values(
+    lab: Lab,
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+    load: bool,
+) -> tuple[dict, dict[str, str]]:
+    values, problems = _checked(
+        [
+            ("prompt", lambda: text("prompt", prompt, required=True)),
+            ("negative_prompt", lambda: text("negative prompt", negative_prompt, required=False)),
+            ("seed", lambda: whole_number("seed", seed, 0, MAX_SEED)),
+            ("steps", lambda: whole_number("steps", steps, 1, MAX_STEPS)),
+            ("guidance", lambda: real_number("guidance", guidance, 0, MAX_GUIDANCE)),
+            ("model", lambda: choice("model", model, lab.model_names)),
+            ("prune_percent", lambda: round(real_number("pruning", prune_percent, 0, MAX_PRUNE_PERCENT, "%") / 100, 6)),
+            ("prune_method", lambda: choice("pruning method", prune_method, lab.pruners())),
+            ("prune_scope", lambda: choice("pruning scope", prune_scope, list(SCOPES))),
+            (
+                "quant_mode",
+                lambda: choice(
+                    "quantization mode", quant_mode, lab.quant_modes(), " (modes this device cannot run are hidden)"
+                ),
+            ),
+        ]
+    )
     if "steps" in values and compare_cost(values["steps"]) > MAX_JOB_STEPS:
-        problems["steps"] = (f"this comparison costs {compare_cost(values['steps']):,} denoising image-steps (2 images "
-                             f"x {values['steps']} steps); the app runs at most {MAX_JOB_STEPS:,} per job "
-                             "(APP_MAX_JOB_STEPS). Lower the steps.")
+        problems["steps"] = (
+            f"this comparison costs {compare_cost(values['steps']):,} denoising image-steps (2 images "
+            f"x {values['steps']} steps); the app runs at most {MAX_JOB_STEPS:,} per job "
+            "(APP_MAX_JOB_STEPS). Lower the steps."
+        )
     # bits only for the simulated mode (its slider is hidden otherwise and its value ignored), so two requests
     # that do the same thing share a cache entry.
     mode = values.get("quant_mode")
@@ -430,38 +465,112 @@ def _compare_values(lab: Lab, prompt, negative_prompt, seed, steps, guidance, mo
             loaded = lab.loaded(name)  # a check alone never loads a model
         if loaded is not None:
             lo, hi = loaded.size_range()
-            more, bad = _checked([
-                ("height", lambda: _size("height", height, lo, hi, loaded.native[0], name)),
-                ("width", lambda: _size("width", width, lo, hi, loaded.native[1], name)),
-            ])
+            more, bad = _checked(
+                [
+                    ("height", lambda: _size("height", height, lo, hi, loaded.native[0], name)),
+                    ("width", lambda: _size("width", width, lo, hi, loaded.native[1], name)),
+                ]
+            )
             values.update(more)
             problems.update(bad)
     return values, problems
 
 
-def compare_problems(lab: Lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
-                     prune_scope, quant_mode, bits, height, width) -> dict[str, str]:
+def compare_problems(
+    lab: Lab,
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+) -> dict[str, str]:
     """What is wrong with a comparison request, by parameter name (empty: nothing). Cheap and never loads a
     model: the app runs it before the request joins the queue, so bad input is refused at once however busy
     the queue is."""
-    return _compare_values(lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
-                           prune_scope, quant_mode, bits, height, width, load=False)[1]
+    return _compare_values(
+        lab,
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance,
+        model,
+        prune_percent,
+        prune_method,
+        prune_scope,
+        quant_mode,
+        bits,
+        height,
+        width,
+        load=False,
+    )[1]
 
 
-def parse_compare(lab: Lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent, prune_method,
-                  prune_scope, quant_mode, bits, height, width) -> CompareRequest:
+def parse_compare(
+    lab: Lab,
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+) -> CompareRequest:
     """Check every argument of a comparison (before any model work) and load the model if needed.
 
     Raises:
         RequestError: the first bad argument, with its valid range and its parameter name in `.field`.
     """
-    v, problems = _compare_values(lab, prompt, negative_prompt, seed, steps, guidance, model, prune_percent,
-                                  prune_method, prune_scope, quant_mode, bits, height, width, load=True)
+    v, problems = _compare_values(
+        lab,
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance,
+        model,
+        prune_percent,
+        prune_method,
+        prune_scope,
+        quant_mode,
+        bits,
+        height,
+        width,
+        load=True,
+    )
     _raise_first(problems)
-    spec = CompressionSpec(prune_amount=v["prune_percent"], prune_method=v["prune_method"],
-                           prune_scope=v["prune_scope"], quant_mode=v["quant_mode"], bits=v["bits"])
-    return CompareRequest(v["model"], v["prompt"], v["negative_prompt"], v["seed"], v["steps"], v["guidance"],
-                          v["height"], v["width"], spec)
+    spec = CompressionSpec(
+        prune_amount=v["prune_percent"],
+        prune_method=v["prune_method"],
+        prune_scope=v["prune_scope"],
+        quant_mode=v["quant_mode"],
+        bits=v["bits"],
+    )
+    return CompareRequest(
+        v["model"],
+        v["prompt"],
+        v["negative_prompt"],
+        v["seed"],
+        v["steps"],
+        v["guidance"],
+        v["height"],
+        v["width"],
+        spec,
+    )
 
 
 @dataclass(frozen=True)
@@ -493,27 +602,32 @@ def _amounts(prune_percents) -> list[float]:
         raise RequestError(f"choose at least one pruning percentage from 0 to {MAX_PRUNE_PERCENT:g}.")
     if len(prune_percents) > len(SWEEP_PERCENTS):
         raise RequestError(f"choose at most {len(SWEEP_PERCENTS)} pruning percentages.")
-    return sorted({round(real_number("each pruning percentage", p, 0, MAX_PRUNE_PERCENT, "%") / 100, 6)
-                   for p in prune_percents})
+    return sorted(
+        {round(real_number("each pruning percentage", p, 0, MAX_PRUNE_PERCENT, "%") / 100, 6) for p in prune_percents}
+    )
 
 
-def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
-                  latency_repeats) -> tuple[dict, dict[str, str]]:
+def _sweep_values(
+    lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+) -> tuple[dict, dict[str, str]]:
     from compression.sweep import grid, load_prompts
 
-    values, problems = _checked([
-        ("model", lambda: choice("model", model, lab.model_names)),
-        ("prune_percents", lambda: _amounts(prune_percents)),
-        ("prune_methods", lambda: choices("pruning method", prune_methods, lab.pruners())),
-        ("study", lambda: choice("study", study, list(SWEEP_STUDIES))),
-        ("n_prompts", lambda: whole_number("prompts", n_prompts, 1, MAX_SWEEP_PROMPTS)),
-        ("steps", lambda: whole_number("steps", steps, 1, MAX_STEPS)),
-        ("guidance", lambda: real_number("guidance", guidance, 0, MAX_GUIDANCE)),
-        ("latency_repeats", lambda: whole_number("latency repeats", latency_repeats, 0, MAX_LATENCY_REPEATS)),
-    ])
+    values, problems = _checked(
+        [
+            ("model", lambda: choice("model", model, lab.model_names)),
+            ("prune_percents", lambda: _amounts(prune_percents)),
+            ("prune_methods", lambda: choices("pruning method", prune_methods, lab.pruners())),
+            ("study", lambda: choice("study", study, list(SWEEP_STUDIES))),
+            ("n_prompts", lambda: whole_number("prompts", n_prompts, 1, MAX_SWEEP_PROMPTS)),
+            ("steps", lambda: whole_number("steps", steps, 1, MAX_STEPS)),
+            ("guidance", lambda: real_number("guidance", guidance, 0, MAX_GUIDANCE)),
+            ("latency_repeats", lambda: whole_number("latency repeats", latency_repeats, 0, MAX_LATENCY_REPEATS)),
+        ]
+    )
     if values.get("study") == "grid":  # the layer studies ignore the quantization choice (fp32 only)
-        more, bad = _checked([("quant_modes", lambda: choices("quantization mode", quant_modes,
-                                                               sweep_quant_choices(lab)))])
+        more, bad = _checked(
+            [("quant_modes", lambda: choices("quantization mode", quant_modes, sweep_quant_choices(lab)))]
+        )
         values.update(more)
         problems.update(bad)
     if problems:
@@ -528,32 +642,43 @@ def _sweep_values(lab: Lab, model, prune_percents, prune_methods, quant_modes, s
     else:
         pruned = [a for a in amounts if a > 0]
         if not pruned:
-            return values, {"prune_percents": "the layer-sensitivity study needs a pruning percentage above 0 "
-                                              "(50 is a good start)."}
+            return values, {
+                "prune_percents": "the layer-sensitivity study needs a pruning percentage above 0 (50 is a good start)."
+            }
         specs = [CompressionSpec(), *(CompressionSpec(a, methods[0], s) for a in pruned for s in LAYER_SCOPES)]
     specs = list(dict.fromkeys(specs))
     n = values["n_prompts"]
     if len(specs) > MAX_SWEEP_SETTINGS:
-        return values, {"prune_percents": (
-            f"this sweep has {len(specs)} settings (baseline included); the app runs at most {MAX_SWEEP_SETTINGS} "
-            f"per sweep (the layer study uses {len(LAYER_SCOPES)} per percentage). Choose fewer, or use "
-            "`python -m compression.sweep`.")}
+        return values, {
+            "prune_percents": (
+                f"this sweep has {len(specs)} settings (baseline included); the app runs at most {MAX_SWEEP_SETTINGS} "
+                f"per sweep (the layer study uses {len(LAYER_SCOPES)} per percentage). Choose fewer, or use "
+                "`python -m compression.sweep`."
+            )
+        }
     if len(specs) * n > MAX_SWEEP_IMAGES:
-        return values, {"n_prompts": (
-            f"{len(specs)} settings x {n} prompts = {len(specs) * n} images; the app draws at most "
-            f"{MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings.")}
+        return values, {
+            "n_prompts": (
+                f"{len(specs)} settings x {n} prompts = {len(specs) * n} images; the app draws at most "
+                f"{MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings."
+            )
+        }
     cost = sweep_cost(len(specs), n, values["steps"], values["latency_repeats"])
     if cost > MAX_JOB_STEPS:
-        return values, {"n_prompts": (
-            f"this sweep costs {cost:,} denoising image-steps ({len(specs)} settings x {values['steps']} steps x "
-            f"({n} prompts + {values['latency_repeats']} latency repeats)); the app runs at most {MAX_JOB_STEPS:,} "
-            "per job (APP_MAX_JOB_STEPS). Lower the prompts, steps, latency repeats or settings, or use "
-            "`python -m compression.sweep`.")}
+        return values, {
+            "n_prompts": (
+                f"this sweep costs {cost:,} denoising image-steps ({len(specs)} settings x {values['steps']} steps x "
+                f"({n} prompts + {values['latency_repeats']} latency repeats)); the app runs at most {MAX_JOB_STEPS:,} "
+                "per job (APP_MAX_JOB_STEPS). Lower the prompts, steps, latency repeats or settings, or use "
+                "`python -m compression.sweep`."
+            )
+        }
     prompt_set = model_defaults(values["model"]).prompt_set
     available = load_prompts(prompt_set)
     if n > len(available):
-        return values, {"n_prompts": f"prompts must be a whole number from 1 to {len(available)} for the "
-                                     f"{prompt_set} prompt set."}
+        return values, {
+            "n_prompts": f"prompts must be a whole number from 1 to {len(available)} for the {prompt_set} prompt set."
+        }
     values.update(specs=tuple(specs), prompt_set=prompt_set, prompts=tuple(available[:n]))
     return values, {}
 
@@ -569,15 +694,18 @@ def compare_cost(steps: int) -> int:
     return 2 * steps
 
 
-def sweep_problems(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
-                   latency_repeats) -> dict[str, str]:
+def sweep_problems(
+    lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+) -> dict[str, str]:
     """What is wrong with a sweep request, by parameter name (empty: nothing); cheap, loads nothing."""
-    return _sweep_values(lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
-                         latency_repeats)[1]
+    return _sweep_values(
+        lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+    )[1]
 
 
-def parse_sweep(lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance,
-                latency_repeats) -> SweepRequest:
+def parse_sweep(
+    lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+) -> SweepRequest:
     """Check a sweep request and build its grid.
 
     Grid study: every pruning percentage x method x quantization entry over the whole UNet (scope "all").
@@ -589,11 +717,20 @@ def parse_sweep(lab: Lab, model, prune_percents, prune_methods, quant_modes, stu
     Raises:
         RequestError: a bad argument, or a grid over the app's limits (the message says which).
     """
-    v, problems = _sweep_values(lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps,
-                                guidance, latency_repeats)
+    v, problems = _sweep_values(
+        lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+    )
     _raise_first(problems)
-    return SweepRequest(v["model"], v["specs"], v["prompts"], v["prompt_set"], v["steps"], v["guidance"],
-                        v["latency_repeats"], v["study"] == "layer-sensitivity")
+    return SweepRequest(
+        v["model"],
+        v["specs"],
+        v["prompts"],
+        v["prompt_set"],
+        v["steps"],
+        v["guidance"],
+        v["latency_repeats"],
+        v["study"] == "layer-sensitivity",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -670,8 +807,19 @@ def image_sha256(image: Image.Image) -> str:
 
 
 # Anchor colours of a dark-to-bright heat scale (close to matplotlib's "inferno", which we do not depend on).
-_HEAT = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
-                  [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+_HEAT = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    dtype=np.float64,
+)
 
 
 def difference_heatmap(baseline: Image.Image, compressed: Image.Image, gain: float = 4.0) -> tuple[Image.Image, dict]:
@@ -725,8 +873,18 @@ def progress_adapter(progress) -> Callable[[float, str], None]:
 # downloads' expiry (DOWNLOAD_TTL_S) deletes it like any CSV.
 
 EXPORT_MAX_BYTES = int(float(os.environ.get("EXPORT_MAX_MB", "512")) * 2**20)  # a public Space's disk and bandwidth
-SHARE_FIELDS = ("prompt", "seed", "steps", "guidance", "model", "prune_percent", "prune_method", "prune_scope",
-                "quant_mode", "bits")
+SHARE_FIELDS = (
+    "prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "model",
+    "prune_percent",
+    "prune_method",
+    "prune_scope",
+    "quant_mode",
+    "bits",
+)
 
 
 def export_bundle(lab: Lab, req: CompareRequest) -> tuple[Path, int]:
@@ -746,11 +904,19 @@ def export_bundle(lab: Lab, req: CompareRequest) -> tuple[Path, int]:
     engine = lab.get(req.model).engine
     entry, _ = engine.compress(req.spec)
     if entry.cost.bytes > EXPORT_MAX_BYTES:
-        raise RequestError(f"This compressed UNet is {entry.cost.bytes / 2**20:.0f} MiB; downloads here are limited "
-                           f"to {EXPORT_MAX_BYTES / 2**20:.0f} MiB (EXPORT_MAX_MB). Use the CLI: "
-                           "python -m compression.export.")
-    sample = {"prompt": req.prompt, "seed": req.seed, "steps": req.steps, "guidance": req.guidance,
-              "height": req.height, "width": req.width}
+        raise RequestError(
+            f"This compressed UNet is {entry.cost.bytes / 2**20:.0f} MiB; downloads here are limited "
+            f"to {EXPORT_MAX_BYTES / 2**20:.0f} MiB (EXPORT_MAX_MB). Use the CLI: "
+            "python -m compression.export."
+        )
+    sample = {
+        "prompt": req.prompt,
+        "seed": req.seed,
+        "steps": req.steps,
+        "guidance": req.guidance,
+        "height": req.height,
+        "width": req.width,
+    }
     target = download_path("compressed-unet", ".zip")
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=DOWNLOAD_DIR))
     try:
@@ -769,8 +935,18 @@ def recipe_of(req: CompareRequest) -> dict:
     """The recipe JSON of a comparison (accepted by `python -m compression.export --recipe`)."""
     from compression.export import make_recipe
 
-    return make_recipe(req.model, req.spec, {"prompt": req.prompt, "seed": req.seed, "steps": req.steps,
-                                             "guidance": req.guidance, "height": req.height, "width": req.width})
+    return make_recipe(
+        req.model,
+        req.spec,
+        {
+            "prompt": req.prompt,
+            "seed": req.seed,
+            "steps": req.steps,
+            "guidance": req.guidance,
+            "height": req.height,
+            "width": req.width,
+        },
+    )
 
 
 def parse_share_query(lab: Lab, params: dict, current: dict) -> tuple[dict, list[str]]:
@@ -801,9 +977,22 @@ def parse_share_query(lab: Lab, params: dict, current: dict) -> tuple[dict, list
                 continue
         merged[k] = v
     m = merged
-    problems = compare_problems(lab, m["prompt"], "", m["seed"], m["steps"], m["guidance"], m["model"],
-                                m["prune_percent"], m["prune_method"], m["prune_scope"], m["quant_mode"], m["bits"],
-                                None, None)
+    problems = compare_problems(
+        lab,
+        m["prompt"],
+        "",
+        m["seed"],
+        m["steps"],
+        m["guidance"],
+        m["model"],
+        m["prune_percent"],
+        m["prune_method"],
+        m["prune_scope"],
+        m["quant_mode"],
+        m["bits"],
+        None,
+        None,
+    )
     values = {}
     for k in given:
         if k in not_numbers:
@@ -846,11 +1035,21 @@ class BodyLimit:
         self.app, self.max_bytes, self.exempt = app, max_bytes, tuple(exempt)
 
     async def _refuse(self, send) -> None:
-        body = (f'{{"detail": "request body over {self.max_bytes} bytes (APP_MAX_BODY_MB); '
-                f'nothing this app takes is that large"}}').encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        body = (
+            f'{{"detail": "request body over {self.max_bytes} bytes (APP_MAX_BODY_MB); '
+            f'nothing this app takes is that large"}}'
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):

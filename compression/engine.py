@@ -4,9 +4,9 @@
 size. How it keeps the comparison honest:
 
 - the baseline pipeline is never touched: a compressed UNet is built layer by layer from the baseline's
-  weights (`build_compressed`, in build.py: an empty skeleton copy, then each layer pruned and quantized as it is filled in,
-  so memory never holds a second float UNet and nothing is computed twice), or, for registry entries without a
-  per-layer form, a deep copy pruned then quantized; the variant pipeline is built from the baseline's
+  weights (`build_compressed`, in build.py: an empty skeleton copy, then each layer pruned and quantized as it is
+  filled in, so memory never holds a second float UNet and nothing is computed twice), or, for registry entries
+  without a per-layer form, a deep copy pruned then quantized; the variant pipeline is built from the baseline's
   components with that UNet (text encoder, VAE, tokenizer are shared, read-only);
 - each image gets its own deep copy of the scheduler (diffusers schedulers keep per-run state) and its own
   `torch.Generator("cpu").manual_seed(seed)` (a used generator has advanced);
@@ -37,8 +37,8 @@ import numbers
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -282,8 +282,19 @@ class Engine:
             return len(tok(text, truncation=False).input_ids) > tok.model_max_length
 
     @torch.no_grad()
-    def _draw(self, unet: nn.Module, embeds, seed: int, steps: int, guidance: float, height: int, width: int,
-              progress: Progress | None, span: tuple[float, float], what: str) -> _Drawn:
+    def _draw(
+        self,
+        unet: nn.Module,
+        embeds,
+        seed: int,
+        steps: int,
+        guidance: float,
+        height: int,
+        width: int,
+        progress: Progress | None,
+        span: tuple[float, float],
+        what: str,
+    ) -> _Drawn:
         pipe = self._variant(unet)
         prompt_embeds = embeds[0]
         lo, hi = span
@@ -293,13 +304,15 @@ class Engine:
                 progress(lo + (hi - lo) * (i + 1) / steps, f"{what}: step {i + 1}/{steps}")
             return {}
 
-        latents, seconds = self._denoise(pipe, embeds, torch.Generator("cpu").manual_seed(seed), steps, guidance,
-                                         height, width, on_step)
+        latents, seconds = self._denoise(
+            pipe, embeds, torch.Generator("cpu").manual_seed(seed), steps, guidance, height, width, on_step
+        )
         images, nonfinite, nsfw = self._decode(pipe, latents, prompt_embeds.dtype)
         return _Drawn(Image.fromarray(images[0]), seconds, bool(nonfinite[0]), bool(nsfw[0]))
 
-    def _denoise(self, pipe, embeds, generator, steps: int, guidance: float, height: int, width: int,
-                 on_step=None) -> tuple[torch.Tensor, float]:
+    def _denoise(
+        self, pipe, embeds, generator, steps: int, guidance: float, height: int, width: int, on_step=None
+    ) -> tuple[torch.Tensor, float]:
         """Run the denoising loop alone (prompts already encoded, no VAE decode) and time it."""
         prompt_embeds, negative_embeds = embeds
         if self.device.type == "cuda":
@@ -362,7 +375,8 @@ class Engine:
         for name, v in (("height", height), ("width", width)):
             if not _is_int(v) or not MIN_SIZE <= v <= MAX_SIZE or v % SIZE_MULTIPLE:
                 raise ValueError(
-                    f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE} pixels, got {_short(v)}"
+                    f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE} pixels, "
+                    f"got {_short(v)}"
                 )
         return int(height), int(width)
 
@@ -411,15 +425,26 @@ class Engine:
             embeds = pipe.encode_prompt(prompt, self.device, 1, guidance > 1.0, negative_prompt or None)
         baseline_cached = baseline is not None
         if baseline is None:
-            baseline = self._draw(pipe.unet, embeds, seed, steps, guidance, height, width, progress, (0.0, 0.5),
-                                  "baseline")
+            baseline = self._draw(
+                pipe.unet, embeds, seed, steps, guidance, height, width, progress, (0.0, 0.5), "baseline"
+            )
             with self._lock:
                 if self.baseline_cache_size > 0:
                     self._baselines[base_key] = baseline
                     while len(self._baselines) > self.baseline_cache_size:
                         self._baselines.popitem(last=False)
-        compressed = self._draw(entry.unet, embeds, seed, steps, guidance, height, width, progress,
-                                (0.5 if not baseline_cached else 0.0, 1.0), spec.label)
+        compressed = self._draw(
+            entry.unet,
+            embeds,
+            seed,
+            steps,
+            guidance,
+            height,
+            width,
+            progress,
+            (0.5 if not baseline_cached else 0.0, 1.0),
+            spec.label,
+        )
         return PairResult(
             baseline_image=baseline.image.copy(),  # callers may draw on images; the cached one stays clean
             compressed_image=compressed.image,
@@ -491,8 +516,10 @@ class Engine:
         with _TOKENIZER_LOCK:
             prompt_embeds, negative_embeds = pipe.encode_prompt(list(prompts), self.device, 1, cfg, negatives)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        latents, seconds = self._denoise(pipe, (prompt_embeds, negative_embeds), generators, steps, guidance,
-                                         height, width)
+        latents, seconds = self._denoise(
+            pipe, (prompt_embeds, negative_embeds), generators, steps, guidance, height, width
+        )
         images, nonfinite, nsfw = self._decode(pipe, latents, prompt_embeds.dtype)
-        return BatchResult(images, nonfinite, nsfw, seconds, spec, entry.cost, entry.prune_report,
-                           0.0 if cached else entry.seconds)
+        return BatchResult(
+            images, nonfinite, nsfw, seconds, spec, entry.cost, entry.prune_report, 0.0 if cached else entry.seconds
+        )

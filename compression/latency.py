@@ -12,8 +12,8 @@ The timing primitives themselves (`LatencyStats`, `measure_latency`, `measure_la
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -26,8 +26,15 @@ from .metrics import (
     speedup_estimate,
 )
 
-__all__ = ["LatencyStats", "PairedLatency", "measure_latency", "measure_latency_interleaved", "median_or_none",
-           "paired_latency", "speedup_estimate"]
+__all__ = [
+    "LatencyStats",
+    "PairedLatency",
+    "measure_latency",
+    "measure_latency_interleaved",
+    "median_or_none",
+    "paired_latency",
+    "speedup_estimate",
+]
 
 
 @dataclass(frozen=True)
@@ -63,16 +70,23 @@ class PairedLatency:
 
     def bench_fields(self) -> dict:
         """A benchmark row's step timings in milliseconds (every round kept, so ratios can be recomputed)."""
-        return dict(step_ms=1000 * self.this.median_s,
-                    step_ms_ci=[1000 * self.this.ci_low_s, 1000 * self.this.ci_high_s],
-                    paired_baseline_step_ms=1000 * self.base.median_s,
-                    step_ratio=self.ratio,
-                    step_times_ms=[1000 * t for t in self.this.times_s],
-                    paired_baseline_times_ms=[1000 * t for t in self.base.times_s])
+        return dict(
+            step_ms=1000 * self.this.median_s,
+            step_ms_ci=[1000 * self.this.ci_low_s, 1000 * self.this.ci_high_s],
+            paired_baseline_step_ms=1000 * self.base.median_s,
+            step_ratio=self.ratio,
+            step_times_ms=[1000 * t for t in self.this.times_s],
+            paired_baseline_times_ms=[1000 * t for t in self.base.times_s],
+        )
 
 
-def paired_latency(base: Callable[[], float | None], this: Callable[[], float | None], warmup: int, repeats: int,
-                   device: str | torch.device | None = None) -> PairedLatency:
+def paired_latency(
+    base: Callable[[], float | None],
+    this: Callable[[], float | None],
+    warmup: int,
+    repeats: int,
+    device: str | torch.device | None = None,
+) -> PairedLatency:
     """Time `this` against `base` in `repeats` alternating rounds after `warmup` untimed runs of each.
 
     Args:

@@ -45,9 +45,9 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -84,8 +84,11 @@ def as_uint8(images: Images) -> np.ndarray:
     if isinstance(images, np.ndarray):
         arr = images
     else:
-        arr = (np.stack([np.asarray(im.convert("RGB")) for im in images]) if len(images)
-               else np.zeros((0, 1, 1, 3), np.uint8))
+        arr = (
+            np.stack([np.asarray(im.convert("RGB")) for im in images])
+            if len(images)
+            else np.zeros((0, 1, 1, 3), np.uint8)
+        )
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected images of shape (n, H, W, 3), got {arr.shape}")
     if arr.dtype != np.uint8:
@@ -151,8 +154,9 @@ def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
-                   level: float = CI_LEVEL) -> tuple[float, float, float, int]:
+def bootstrap_mean(
+    values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0, level: float = CI_LEVEL
+) -> tuple[float, float, float, int]:
     """Mean of `values` with a percentile-bootstrap interval; non-finite values are left out.
 
     Returns:
@@ -170,8 +174,9 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
     return float(x.mean()), lo, hi, n
 
 
-def bootstrap_median(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
-                     level: float = CI_LEVEL) -> tuple[float, float, float, int]:
+def bootstrap_median(
+    values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0, level: float = CI_LEVEL
+) -> tuple[float, float, float, int]:
     """Median with a percentile-bootstrap interval (for latencies: robust to a stray slow repeat)."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -183,15 +188,24 @@ def bootstrap_median(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 
     return float(np.median(x)), lo, hi, n
 
 
-def mean_estimate(metric: str, values: Sequence[float], reference: str = "", unit: str = "",
-                  higher_is_better: bool | None = None, note: str = "", n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+def mean_estimate(
+    metric: str,
+    values: Sequence[float],
+    reference: str = "",
+    unit: str = "",
+    higher_is_better: bool | None = None,
+    note: str = "",
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> Estimate:
     """An `Estimate` of the mean of per-sample values (non-finite ones left out; N counts the rest)."""
     value, lo, hi, n = bootstrap_mean(values, n_boot, seed)
     return Estimate(metric, value, lo, hi, n, reference, unit, higher_is_better, note)
 
 
-def exact_estimate(metric: str, value: float, unit: str = "", higher_is_better: bool | None = None,
-                   note: str = "") -> Estimate:
+def exact_estimate(
+    metric: str, value: float, unit: str = "", higher_is_better: bool | None = None, note: str = ""
+) -> Estimate:
     """A measured quantity with no sampling error (bytes, parameter count): N = 1, interval = the value."""
     return Estimate(metric, float(value), float(value), float(value), 1, "", unit, higher_is_better, note)
 
@@ -274,7 +288,7 @@ class MetricClip:
             start += len(group)
         return np.array(picks)
 
-    def feature_extractor(self) -> "ClipImageFeatures":
+    def feature_extractor(self) -> ClipImageFeatures:
         return ClipImageFeatures(self)
 
 
@@ -333,8 +347,9 @@ class HFImageFeatures(torch.nn.Module):
         self._kind = kind
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, name: str, local_files_only: bool = True,
-                        device: str = "cpu") -> "HFImageFeatures":
+    def from_pretrained(
+        cls, path: str | Path, name: str, local_files_only: bool = True, device: str = "cpu"
+    ) -> HFImageFeatures:
         """Load a CLIP or DINOv2 checkpoint (safetensors; no download unless `local_files_only=False`).
 
         Raises:
@@ -395,7 +410,7 @@ class InceptionFeatures(torch.nn.Module):
 def extract_features(extractor: torch.nn.Module, images: Images, batch: int = 256) -> np.ndarray:
     """(n, d) float64 features of `images` (uint8, finite) from a torchmetrics-style extractor."""
     x = _chw(images)
-    d = int(getattr(extractor, "num_features"))
+    d = int(extractor.num_features)
     if len(x) == 0:
         return np.zeros((0, d))
     return np.concatenate([extractor(x[i : i + batch]).double().cpu().numpy() for i in range(0, len(x), batch)])
@@ -479,8 +494,14 @@ def _kid_bootstrap(ref: torch.Tensor, gen: torch.Tensor, weights: torch.Tensor) 
     return (((weights @ h) * weights).sum(1) / pairs).numpy()
 
 
-def distance_estimates(reference: np.ndarray, generated: np.ndarray, feature_name: str, reference_name: str,
-                       n_boot: int = N_BOOT, seed: int = 0) -> list[Estimate]:
+def distance_estimates(
+    reference: np.ndarray,
+    generated: np.ndarray,
+    feature_name: str,
+    reference_name: str,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> list[Estimate]:
     """FD and KID between two index-matched feature sets, each with N and a bootstrap 95% interval.
 
     Pairs are resampled together (one index for both sets), so the interval reflects which prompts and seeds
@@ -544,8 +565,9 @@ def frechet_distance(features: torch.nn.Module, reference: Images, generated: Im
     return frechet_distance_features(extract_features(features, reference), extract_features(features, generated))
 
 
-def kernel_inception_distance(features: torch.nn.Module, reference: Images, generated: Images, subsets: int = 50,
-                              seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    features: torch.nn.Module, reference: Images, generated: Images, subsets: int = 50, seed: int = 0
+) -> tuple[float, float]:
     """KID mean and std over `subsets` random subsets (torchmetrics' estimator, own features).
 
     The subset size is half the smaller set (at most 1000, torchmetrics' default): subsets as large as the set
@@ -559,8 +581,9 @@ def kernel_inception_distance(features: torch.nn.Module, reference: Images, gene
         raise ValueError(f"KID over subsets needs at least 4 samples per set, got {len(ref)} and {len(gen)}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        kid = KernelInceptionDistance(feature=_Precomputed(ref.shape[1]), subsets=subsets,
-                                      subset_size=min(1000, n // 2))
+        kid = KernelInceptionDistance(
+            feature=_Precomputed(ref.shape[1]), subsets=subsets, subset_size=min(1000, n // 2)
+        )
     kid.update(torch.from_numpy(ref), real=True)
     kid.update(torch.from_numpy(gen), real=False)
     with torch.random.fork_rng(devices=[]):
@@ -675,8 +698,9 @@ class LatencyStats:
         return Estimate(metric, self.median_s * k, self.ci_low_s * k, self.ci_high_s * k, self.n, "", unit, False, note)
 
 
-def measure_latency(fn: Callable[[], float | None], warmup: int = 1, repeats: int = 5,
-                    device: str | torch.device | None = None) -> LatencyStats:
+def measure_latency(
+    fn: Callable[[], float | None], warmup: int = 1, repeats: int = 5, device: str | torch.device | None = None
+) -> LatencyStats:
     """Time `fn` after `warmup` untimed runs: median of `repeats`, with CUDA synchronised around each run.
 
     Args:
@@ -709,8 +733,12 @@ def measure_latency(fn: Callable[[], float | None], warmup: int = 1, repeats: in
     return LatencyStats(med, lo, hi, q[0], q[2], tuple(times), warmup)
 
 
-def measure_latency_interleaved(fns: dict[str, Callable[[], float | None]], warmup: int = 1, repeats: int = 5,
-                                device: str | torch.device | None = None) -> dict[str, LatencyStats]:
+def measure_latency_interleaved(
+    fns: dict[str, Callable[[], float | None]],
+    warmup: int = 1,
+    repeats: int = 5,
+    device: str | torch.device | None = None,
+) -> dict[str, LatencyStats]:
     """Time several functions in alternating rounds (a, b, a, b, ... with the order flipped every round).
 
     On a machine shared with other work, load drifts within seconds; timing a setting and the baseline back to
@@ -734,7 +762,7 @@ def measure_latency_interleaved(fns: dict[str, Callable[[], float | None]], warm
         if warmup:
             measure_latency(fns[k], warmup=warmup - 1, repeats=1, device=device)
     for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
+        for k in names if r % 2 == 0 else names[::-1]:
             times[k].append(measure_latency(fns[k], warmup=0, repeats=1, device=device).times_s[0])
     out = {}
     for k, t in times.items():
@@ -753,8 +781,17 @@ def speedup_estimate(baseline: LatencyStats, other: LatencyStats, n_boot: int = 
     idx = bootstrap_indices(len(a), n_boot, seed)
     ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
     lo, hi = _percentile_interval(ratios)
-    return Estimate("speed-up", float(np.median(a) / np.median(b)), lo, hi, len(a), "baseline", "x", True,
-                    "baseline latency / this latency, timed in alternating rounds")
+    return Estimate(
+        "speed-up",
+        float(np.median(a) / np.median(b)),
+        lo,
+        hi,
+        len(a),
+        "baseline",
+        "x",
+        True,
+        "baseline latency / this latency, timed in alternating rounds",
+    )
 
 
 # ------------------------------------------------------------------------------- one comparison (the app)

@@ -11,8 +11,8 @@ import html
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,15 +22,25 @@ from . import charts, metrics
 REAL_SETTING = charts.REAL_SETTING  # rows measuring real images (the ceiling / floor a perfect model would reach)
 
 # Cost rows: never charted as quality, never a knee.
-COST_METRICS = ("latency", "speed-up", "UNet size", "UNet MACs", "parameters", "non-zero parameters", "sparsity",
-                "scope sparsity", "compression time", "non-finite images")
+COST_METRICS = (
+    "latency",
+    "speed-up",
+    "UNet size",
+    "UNet MACs",
+    "parameters",
+    "non-zero parameters",
+    "sparsity",
+    "scope sparsity",
+    "compression time",
+    "non-finite images",
+)
 
 
 # ---------------------------------------------------------------------------------------- headline table
 
 
 def metric_label(metric: str, reference) -> str:
-    """"KID-tinyCLIP vs real": the metric, and its reference unless that is the prompt (or none)."""
+    """ "KID-tinyCLIP vs real": the metric, and its reference unless that is the prompt (or none)."""
     return metric + (f" vs {reference}" if isinstance(reference, str) and reference not in ("", "prompt") else "")
 
 
@@ -42,7 +52,7 @@ def plain_number(value: float, digits: int = 3) -> str:
 
 
 def value_ci_text(value: float, ci_low: float, ci_high: float, n) -> str:
-    """"37.5 [12.5, 62.5]": a value with its 95% interval (3 significant digits each), or the value alone
+    """ "37.5 [12.5, 62.5]": a value with its 95% interval (3 significant digits each), or the value alone
     (4 digits) where there is no interval (N=1, or an exact count whose interval is the value itself)."""
     if not math.isfinite(value):
         return "-"
@@ -51,7 +61,9 @@ def value_ci_text(value: float, ci_low: float, ci_high: float, n) -> str:
     return plain_number(value, 4)
 
 
-def headline_columns(table: pd.DataFrame, wanted: Sequence[tuple[str, str | None, str]]) -> list[tuple[str, str | None, str]]:
+def headline_columns(
+    table: pd.DataFrame, wanted: Sequence[tuple[str, str | None, str]]
+) -> list[tuple[str, str | None, str]]:
     """Resolve (metric prefix, reference or None for any, column name) to the metric names this table has: the
     first metric that starts with the prefix (e.g. "KID-" -> "KID-tinyCLIP"); wanted columns it lacks are left out.
     """
@@ -69,8 +81,11 @@ def report_columns(table: pd.DataFrame) -> list[tuple[str, str | None, str]]:
     """The report's headline columns: accuracy, CLIP score, KID, PSNR, speed-up, size and sparsity against each
     reference the table has, named "metric vs reference (unit)", in the table's order."""
     metric = table["metric"].astype(str)
-    head = table[metric.isin(["accuracy: all", "PSNR", "speed-up", "UNet size", "sparsity"])
-                 | metric.str.startswith("KID-") | metric.str.startswith("CLIP score")]
+    head = table[
+        metric.isin(["accuracy: all", "PSNR", "speed-up", "UNet size", "sparsity"])
+        | metric.str.startswith("KID-")
+        | metric.str.startswith("CLIP score")
+    ]
     cols: dict[str, tuple[str, str | None, str]] = {}
     for m, ref, unit in zip(head["metric"], head["reference"].fillna(""), head["unit"].fillna("")):
         name = metric_label(m, ref) + (f" ({unit})" if unit else "")
@@ -78,8 +93,9 @@ def report_columns(table: pd.DataFrame) -> list[tuple[str, str | None, str]]:
     return list(cols.values())
 
 
-def headline_table(table: pd.DataFrame, columns: Sequence[tuple[str, str | None, str]],
-                   include_real: bool = False) -> pd.DataFrame:
+def headline_table(
+    table: pd.DataFrame, columns: Sequence[tuple[str, str | None, str]], include_real: bool = False
+) -> pd.DataFrame:
     """One row per setting, one text column per (metric, reference, column name): "value [95% CI]".
 
     Args:
@@ -106,17 +122,32 @@ def headline_table(table: pd.DataFrame, columns: Sequence[tuple[str, str | None,
 
 def headline_records(table: pd.DataFrame) -> dict[str, dict[str, dict]]:
     """summary.json's headline: setting -> metric label -> value, interval, N and unit (numbers, not text)."""
-    return {setting: {metric_label(r.metric, r.reference):
-                      {"value": r.value, "ci": [r.ci_low, r.ci_high], "n": r.n, "unit": r.unit}
-                      for r in part.itertuples()}
-            for setting, part in table.groupby("setting", sort=False)}
+    return {
+        setting: {
+            metric_label(r.metric, r.reference): {
+                "value": r.value,
+                "ci": [r.ci_low, r.ci_high],
+                "n": r.n,
+                "unit": r.unit,
+            }
+            for r in part.itertuples()
+        }
+        for setting, part in table.groupby("setting", sort=False)
+    }
 
 
 # ------------------------------------------------------------------------------------------ knees
 
 
-def quality_holds_until(table: pd.DataFrame, metric: str, reference: str, method: str, max_drop: float,
-                        quant_mode: str = "fp32", scope: str = "all") -> float | None:
+def quality_holds_until(
+    table: pd.DataFrame,
+    metric: str,
+    reference: str,
+    method: str,
+    max_drop: float,
+    quant_mode: str = "fp32",
+    scope: str = "all",
+) -> float | None:
     """The largest pruning amount up to which `metric` stays within `max_drop` of the unpruned value at every
     measured amount (a "knee" with an explicit tolerance), or None when the metric or the 0% cell is missing.
 
@@ -124,8 +155,9 @@ def quality_holds_until(table: pd.DataFrame, metric: str, reference: str, method
         max_drop (`float`): tolerance in the metric's unit, in its bad direction (e.g. 5 percentage points of
             accuracy, or a KID increase of 0.01).
     """
-    rows = table[(table["metric"] == metric) & (table["reference"].fillna("") == reference)
-                 & (table["quant_mode"] == quant_mode)]
+    rows = table[
+        (table["metric"] == metric) & (table["reference"].fillna("") == reference) & (table["quant_mode"] == quant_mode)
+    ]
     rows = rows[(rows["prune_amount"] == 0) | ((rows["prune_method"] == method) & (rows["prune_scope"] == scope))]
     rows = rows.drop_duplicates("prune_amount").sort_values("prune_amount")
     base = rows[rows["prune_amount"] == 0]
@@ -142,12 +174,14 @@ def quality_holds_until(table: pd.DataFrame, metric: str, reference: str, method
     return holds
 
 
-def first_clear_drop(table: pd.DataFrame, metric: str, reference: str, method: str, quant_mode: str = "fp32",
-                     scope: str = "all") -> float | None:
+def first_clear_drop(
+    table: pd.DataFrame, metric: str, reference: str, method: str, quant_mode: str = "fp32", scope: str = "all"
+) -> float | None:
     """The smallest pruning amount whose 95% interval lies entirely on the bad side of the unpruned value's
     interval (a knee without a chosen tolerance; conservative: non-overlap of two intervals)."""
-    rows = table[(table["metric"] == metric) & (table["reference"].fillna("") == reference)
-                 & (table["quant_mode"] == quant_mode)]
+    rows = table[
+        (table["metric"] == metric) & (table["reference"].fillna("") == reference) & (table["quant_mode"] == quant_mode)
+    ]
     rows = rows[(rows["prune_amount"] == 0) | ((rows["prune_method"] == method) & (rows["prune_scope"] == scope))]
     rows = rows.drop_duplicates("prune_amount").sort_values("prune_amount")
     base = rows[rows["prune_amount"] == 0]
@@ -178,12 +212,23 @@ def summarize(table: pd.DataFrame, config: dict, fd_min: dict[str, int]) -> dict
                 entry["holds_within_5pp"] = quality_holds_until(table, metric, ref, method, 5.0)
             k[metric_label(metric, ref)] = entry
         knees[method] = k
-    return {"config": config, "fd_min_n": fd_min, "headline": headline, "knees": knees,
-            "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "config": config,
+        "fd_min_n": fd_min,
+        "headline": headline,
+        "knees": knees,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
-def paired_difference(out_dir: str | Path, label_a: str, label_b: str, column: str = "acc:all",
-                      n_boot: int = metrics.N_BOOT, seed: int = 0) -> metrics.Estimate:
+def paired_difference(
+    out_dir: str | Path,
+    label_a: str,
+    label_b: str,
+    column: str = "acc:all",
+    n_boot: int = metrics.N_BOOT,
+    seed: int = 0,
+) -> metrics.Estimate:
     """Mean of (a - b) over the images two settings of one sweep share (same prompt and seed), with a bootstrap
     95% interval over image pairs: e.g. "does L1 beat random at 40%?" without the noise of two separate means.
 
@@ -240,12 +285,19 @@ def report_figures(table: pd.DataFrame) -> list[tuple[str, object]]:
     if (pruned["prune_scope"] == "all").any() or pruned.empty:
         for metric, ref in qm:
             name = metric_label(metric, ref)
-            figs.append((name, charts.quality_by_mode(table, metric, ref) if by_mode
-                         else charts.quality_vs_pruning(table, metric, ref, scope=None)))
+            figs.append(
+                (
+                    name,
+                    charts.quality_by_mode(table, metric, ref)
+                    if by_mode
+                    else charts.quality_vs_pruning(table, metric, ref, scope=None),
+                )
+            )
     if scopes:
         for metric, ref in qm[:4]:
-            figs.append((f"Layer sensitivity: {metric_label(metric, ref)}",
-                         charts.layer_sensitivity(table, metric, ref)))
+            figs.append(
+                (f"Layer sensitivity: {metric_label(metric, ref)}", charts.layer_sensitivity(table, metric, ref))
+            )
     figs.append(("Latency", charts.cost_bars(table, "latency")))
     figs.append(("Speed-up over the baseline", charts.cost_bars(table, "speed-up")))
     figs.append(("UNet size", charts.cost_bars(table, "UNet size")))
@@ -265,19 +317,27 @@ def write_report(table: pd.DataFrame, summary: dict, out: Path, plotlyjs: str = 
 
     cfg = summary.get("config", {})
     fd_min = summary.get("fd_min_n", {})
-    bits = [f"<b>model</b> {html.escape(str(cfg.get('model')))}", f"<b>images per setting</b> N={cfg.get('n_images')}",
-            f"<b>steps</b> {cfg.get('steps')}", f"<b>guidance</b> {cfg.get('guidance')}",
-            f"<b>size</b> {cfg.get('height')}x{cfg.get('width')}",
-            f"<b>judge</b> {html.escape(str(cfg.get('judge')))}"]
+    bits = [
+        f"<b>model</b> {html.escape(str(cfg.get('model')))}",
+        f"<b>images per setting</b> N={cfg.get('n_images')}",
+        f"<b>steps</b> {cfg.get('steps')}",
+        f"<b>guidance</b> {cfg.get('guidance')}",
+        f"<b>size</b> {cfg.get('height')}x{cfg.get('width')}",
+        f"<b>judge</b> {html.escape(str(cfg.get('judge')))}",
+    ]
     intro = "<p>" + " &middot; ".join(bits) + "</p>"
     for name, need in fd_min.items():
         n = cfg.get("n_images") or 0
         verdict = "above it: FD is usable" if n >= need else "below it: read KID; FD is shown for completeness"
-        intro += (f"<p>Frechet distance on {html.escape(name)} features ({need // 5} wide) is taken seriously from "
-                  f"N={need} images per set (5 x width); this sweep has N={n}, {verdict}.</p>")
-    intro += ("<p>Every number is a mean (latency: median) over N with a bootstrap 95% interval. "
-              "References: <i>baseline</i> = the uncompressed model, same prompts and seeds; <i>real</i> = images "
-              "of the data generator for the same prompts; <i>prompt</i> = the text.</p>")
+        intro += (
+            f"<p>Frechet distance on {html.escape(name)} features ({need // 5} wide) is taken seriously from "
+            f"N={need} images per set (5 x width); this sweep has N={n}, {verdict}.</p>"
+        )
+    intro += (
+        "<p>Every number is a mean (latency: median) over N with a bootstrap 95% interval. "
+        "References: <i>baseline</i> = the uncompressed model, same prompts and seeds; <i>real</i> = images "
+        "of the data generator for the same prompts; <i>prompt</i> = the text.</p>"
+    )
     wide = headline_table(table, report_columns(table), include_real=True)
     if len(wide.columns) > 1:
         wide = wide.set_index("setting")
@@ -288,12 +348,16 @@ def write_report(table: pd.DataFrame, summary: dict, out: Path, plotlyjs: str = 
         path = out / "samples" / f"{cell['key']}.png"
         if path.is_file():
             data = base64.b64encode(path.read_bytes()).decode()
-            strips += (f"<div><code>{html.escape(cell['label'])}</code><br><img alt='samples' style='image-rendering:pixelated;"
-                       f"height:64px' src='data:image/png;base64,{data}'></div>")
+            strips += (
+                f"<div><code>{html.escape(cell['label'])}</code><br>"
+                f"<img alt='samples' style='image-rendering:pixelated;"
+                f"height:64px' src='data:image/png;base64,{data}'></div>"
+            )
     if strips:
         strips = "<h2>First images of each setting (same prompts and seeds)</h2>" + strips
-    path = charts.write_report_html(report_figures(table), out / "report.html",
-                                    f"Compression sweep: {cfg.get('model')}", intro, plotlyjs)
+    path = charts.write_report_html(
+        report_figures(table), out / "report.html", f"Compression sweep: {cfg.get('model')}", intro, plotlyjs
+    )
     if strips:
         text = path.read_text(encoding="utf-8").replace("</body>", strips + "</body>")
         path.write_text(text, encoding="utf-8")
@@ -303,5 +367,7 @@ def write_report(table: pd.DataFrame, summary: dict, out: Path, plotlyjs: str = 
 def write_pngs(table: pd.DataFrame, folder: Path) -> list[Path]:
     """Every report figure as a PNG (numbered in reading order), rendered by headless Chromium."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [charts.save_png(fig, folder / f"{i:02d}-{charts.slug(title)}.png")
-            for i, (title, fig) in enumerate(report_figures(table))]
+    return [
+        charts.save_png(fig, folder / f"{i:02d}-{charts.slug(title)}.png")
+        for i, (title, fig) in enumerate(report_figures(table))
+    ]

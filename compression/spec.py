@@ -72,8 +72,10 @@ class CompressionSpec:
         _check_name("pruning method", self.prune_method, PRUNERS)
         fixed = PRUNERS[self.prune_method].fixed_amount
         if fixed is not None and amount not in (0.0, fixed):
-            raise ValueError(f"{self.prune_method} prunes a fixed share: prune_amount must be 0.0 or {fixed}, "
-                             f"got {_short(self.prune_amount)}")
+            raise ValueError(
+                f"{self.prune_method} prunes a fixed share: prune_amount must be 0.0 or {fixed}, "
+                f"got {_short(self.prune_amount)}"
+            )
         _check_name("pruning scope", self.prune_scope, SCOPES)
         _check_name("quantization mode", self.quant_mode, QUANT_MODES)
 
@@ -130,7 +132,7 @@ class CompressionSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CompressionSpec":
+    def from_dict(cls, data: dict[str, Any]) -> CompressionSpec:
         """Build from a dict such as `to_dict()` gives; missing keys take their defaults, unknown keys raise."""
         if not isinstance(data, dict):
             raise ValueError(f"a CompressionSpec dict is needed, got {_short(data)}")
@@ -145,7 +147,7 @@ class CompressionSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "CompressionSpec":
+    def from_json(cls, text: str) -> CompressionSpec:
         """Inverse of `to_json()`."""
         try:
             data = json.loads(text)

@@ -19,17 +19,40 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError, ValidationError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*",
-                                        "ignore:.*:Warning:gradio.queueing")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*", "ignore:.*:Warning:gradio.queueing"
+)
 
 PROMPT = "a red circle on the left on a blue background"
 REFUSE_WITHIN_S = 2.0
 # /compare's inputs in order (the 14th is the session's history State), at valid values.
-COMPARE = dict(prompt=PROMPT, negative_prompt="", seed=42, steps=2, guidance=4.0, model="tiny-shapes",
-               prune_percent=30, prune_method="l1-unstructured", prune_scope="all", quant_mode="fp32", bits=4,
-               height=0, width=0, history=[])
-SWEEP = dict(model="tiny-shapes", prune_percents=[0, 30], prune_methods=["l1-unstructured"], quant_modes=["fp32"],
-             study="grid", n_prompts=2, steps=2, guidance=4.0, latency_repeats=0)
+COMPARE = dict(
+    prompt=PROMPT,
+    negative_prompt="",
+    seed=42,
+    steps=2,
+    guidance=4.0,
+    model="tiny-shapes",
+    prune_percent=30,
+    prune_method="l1-unstructured",
+    prune_scope="all",
+    quant_mode="fp32",
+    bits=4,
+    height=0,
+    width=0,
+    history=[],
+)
+SWEEP = dict(
+    model="tiny-shapes",
+    prune_percents=[0, 30],
+    prune_methods=["l1-unstructured"],
+    quant_modes=["fp32"],
+    study="grid",
+    n_prompts=2,
+    steps=2,
+    guidance=4.0,
+    latency_repeats=0,
+)
 SCRIPT = "<script>alert('dcl')</script>"
 MARK = "zzq-unknown-zzq"  # a value no valid-range message could contain
 
@@ -72,10 +95,20 @@ CASES = [
     case("compare", "prune_percent", RANGE_PRUNE, echo=["-5"], prune_percent=-5),
     case("compare", "prune_percent", RANGE_PRUNE, echo=["100"], prune_percent=100),
     case("compare", "prune_percent", RANGE_PRUNE, echo=["nan", "NaN"], prune_percent=math.nan),
-    case("compare", "prune_method", "unknown pruning method; choose one of: l1-unstructured", echo=[MARK],
-         prune_method=MARK),
-    case("compare", "prune_method", "unknown pruning method; choose one of:", echo=["<img", "onerror"],
-         prune_method="<img src=x onerror=alert(1)>"),
+    case(
+        "compare",
+        "prune_method",
+        "unknown pruning method; choose one of: l1-unstructured",
+        echo=[MARK],
+        prune_method=MARK,
+    ),
+    case(
+        "compare",
+        "prune_method",
+        "unknown pruning method; choose one of:",
+        echo=["<img", "onerror"],
+        prune_method="<img src=x onerror=alert(1)>",
+    ),
     case("compare", "prune_scope", "unknown pruning scope; choose one of: all", echo=[MARK], prune_scope=MARK),
     case("compare", "quant_mode", "unknown quantization mode; choose one of: fp32", echo=[MARK], quant_mode=MARK),
     case("compare", "quant_mode", "modes this device cannot run are hidden", echo=[], quant_mode="fp8"),
@@ -87,21 +120,40 @@ CASES = [
     case("sweep", "n_prompts", "prompts must be a whole number from 1 to 200", n_prompts=0),
     case("sweep", "n_prompts", "prompts must be a whole number from 1 to 200", echo=["1000000"], n_prompts=10**6),
     case("sweep", "prune_percents", "choose at least one pruning percentage from 0 to 95", prune_percents=[]),
-    case("sweep", "prune_percents", "choose at most 14 pruning percentages",
-         prune_percents=[i * 95 / 10**5 for i in range(10**5)]),  # 10^5 settings (1.2 MB: under the body cap)
-    case("sweep", "prune_percents", "the app runs at most 24 per sweep",  # 14 x 5 x 9 settings x 200 prompts
-         prune_percents=[0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95],
-         prune_methods=["l1-unstructured", "l1-unstructured-layer", "random-unstructured"],
-         quant_modes=["fp32", "bf16", "int8-weight", "int8-dynamic", "int4-weight"], n_prompts=200),
+    case(
+        "sweep",
+        "prune_percents",
+        "choose at most 14 pruning percentages",
+        prune_percents=[i * 95 / 10**5 for i in range(10**5)],
+    ),  # 10^5 settings (1.2 MB: under the body cap)
+    case(
+        "sweep",
+        "prune_percents",
+        "the app runs at most 24 per sweep",  # 14 x 5 x 9 settings x 200 prompts
+        prune_percents=[0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95],
+        prune_methods=["l1-unstructured", "l1-unstructured-layer", "random-unstructured"],
+        quant_modes=["fp32", "bf16", "int8-weight", "int8-dynamic", "int4-weight"],
+        n_prompts=200,
+    ),
     case("sweep", "prune_methods", "choose at least one pruning method", prune_methods=[]),
     case("sweep", "prune_methods", "unknown pruning method; choose one of:", echo=[MARK], prune_methods=[MARK] * 1000),
-    case("sweep", "quant_modes", "unknown quantization mode; choose one of: fp32", echo=["simulated-int:1"],
-         quant_modes=["simulated-int:1"]),
+    case(
+        "sweep",
+        "quant_modes",
+        "unknown quantization mode; choose one of: fp32",
+        echo=["simulated-int:1"],
+        quant_modes=["simulated-int:1"],
+    ),
     case("sweep", "study", "unknown study; choose one of: grid, layer-sensitivity", echo=[MARK], study=MARK),
     case("sweep", "steps", RANGE_STEPS, echo=["nan", "NaN"], steps=math.nan),
     case("sweep", "guidance", RANGE_GUIDANCE, echo=["inf"], guidance=math.inf),
-    case("sweep", "latency_repeats", "latency repeats must be a whole number from 0 to 10", echo=["1e9", "1000000000"],
-         latency_repeats=10**9),
+    case(
+        "sweep",
+        "latency_repeats",
+        "latency repeats must be a whole number from 0 to 10",
+        echo=["1e9", "1000000000"],
+        latency_repeats=10**9,
+    ),
 ]
 assert len(CASES) >= 25
 
@@ -110,8 +162,12 @@ def post(url: str, endpoint: str, args: dict) -> httpx.Response:
     """POST the raw JSON body gradio_client would send; NaN and infinities go as JSON5-style literals, as
     Python's json.dumps writes them (a hand-written client can send them; gradio_client cannot)."""
     body = json.dumps({"data": list(args.values())})
-    return httpx.post(f"{url.rstrip('/')}/gradio_api/call/{endpoint}", content=body,
-                      headers={"content-type": "application/json"}, timeout=30)
+    return httpx.post(
+        f"{url.rstrip('/')}/gradio_api/call/{endpoint}",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
 
 
 def stream(url: str, endpoint: str, event_id: str) -> tuple[str, str]:
@@ -137,8 +193,12 @@ def test_bad_request_is_refused_at_once_with_the_valid_range(lab_app, endpoint, 
     _, url = lab_app
     body = json.dumps({"data": list({**(COMPARE if endpoint == "compare" else SWEEP), **bad}.values())})
     start = time.perf_counter()
-    r = httpx.post(f"{url.rstrip('/')}/gradio_api/call/{endpoint}", content=body,
-                   headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{url.rstrip('/')}/gradio_api/call/{endpoint}",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     seconds = time.perf_counter() - start
     assert r.status_code == 422, (r.status_code, r.text[:300])  # the validator: refused, never queued
     assert seconds < REFUSE_WITHIN_S, f"refused after {seconds:.2f} s"

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from metric_models import build_tiny_clip
 
 from compression import metrics, world
 from compression.spec import CompressionSpec
-from metric_models import build_tiny_clip
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINED_CLIP = REPO / "assets" / "tiny-shapes-clip"
@@ -57,8 +57,9 @@ def test_image_level_wrappers_match_feature_level(tiny_clip, real_sets):
     _, a, b, _ = real_sets
     feats = tiny_clip.feature_extractor()
     fd = metrics.frechet_distance(feats, a, b)
-    assert fd == pytest.approx(metrics.frechet_distance_features(metrics.extract_features(feats, a),
-                                                                 metrics.extract_features(feats, b)))
+    assert fd == pytest.approx(
+        metrics.frechet_distance_features(metrics.extract_features(feats, a), metrics.extract_features(feats, b))
+    )
     mean, std = metrics.kernel_inception_distance(feats, a, b, subsets=20)
     assert std > 0  # subsets of half the set differ; subsets of the whole set would all be the same set
     assert metrics.kernel_inception_distance(feats, a, b, subsets=20) == (mean, std)  # seeded
@@ -95,7 +96,9 @@ def test_psnr_and_ssim_same_seed_pairs(real_sets):
     same = metrics.psnr(a[:4], a[:4])
     assert np.allclose(same, metrics.psnr_cap_db(64, 64))  # identical: capped, finite
     assert np.allclose(metrics.ssim(a[:4], a[:4]), 1.0)
-    noisy = np.clip(a[:4].astype(int) + np.random.default_rng(0).integers(-20, 21, a[:4].shape), 0, 255).astype(np.uint8)
+    noisy = np.clip(a[:4].astype(int) + np.random.default_rng(0).integers(-20, 21, a[:4].shape), 0, 255).astype(
+        np.uint8
+    )
     p, s = metrics.psnr(a[:4], noisy), metrics.ssim(a[:4], noisy)
     assert (p < 35).all() and (p > 20).all() and (s < 0.99).all()
     with pytest.raises(ValueError, match="same shape"):
@@ -138,8 +141,16 @@ def test_dinov2_features_through_transformers():
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    model = Dinov2Model(Dinov2Config(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                                     image_size=28, patch_size=14))
+    model = Dinov2Model(
+        Dinov2Config(
+            hidden_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=28,
+            patch_size=14,
+        )
+    )
     processor = BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     feats = metrics.HFImageFeatures(model, processor, "DINOv2-test")
     x = metrics.extract_features(feats, world.real_images(0, 3)[1])
@@ -159,8 +170,9 @@ def test_pair_row_for_the_history(tiny_pipe, tiny_clip):
     from compression.engine import Engine
 
     engine = Engine(tiny_pipe, "tiny-test", cache_size=1)
-    result = engine.generate_pair("a red circle on the left on a white background", 0, 2, 1.0,
-                                  CompressionSpec(prune_amount=0.5))
+    result = engine.generate_pair(
+        "a red circle on the left on a white background", 0, 2, 1.0, CompressionSpec(prune_amount=0.5)
+    )
     row = metrics.pair_row(result, "a red circle on the left on a white background", tiny_clip)
     assert row["setting"] == "L1 50%" and row["prune_amount"] == 0.5 and row["clip_judge"] == "rand"
     assert 0 <= row["clip_compressed"] <= 100 and row["psnr_db"] > 0 and -1 <= row["ssim"] <= 1
@@ -171,7 +183,9 @@ def test_pair_row_for_the_history(tiny_pipe, tiny_clip):
     assert not math.isnan(row["clip_baseline"])
 
 
-@pytest.mark.skipif(not TRAINED_CLIP.is_dir(), reason="assets/tiny-shapes-clip (the trained metric CLIP) is not built yet")
+@pytest.mark.skipif(
+    not TRAINED_CLIP.is_dir(), reason="assets/tiny-shapes-clip (the trained metric CLIP) is not built yet"
+)
 def test_trained_clip_scores_the_true_caption_higher():
     judge = metrics.MetricClip(TRAINED_CLIP)
     attrs, images = world.real_images(3, 24, "heldout")
@@ -180,7 +194,9 @@ def test_trained_clip_scores_the_true_caption_higher():
     wrong = judge.clip_score(images, [world.caption(a) for a in swapped])
     won = (true > wrong).mean()
     assert won >= 0.9 and true.mean() > wrong.mean() + 2, (
-        f"the metric CLIP prefers the true caption for only {won:.0%} of real images: is {TRAINED_CLIP} the trained model?")
+        f"the metric CLIP prefers the true caption for only {won:.0%} of real images: "
+        f"is {TRAINED_CLIP} the trained model?"
+    )
 
 
 def test_interleaved_latency_pairs_rounds_and_gives_a_speedup():
@@ -190,10 +206,24 @@ def test_interleaved_latency_pairs_rounds_and_gives_a_speedup():
         def fn():
             order.append(name)
             return seconds
+
         return fn
 
-    stats = metrics.measure_latency_interleaved({"base": make("base", 0.4), "fast": make("fast", 0.1)}, warmup=1, repeats=4)
-    assert order == ["base", "fast", "base", "fast", "fast", "base", "base", "fast", "fast", "base"]  # warm-ups, then a-b, b-a, ...
+    stats = metrics.measure_latency_interleaved(
+        {"base": make("base", 0.4), "fast": make("fast", 0.1)}, warmup=1, repeats=4
+    )
+    assert order == [
+        "base",
+        "fast",
+        "base",
+        "fast",
+        "fast",
+        "base",
+        "base",
+        "fast",
+        "fast",
+        "base",
+    ]  # warm-ups, then a-b, b-a, ...
     assert stats["base"].times_s == (0.4,) * 4 and stats["fast"].median_s == 0.1
     est = metrics.speedup_estimate(stats["base"], stats["fast"])
     assert est.value == pytest.approx(4.0) and est.n == 4 and est.unit == "x" and est.higher_is_better

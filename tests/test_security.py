@@ -31,8 +31,9 @@ from gradio_client.utils import QueueError
 from compression import CATALOG, resolve_model
 from compression.models import REPO_ROOT, UnsafeModelError, load_pipeline
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*",
-                                        "ignore:.*:Warning:gradio.queueing")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*", "ignore:.*:Warning:gradio.queueing"
+)
 
 PROMPT = "a red circle on the left on a blue background"
 
@@ -137,8 +138,9 @@ def test_hub_models_are_limited_to_the_catalog_unless_the_env_var_opens_it(monke
     monkeypatch.setenv("ALLOW_ANY_MODEL", "1")  # opens the library and MODEL_ID, not the public app's dropdown
     assert resolve_model("someone/some-model").source == "someone/some-model"
     with pytest.raises(svc.RequestError, match="unknown model; choose one of: tiny-shapes, sd-1.5"):
-        svc.parse_compare(app.LAB, PROMPT, "", 0, 2, 4.0, "someone/some-model", 30, "l1-unstructured", "all", "fp32",
-                          4, 0, 0)
+        svc.parse_compare(
+            app.LAB, PROMPT, "", 0, 2, 4.0, "someone/some-model", 30, "l1-unstructured", "all", "fp32", 4, 0, 0
+        )
     assert app.LAB.loaded("someone/some-model") is None
 
 
@@ -171,9 +173,14 @@ def _attempts(downloads: Path, sweeps: Path) -> list[str]:
     app_py = str(REPO_ROOT / "app.py")
     up = "../" * (len(downloads.parts) + 2)  # enough '..' to reach / from the downloads folder
     targets = [
-        "/etc/passwd", app_py, str(REPO_ROOT / ".git" / "config"),
-        str(REPO_ROOT / "assets" / "tiny-shapes-sd" / "model_index.json"), "app.py", "./app.py",
-        "assets/tiny-shapes-sd/model_index.json", str(sweeps / "secret.csv"),
+        "/etc/passwd",
+        app_py,
+        str(REPO_ROOT / ".git" / "config"),
+        str(REPO_ROOT / "assets" / "tiny-shapes-sd" / "model_index.json"),
+        "app.py",
+        "./app.py",
+        "assets/tiny-shapes-sd/model_index.json",
+        str(sweeps / "secret.csv"),
     ]
     paths = []
     for route in ("/gradio_api/file=", "/gradio_api/file/", "/file=", "/static/", "/assets/"):
@@ -268,9 +275,22 @@ def test_a_full_queue_answers_busy_and_then_drains(lab_app, monkeypatch):
 
     monkeypatch.setattr(engine, "generate_pair", held)
     base = url.rstrip("/") + "/gradio_api"
-    body = dict(prompt=PROMPT, negative_prompt="", seed=0, steps=1, guidance=4.0, model="tiny-shapes",
-                prune_percent=0, prune_method="l1-unstructured", prune_scope="all", quant_mode="fp32", bits=4,
-                height=0, width=0, history=[])
+    body = dict(
+        prompt=PROMPT,
+        negative_prompt="",
+        seed=0,
+        steps=1,
+        guidance=4.0,
+        model="tiny-shapes",
+        prune_percent=0,
+        prune_method="l1-unstructured",
+        prune_scope="all",
+        quant_mode="fp32",
+        bits=4,
+        height=0,
+        width=0,
+        history=[],
+    )
 
     def join(seed: int) -> httpx.Response:
         return httpx.post(f"{base}/call/compare", json={"data": list({**body, "seed": seed}.values())}, timeout=30)
