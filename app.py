@@ -150,6 +150,7 @@ def compare(
     bits,
     height,
     width,
+    recover_steps,
     history,
     progress=gr.Progress(track_tqdm=True),
 ):
@@ -169,6 +170,7 @@ def compare(
             bits,
             height,
             width,
+            recover_steps,
             history,
             progress,
         )
@@ -188,6 +190,7 @@ def _compare(
     bits,
     height,
     width,
+    recover_steps,
     history,
     progress,
 ):
@@ -206,6 +209,7 @@ def _compare(
         bits,
         height,
         width,
+        recover_steps,
     )
     loaded = LAB.get(req.model)
     progress(0.0, desc="starting")
@@ -273,6 +277,7 @@ def sweep(
     steps,
     guidance,
     latency_repeats,
+    recover_steps,
     progress=gr.Progress(track_tqdm=True),
 ):
     """Run a grid of settings over a prompt set (compression.sweep.run_sweep) and chart it."""
@@ -287,17 +292,38 @@ def sweep(
             steps,
             guidance,
             latency_repeats,
+            recover_steps,
             progress,
         )
 
 
 def _sweep(
-    model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    recover_steps,
+    progress,
 ):
     from compression.sweep import run_sweep
 
     req = svc.parse_sweep(
-        LAB, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+        LAB,
+        model,
+        prune_percents,
+        prune_methods,
+        quant_modes,
+        study,
+        n_prompts,
+        steps,
+        guidance,
+        latency_repeats,
+        recover_steps,
     )
     loaded = LAB.get(req.model)
     out_dir = svc.sweep_dir(loaded.name, loaded.fingerprint)
@@ -349,6 +375,7 @@ COMPARE_FIELDS = (
     "bits",
     "height",
     "width",
+    "recover_steps",
 )
 SWEEP_FIELDS = (
     "model",
@@ -360,6 +387,7 @@ SWEEP_FIELDS = (
     "steps",
     "guidance",
     "latency_repeats",
+    "recover_steps",
 )
 
 
@@ -397,7 +425,7 @@ def on_model_change(name):
     return gr.update(value=d.steps), gr.update(value=d.guidance), gr.update(value=0), gr.update(value=0)
 
 
-def sweep_plan(prune_percents, prune_methods, quant_modes, study, n_prompts):
+def sweep_plan(prune_percents, prune_methods, quant_modes, study, n_prompts, recover_steps=(0,)):
     """How big the sweep will be, before it runs."""
     try:
         req = svc.parse_sweep(
@@ -411,6 +439,7 @@ def sweep_plan(prune_percents, prune_methods, quant_modes, study, n_prompts):
             DEFAULTS.steps,
             DEFAULTS.guidance,
             0,
+            recover_steps,
         )
     except ValueError as err:
         return f"⚠ {html.escape(str(err))}"
@@ -445,6 +474,7 @@ def export_unet(
     bits,
     height,
     width,
+    recover_steps=0,
 ):
     """Build the current setting's compressed UNet bundle (safetensors, manifest, card, recipe) as a zip."""
     with plain_errors():
@@ -463,6 +493,7 @@ def export_unet(
             bits,
             height,
             width,
+            recover_steps,
         )
         path, size = svc.export_bundle(LAB, req)
         recipe = html.escape(json.dumps(svc.recipe_of(req)), quote=False)
@@ -620,6 +651,16 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         bits = gr.Slider(
                             2, 8, value=4, step=1, label="Simulated bit width", visible=False, elem_id="bits"
                         )
+                        recover = gr.Slider(
+                            0,
+                            svc.max_recover_steps(),
+                            value=0,
+                            step=50,
+                            label="Recovery steps (0 = off)",
+                            info="fine-tune the pruned UNet against the baseline before quantizing "
+                            "(distillation; ~300 steps a minute here); the compressed side shows the result",
+                            elem_id="recover",
+                        )
                     generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate")
                     # Take the comparison away (handlers in "export and shared links" below).
                     with gr.Row():
@@ -760,6 +801,12 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         label="Latency repeats",
                         info="median of this many timed runs per setting (0: skip)",
                     )
+                    sw_recover = gr.CheckboxGroup(
+                        list(svc.SWEEP_RECOVER_STEPS),
+                        value=[0],
+                        label="Recovery steps",
+                        info="grid study: each pruned setting fine-tuned this long against the baseline (0: as pruned)",
+                    )
                     sw_plan = gr.Markdown(elem_classes="caption")
                     # No Stop button: cancelling a running Gradio event does not stop its worker thread, so the
                     # sweep would go on computing while the queue let the next model request in beside it.
@@ -806,6 +853,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         bits,
         height,
         width,
+        recover,
         history_state,
     ]
     compare_outputs = [
@@ -862,6 +910,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         sw_steps,
         sw_guidance,
         sw_latency,
+        sw_recover,
     ]
     run_sweep_btn.click(
         sweep,
@@ -871,7 +920,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         validator=validate_sweep,
         **model_work,
     )
-    plan_inputs = [sw_percents, sw_methods, sw_quant, sw_study, sw_prompts]
+    plan_inputs = [sw_percents, sw_methods, sw_quant, sw_study, sw_prompts, sw_recover]
     gr.on(
         [demo.load, *(comp.change for comp in plan_inputs)],
         sweep_plan,

@@ -60,7 +60,8 @@ from compression.models import (
 )
 from compression.pruning import MAX_AMOUNT
 from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
-from compression.spec import MAX_SEED
+from compression.recover import check_recoverable, recovery_cost
+from compression.spec import MAX_RECOVER_STEPS, MAX_SEED
 from compression.sweep import PRESETS
 
 log = logging.getLogger("dcl.app")
@@ -91,6 +92,7 @@ SWEEP_BOOTSTRAP = 200  # resamples per interval: each FD resample is a 128x128 e
 MAX_JOB_STEPS = int(os.environ.get("APP_MAX_JOB_STEPS", "30000"))
 HISTORY_LIMIT = 100  # comparisons kept per session (the oldest go first)
 SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
+SWEEP_RECOVER_STEPS = (0, 100, 300, 500, 1000)  # the Sweep tab's recovery choices (the CLI takes any)
 # The layer-sensitivity study prunes one of these at a time: the same parts as the CLI's preset.
 LAYER_SCOPES = tuple(PRESETS["layer-sensitivity"]["scope"].split(","))
 # The layer-type study prunes each of these over the same amounts: the CLI's preset again.
@@ -419,6 +421,7 @@ def _compare_values(
     height,
     width,
     load: bool,
+    recover_steps=0,
 ) -> tuple[dict, dict[str, str]]:
     values, problems = _checked(
         [
@@ -445,6 +448,7 @@ def _compare_values(
             f"x {values['steps']} steps); the app runs at most {MAX_JOB_STEPS:,} per job "
             "(APP_MAX_JOB_STEPS). Lower the steps."
         )
+    values.update(_recovery_values(lab, values, problems, recover_steps))
     # bits only for the simulated mode (its slider is hidden otherwise and its value ignored), so two requests
     # that do the same thing share a cache entry.
     mode = values.get("quant_mode")
@@ -476,6 +480,34 @@ def _compare_values(
     return values, problems
 
 
+def _recovery_values(lab: Lab, values: dict, problems: dict[str, str], recover_steps) -> dict:
+    """The recovery request (steps and data) of a comparison; its problems go into `problems`, priced with the
+    comparison in the same unit and refused before any work."""
+    more, bad = _checked(
+        [("recover_steps", lambda: whole_number("recovery steps", recover_steps, 0, MAX_RECOVER_STEPS))]
+    )
+    problems.update(bad)
+    steps = more.get("recover_steps", 0)
+    model = values.get("model")
+    data = "real" if model and resolve_model(model).metrics.real_reference else "prompts"
+    if not steps or "model" not in values:
+        return {"recover_steps": steps, "recover_data": "real"}
+    if values.get("prune_percent") == 0:
+        problems["recover_steps"] = "recovery fine-tunes a pruned UNet: choose a pruning amount above 0, or 0 steps."
+    try:
+        check_recoverable(model, lab.device, data)
+    except ValueError as err:
+        problems["recover_steps"] = f"{err}."
+    cost = compare_cost(values.get("steps", 1), steps)
+    if cost > MAX_JOB_STEPS and "recover_steps" not in problems:
+        problems["recover_steps"] = (
+            f"this comparison costs {cost:,} denoising image-steps ({steps} recovery steps cost "
+            f"{recovery_cost(steps):,}); the app runs at most {MAX_JOB_STEPS:,} per job (APP_MAX_JOB_STEPS). "
+            "Lower the recovery steps, or use `python -m compression.recover`."
+        )
+    return {"recover_steps": steps, "recover_data": data}
+
+
 def compare_problems(
     lab: Lab,
     prompt,
@@ -491,6 +523,7 @@ def compare_problems(
     bits,
     height,
     width,
+    recover_steps=0,
 ) -> dict[str, str]:
     """What is wrong with a comparison request, by parameter name (empty: nothing). Cheap and never loads a
     model: the app runs it before the request joins the queue, so bad input is refused at once however busy
@@ -511,6 +544,7 @@ def compare_problems(
         height,
         width,
         load=False,
+        recover_steps=recover_steps,
     )[1]
 
 
@@ -529,6 +563,7 @@ def parse_compare(
     bits,
     height,
     width,
+    recover_steps=0,
 ) -> CompareRequest:
     """Check every argument of a comparison (before any model work) and load the model if needed.
 
@@ -551,6 +586,7 @@ def parse_compare(
         height,
         width,
         load=True,
+        recover_steps=recover_steps,
     )
     _raise_first(problems)
     spec = CompressionSpec(
@@ -559,6 +595,8 @@ def parse_compare(
         prune_scope=v["prune_scope"],
         quant_mode=v["quant_mode"],
         bits=v["bits"],
+        recover_steps=v["recover_steps"],
+        recover_data=v["recover_data"],
     )
     return CompareRequest(
         v["model"],
@@ -608,7 +646,17 @@ def _amounts(prune_percents) -> list[float]:
 
 
 def _sweep_values(
-    lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+    lab: Lab,
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    recover_steps=(0,),
 ) -> tuple[dict, dict[str, str]]:
     from compression.sweep import grid, load_prompts
 
@@ -622,6 +670,7 @@ def _sweep_values(
             ("steps", lambda: whole_number("steps", steps, 1, MAX_STEPS)),
             ("guidance", lambda: real_number("guidance", guidance, 0, MAX_GUIDANCE)),
             ("latency_repeats", lambda: whole_number("latency repeats", latency_repeats, 0, MAX_LATENCY_REPEATS)),
+            ("recover_steps", lambda: _recover_choices(recover_steps)),
         ]
     )
     if values.get("study") == "grid":  # the layer studies ignore the quantization choice (fp32 only)
@@ -636,7 +685,14 @@ def _sweep_values(
     amounts, methods = values["prune_percents"], values["prune_methods"]
     if values["study"] == "grid":
         quant = [(e.split(":")[0], int(e.split(":")[1])) if ":" in e else (e, None) for e in values["quant_modes"]]
-        specs = grid(amounts, methods, quant, ["all"])
+        recover = values["recover_steps"]
+        data = "real" if resolve_model(values["model"]).metrics.real_reference else "prompts"
+        if any(recover):
+            try:
+                check_recoverable(values["model"], lab.device, data)
+            except ValueError as err:
+                return values, {"recover_steps": f"{err}."}
+        specs = grid(amounts, methods, quant, ["all"], recover_steps=recover, recover_data=data)
     elif values["study"] == "layer-types":  # the same L1 curve over every layer, the Linears, the Conv2ds
         specs = grid(amounts, methods[:1], [("fp32", None)], list(LAYER_TYPE_SCOPES))
     else:
@@ -664,13 +720,14 @@ def _sweep_values(
             )
         }
     cost = sweep_cost(len(specs), n, values["steps"], values["latency_repeats"])
+    cost += sum(recovery_cost(s.recover_steps) for s in specs)  # each recovered setting trains first
     if cost > MAX_JOB_STEPS:
         return values, {
             "n_prompts": (
                 f"this sweep costs {cost:,} denoising image-steps ({len(specs)} settings x {values['steps']} steps x "
-                f"({n} prompts + {values['latency_repeats']} latency repeats)); the app runs at most {MAX_JOB_STEPS:,} "
-                "per job (APP_MAX_JOB_STEPS). Lower the prompts, steps, latency repeats or settings, or use "
-                "`python -m compression.sweep`."
+                f"({n} prompts + {values['latency_repeats']} latency repeats), recovery training included); the app "
+                f"runs at most {MAX_JOB_STEPS:,} per job (APP_MAX_JOB_STEPS). Lower the prompts, steps, latency "
+                "repeats, recovery steps or settings, or use `python -m compression.sweep`."
             )
         }
     prompt_set = model_defaults(values["model"]).prompt_set
@@ -683,28 +740,78 @@ def _sweep_values(
     return values, {}
 
 
+def _recover_choices(values) -> list[int]:
+    """The Sweep tab's recovery steps: a list of SWEEP_RECOVER_STEPS entries (0: the pruned settings as they are)."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise RequestError(
+            f"choose at least one number of recovery steps from {', '.join(map(str, SWEEP_RECOVER_STEPS))}."
+        )
+    return sorted({whole_number("each number of recovery steps", v, 0, max(SWEEP_RECOVER_STEPS)) for v in values})
+
+
 def sweep_cost(n_settings: int, n_prompts: int, steps: int, latency_repeats: int) -> int:
     """A sweep's price in denoising image-steps: every setting draws every prompt, then times its latency
     repeats (one image each), all at `steps` steps."""
     return n_settings * steps * (n_prompts + latency_repeats)
 
 
-def compare_cost(steps: int) -> int:
-    """A comparison's price in denoising image-steps: the baseline and the compressed image."""
-    return 2 * steps
+def max_recover_steps(steps: int = 20, step: int = 50) -> int:
+    """The most recovery steps (a multiple of `step`) a comparison of `steps` denoising steps may ask for."""
+    n = 0
+    while compare_cost(steps, n + step) <= MAX_JOB_STEPS and n + step <= MAX_RECOVER_STEPS:
+        n += step
+    return n
+
+
+def compare_cost(steps: int, recover_steps: int = 0) -> int:
+    """A comparison's price in denoising image-steps: the baseline and the compressed image, and the recovery's
+    training steps at their measured price (`compression.recover.recovery_cost`)."""
+    return 2 * steps + recovery_cost(recover_steps)
 
 
 def sweep_problems(
-    lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+    lab: Lab,
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    recover_steps=(0,),
 ) -> dict[str, str]:
     """What is wrong with a sweep request, by parameter name (empty: nothing); cheap, loads nothing."""
     return _sweep_values(
-        lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+        lab,
+        model,
+        prune_percents,
+        prune_methods,
+        quant_modes,
+        study,
+        n_prompts,
+        steps,
+        guidance,
+        latency_repeats,
+        recover_steps,
     )[1]
 
 
 def parse_sweep(
-    lab: Lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+    lab: Lab,
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    recover_steps=(0,),
 ) -> SweepRequest:
     """Check a sweep request and build its grid.
 
@@ -713,12 +820,23 @@ def parse_sweep(
     percentage, with the first method, no quantization.
     Layer-type study: every percentage over all layers, only the Linears and only the Conv2ds
     (`LAYER_TYPE_SCOPES`), with the first method, no quantization.
+    Recovery steps (grid study only): every pruned setting once per number of steps (0: as pruned).
 
     Raises:
         RequestError: a bad argument, or a grid over the app's limits (the message says which).
     """
     v, problems = _sweep_values(
-        lab, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
+        lab,
+        model,
+        prune_percents,
+        prune_methods,
+        quant_modes,
+        study,
+        n_prompts,
+        steps,
+        guidance,
+        latency_repeats,
+        recover_steps,
     )
     _raise_first(problems)
     return SweepRequest(

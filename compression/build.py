@@ -58,7 +58,8 @@ class CompressedUNet:
         seconds (`float`): copy + prune + quantize wall time.
         cost (`ModuleCost`): bytes, parameters, sparsity of the result.
         built (`str`, defaults to `"layerwise"`): how the copy was made: `"layerwise"` (`build_compressed`),
-            `"deepcopy"` (registry entries without a per-layer form) or `"baseline"` (identity spec).
+            `"deepcopy"` (registry entries without a per-layer form), `"recovered"` (pruned, fine-tuned against
+            the baseline, then quantized: `compression.recover`) or `"baseline"` (identity spec).
         cost_seconds (`float`, defaults to 0.0): time spent measuring `cost` (after `seconds`).
     """
 

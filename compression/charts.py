@@ -142,6 +142,10 @@ def _mode_label(row) -> str:
     mode = str(row["quant_mode"])
     if bits is not None and not (isinstance(bits, float) and math.isnan(bits)):
         mode = f"{mode} {int(bits)}-bit"
+    recovered = row.get("recover_steps")
+    if recovered is not None and not (isinstance(recovered, float) and math.isnan(recovered)) and recovered > 0:
+        # a line of its own: recovered settings are a different model from the pruned ones at the same amount
+        mode = f"recovered {int(recovered)} steps" + ("" if mode == "fp32" else f" + {mode}")
     return mode
 
 

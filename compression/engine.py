@@ -244,7 +244,12 @@ class Engine:
                 progress(0.0, f"compressing: {spec.label}")
             start = time.perf_counter()
             base = self.pipeline.unet
-            if layerwise_supported(base, spec):
+            if spec.recovers:  # prune -> fine-tune against the baseline -> quantize (recover.py)
+                from .recover import build_recovered
+
+                unet, report = build_recovered(self, spec, progress)
+                built = "recovered"
+            elif layerwise_supported(base, spec):
                 unet, report = build_compressed(base, spec, self.baseline_cost.zeros)
                 built = "layerwise"
             else:

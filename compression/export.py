@@ -26,6 +26,10 @@ How each compression is stored:
   diffusers config cannot describe per-layer channel counts: the loader builds the base config's UNet on the
   meta device, gives those tensors their recorded shapes and attributes, and assigns the saved tensors.
 - Modes that change the compute dtype get the lab's input/output cast hooks back (`finish_` of the mode).
+- A recovered UNet (spec with `recover_steps` > 0: pruned, fine-tuned against the base UNet, then quantized;
+  see compression/recover.py) is stored like any other compressed one: its tensors are the fine-tuned ones.
+  Its spec carries the recovery steps and data, and compression.json a `recovery` section (training settings,
+  steps, wall time, final losses, zero count before and after), so the recipe says what was done.
 
 Where diffusers can read the result natively (no quantized tensor subclass and no change of shape: fp32,
 bf16, simulated-int, with or without unstructured pruning), `unet/` is a plain diffusers model folder:
@@ -246,6 +250,8 @@ def _card(manifest: dict, has_image: bool) -> str:
         tags.append("pruning")
     if spec.quant_mode != "fp32":
         tags.append("quantization")
+    if spec.recovers:
+        tags.append("distillation")
     lines = [
         "---",
         f"base_model: {base['source'] if not base.get('local') else base['name']}",
@@ -308,6 +314,19 @@ def _card(manifest: dict, has_image: bool) -> str:
                 '`UNet2DConditionModel.from_pretrained(folder, subfolder="unet")`.'
             ),
         ]
+    if spec.recovers:
+        rec = manifest.get("recovery", {})
+        data = (
+            "data-free, the base UNet's predictions the only target" if spec.recover_data == "prompts" else "real data"
+        )
+        lines += [
+            "",
+            (
+                f"Recovered: after pruning and before quantization, fine-tuned for {spec.recover_steps} steps against "
+                f"the base UNet (output- and feature-level distillation, {data}); the zeros stayed zero "
+                f"({rec.get('zeros_after', '?')} zero weights before and after)."
+            ),
+        ]
     if has_image:
         lines += ["", "![baseline | compressed](comparison.png)"]
     lines += ["", f"Recipe: `{json.dumps(manifest['spec'], sort_keys=True)}`", ""]
@@ -322,6 +341,7 @@ def save_compressed(
     sample: dict | None = None,
     sparse: bool = False,
     image: bool = True,
+    recovery: dict | None = None,
 ) -> ExportResult:
     """Compress the base model's UNet by `spec` and write a bundle (see the module docstring).
 
@@ -334,6 +354,8 @@ def save_compressed(
             pair and record its timings, image hash and (with `image`) comparison.png. None: nothing drawn.
         sparse (`bool`, defaults to False): also write `unet/sparse.safetensors` (bitmask + non-zero values).
         image (`bool`, defaults to True): write comparison.png when a sample is drawn.
+        recovery (`dict`, *optional*): for a recovered spec, its run (`RecoveryRun.to_dict()`), recorded in
+            compression.json; default: the run the engine kept for this UNet, if any.
 
     Returns:
         `ExportResult`.
@@ -351,7 +373,7 @@ def save_compressed(
         from .models import load_pipeline
 
         pipe, info = load_pipeline(model)
-        engine = Engine(pipe, info.name, cache_size=0)
+        engine = Engine(pipe, info.name, cache_size=1)  # the sample draws the UNet compressed just before
     base_unet = engine.pipeline.unet
     entry, _ = engine.compress(spec)
     unet = entry.unet
@@ -376,6 +398,8 @@ def save_compressed(
     if drawn is not None and image:
         _write_comparison(out / "comparison.png", drawn)
     manifest = _manifest(out, spec, engine, model, entry, layout, drawn, s if drawn is not None else None)
+    if spec.recovers:
+        manifest["recovery"] = _recovery_summary(recovery, unet)
     (out / "README.md").write_text(_card(manifest, drawn is not None and image))
     files = [p for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST]
     manifest["files"] = {str(p.relative_to(out)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}
@@ -383,6 +407,20 @@ def save_compressed(
     return ExportResult(
         out, manifest["measured"]["file_bytes"], entry.cost.bytes, time.perf_counter() - start, manifest
     )
+
+
+def _recovery_summary(recovery: dict | None, unet) -> dict:
+    """The recovery section of compression.json: settings and outcome, not the whole loss curve."""
+    if recovery is None:
+        from .recover import RECORDS
+
+        run = RECORDS.get(unet)
+        recovery = run.to_dict() if run is not None else {}
+    losses = recovery.get("losses") or {}
+    out = {k: v for k, v in recovery.items() if k not in ("losses", "extra")}
+    out["final_losses"] = {k: v[-1] for k, v in losses.items() if v}
+    out["order"] = "prune -> recover -> quantize"
+    return out
 
 
 def _write_unet(

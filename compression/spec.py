@@ -11,6 +11,8 @@ Example:
     'L1 30% + int8 weights'
     >>> CompressionSpec.from_json(spec.to_json()) == spec
     True
+    >>> CompressionSpec(prune_amount=0.7, recover_steps=500).label
+    'L1 70% + recovered 500 steps'
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from .pruning import MAX_AMOUNT, PRUNERS, SCOPES
 from .quantization import MAX_BITS, MIN_BITS, QUANT_MODES
 
 MAX_SEED = 2**32 - 1  # torch.Generator.manual_seed takes 64 bits; numpy's legacy seeding and the UI take 32
+MAX_RECOVER_STEPS = 100_000  # ~6 h of the embedded model on one CPU core; the app admits far fewer (priced)
+# Where recovery's training pairs come from: "real" (real images of the model's world with their captions: the
+# shapes world) or "prompts" (data-free: captions only, the baseline's predictions the only target).
+RECOVER_DATA = ("real", "prompts")
 
 
 def _check_name(kind: str, value: object, known: dict) -> None:
@@ -47,6 +53,11 @@ class CompressionSpec:
             every other mode (so two specs that do the same thing are one cache key).
         seed (`int`, defaults to 0): seed of the random pruning control; part of the key because it changes
             which weights go.
+        recover_steps (`int`, defaults to 0): optimiser steps of distillation fine-tuning against the baseline
+            after pruning and before quantization (`compression.recover`), 0 to 100,000; 0 is off. Needs pruning.
+        recover_data (`str`, defaults to `"real"`): `"real"` (real image-caption pairs of the model's world) or
+            `"prompts"` (data-free: captions only, the baseline the only target); must stay `"real"` when
+            `recover_steps` is 0 (one setting, one key).
 
     Raises:
         ValueError: with the valid range or the known names.
@@ -58,6 +69,8 @@ class CompressionSpec:
     quant_mode: str = "fp32"
     bits: int | None = None
     seed: int = 0
+    recover_steps: int = 0
+    recover_data: str = "real"
 
     def __post_init__(self) -> None:
         amount = self.prune_amount
@@ -97,6 +110,25 @@ class CompressionSpec:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
         object.__setattr__(self, "seed", int(seed))
+        self._check_recovery()
+
+    def _check_recovery(self) -> None:
+        steps = self.recover_steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 0 <= steps <= MAX_RECOVER_STEPS:
+            raise ValueError(f"recover_steps must be an integer from 0 to {MAX_RECOVER_STEPS:,}, got {_short(steps)}")
+        object.__setattr__(self, "recover_steps", int(steps))
+        if not isinstance(self.recover_data, str) or self.recover_data not in RECOVER_DATA:
+            raise ValueError(f"unknown recover_data {_short(self.recover_data)}; known: {', '.join(RECOVER_DATA)}")
+        if steps and not self.prunes:
+            # Recovery runs before quantization, so an unpruned UNet has nothing to recover from.
+            raise ValueError("recover_steps > 0 needs pruning (prune_amount > 0): recovery fine-tunes a pruned UNet")
+        if not steps and self.recover_data != RECOVER_DATA[0]:
+            raise ValueError(f"recover_data applies only when recover_steps > 0 (got {self.recover_data!r} with 0)")
+
+    @property
+    def recovers(self) -> bool:
+        """Whether the pruned UNet is fine-tuned against the baseline before quantization."""
+        return self.recover_steps > 0
 
     @property
     def prunes(self) -> bool:
@@ -122,14 +154,21 @@ class CompressionSpec:
             if self.prune_scope != "all":
                 text += f" ({self.prune_scope})"
             parts.append(text)
+        if self.recovers:
+            data = ", data-free" if self.recover_data == "prompts" else ""
+            parts.append(f"recovered {self.recover_steps} steps{data}")
         quant = QUANT_MODES[self.quant_mode].label(self.bits)
         if quant:
             parts.append(quant)
         return " + ".join(parts) if parts else "baseline"
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict of the fields (JSON-safe)."""
-        return asdict(self)
+        """A plain dict of the fields (JSON-safe). The recovery fields are left out while recovery is off, so
+        every spec without recovery keeps the dict, JSON and digests (sweep cells, bundles) it always had."""
+        data = asdict(self)
+        if not self.recovers:
+            del data["recover_steps"], data["recover_data"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressionSpec:

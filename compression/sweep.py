@@ -136,6 +136,17 @@ def parse_amounts(text: str) -> list[float]:
     return sorted({round(x / 100, 6) for x in out})
 
 
+def parse_steps(text: str) -> list[int]:
+    """Recovery steps from text: "0,500,2000" -> [0, 500, 2000] (sorted, unique)."""
+    try:
+        out = sorted({int(p) for p in str(text).split(",") if p.strip()})
+    except ValueError:
+        raise ValueError(f"bad recovery steps {str(text)[:60]!r}: whole numbers, e.g. 0,500,2000") from None
+    if not out or out[0] < 0:
+        raise ValueError(f"recovery steps must be whole numbers >= 0, e.g. 0,500,2000, got {str(text)[:60]!r}")
+    return out
+
+
 def parse_quant(text: str) -> list[tuple[str, int | None]]:
     """Quantization modes from text: "fp32,int8-weight,simulated-int:4" -> [(mode, bits), ...]."""
     out = []
@@ -160,18 +171,25 @@ def grid(
     quant: Sequence[tuple[str, int | None]],
     scopes: Sequence[str] = ("all",),
     seed: int = 0,
+    recover_steps: Sequence[int] = (0,),
+    recover_data: str = "real",
 ) -> list[CompressionSpec]:
-    """Every combination as validated specs, 0% cells deduplicated, the baseline first.
+    """Every combination as validated specs, 0% cells deduplicated, the baseline first. Recovery steps apply to
+    pruned settings only, in increasing order (a longer recovery then continues a shorter one's checkpoint).
 
     Raises:
         ValueError: from `CompressionSpec` (unknown method/mode/scope, amount out of range), naming valid values.
     """
+    steps = sorted(set(recover_steps))
     specs = [
-        canonical(CompressionSpec(a, m, s, q, b, seed))
+        canonical(CompressionSpec(a, m, s, q, b, seed, r, recover_data if r else "real"))
+        if a > 0
+        else canonical(CompressionSpec(a, m, s, q, b, seed))
         for q, b in quant
         for m in methods
         for s in scopes
         for a in amounts
+        for r in steps
     ]
     specs = [CompressionSpec(), *specs]
     return list(dict.fromkeys(specs))
@@ -335,7 +353,13 @@ def _write_json(path: Path, data) -> None:
 def _spec_columns(spec: CompressionSpec | None) -> dict:
     if spec is None:
         return dict(
-            setting=REAL_SETTING, prune_amount=math.nan, prune_method="", prune_scope="", quant_mode="", bits=None
+            setting=REAL_SETTING,
+            prune_amount=math.nan,
+            prune_method="",
+            prune_scope="",
+            quant_mode="",
+            bits=None,
+            recover_steps=None,
         )
     return dict(
         setting=spec.label,
@@ -344,6 +368,7 @@ def _spec_columns(spec: CompressionSpec | None) -> dict:
         prune_scope=spec.prune_scope,
         quant_mode=spec.quant_mode,
         bits=spec.bits,
+        recover_steps=spec.recover_steps,
     )
 
 
@@ -359,6 +384,7 @@ COLUMNS = [
     "prune_scope",
     "quant_mode",
     "bits",
+    "recover_steps",
     "metric",
     "reference",
     "value",
@@ -762,7 +788,10 @@ def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) 
         latency=[cfg.latency_warmup, cfg.latency_repeats],
         version=METRICS_VERSION,
     )
-    keys = {spec: _digest(dict(base=base_key, spec=spec.to_dict(), measure=measure)) for spec in specs}
+    keys = {
+        spec: _digest(dict(base=base_key, spec=spec.to_dict(), measure=measure, **_recovery_key(spec)))
+        for spec in specs
+    }
 
     out = Path(out_dir) if out_dir is not None else None
     cache = out / "cache" / base_key if out else None
@@ -787,6 +816,16 @@ def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) 
         out,
         cache,
     )
+
+
+def _recovery_key(spec: CompressionSpec) -> dict:
+    # A recovered cell also depends on how recovery trains: other settings, other cell (no entry otherwise, so
+    # the keys of every other cell stay what they were).
+    if not spec.recovers:
+        return {}
+    from .recover import DEFAULT_CONFIG
+
+    return {"recovery": DEFAULT_CONFIG.key()}
 
 
 def _baseline_scores_path(plan: _Plan) -> Path | None:
@@ -985,6 +1024,10 @@ def _cost_estimates(plan: _Plan, spec: CompressionSpec, cost, report, comp_secon
         ),
         metrics.exact_estimate("compression time", comp_seconds, "s", False),
     ]
+    if spec.recovers:
+        from .recover import recovery_estimates
+
+        est += recovery_estimates(plan.engine.compress(spec)[0].unet)
     if report is not None:
         est.append(
             metrics.exact_estimate(
@@ -1003,6 +1046,7 @@ def _outputs(plan: _Plan, done: dict, real_rows: list[dict], computed: list[str]
     report.html."""
     rows = [r for spec in plan.specs for r in done[spec]["rows"]] + real_rows
     table = pd.DataFrame(rows, columns=COLUMNS)
+    table["recover_steps"] = table["recover_steps"].astype("Int64")  # whole steps; empty for the real rows
     sampler = dict(plan.sampler)
     config = {**sampler, "prompts_digest": sampler.pop("prompts"), "n_images": plan.n, **plan.measure}
     summary = summarize(table, config, fd_min={f.name: metrics.fd_min_n(f.num_features) for f in plan.ms.features})
@@ -1068,6 +1112,13 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     p.add_argument("--quant", help="quantization modes, comma-separated; simulated-int:4 gives bits (default fp32)")
     p.add_argument("--scope", help="pruning scopes, comma-separated (default all)")
     p.add_argument(
+        "--recover-steps",
+        default="0",
+        help="recovery steps of every pruned setting, e.g. 0,500,2000 (fine-tuning against the baseline before "
+        "quantization; checkpoints kept in DIR/recovered, so 2000 continues 500)",
+    )
+    p.add_argument("--recover-data", default="real", choices=["real", "prompts"], help="recovery data (default real)")
+    p.add_argument(
         "--prompt-set",
         default=None,
         help="name under assets/prompts/ or a .txt path (default: tiny-shapes for the embedded model, else general)",
@@ -1115,6 +1166,8 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
             [m.strip() for m in method.split(",") if m.strip()],
             parse_quant(quant),
             [s.strip() for s in scope.split(",") if s.strip()],
+            recover_steps=parse_steps(args.recover_steps),
+            recover_data=args.recover_data,
         )
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as err:
@@ -1131,6 +1184,10 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         p.error(str(err))
     pipe, info = load_pipeline(args.model)
     engine = Engine(pipe, info.name, cache_size=1)
+    if any(s.recovers for s in specs):
+        from . import recover
+
+        recover.STORE_DIR = recover.STORE_DIR or args.out / "recovered"
     ms = default_metric_set(info.name, args.allow_download, log=lambda m: print(m, file=sys.stderr))
     print(
         f"{len(specs)} settings x {len(prompts) * len(seeds)} images on {info.name} ({info.device}); "
