@@ -24,6 +24,20 @@ FAST = RecoveryConfig(batch_size=4, lr=1e-3, warmup_steps=0, real_pool=16, check
 L1 = CompressionSpec(0.5, "l1-unstructured")
 
 
+def test_spec_carries_recovery_and_keeps_every_old_key():
+    plain = CompressionSpec(0.7)
+    assert plain.to_dict() == dict(
+        prune_amount=0.7, prune_method="l1-unstructured", prune_scope="all", quant_mode="fp32", bits=None, seed=0
+    )
+    spec = CompressionSpec(0.7, quant_mode="int8-weight", recover_steps=500, recover_data="prompts")
+    assert spec.label == "L1 70% + recovered 500 steps, data-free + int8 weights"
+    assert CompressionSpec.from_json(spec.to_json()) == spec and spec != dataclasses.replace(spec, recover_steps=499)
+    with pytest.raises(ValueError, match="recover_data applies only when recover_steps > 0"):
+        CompressionSpec(0.7, recover_data="prompts")
+    with pytest.raises(ValueError, match="unknown recover_data"):
+        CompressionSpec(0.7, recover_steps=5, recover_data="web")
+
+
 def _free_port() -> int:
     import socket
 
