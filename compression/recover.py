@@ -68,8 +68,6 @@ STORE_DIR: Path | None = Path(os.environ["DCL_RECOVERY_DIR"]) if os.environ.get(
 # denoising image-steps at guidance (the app's unit of work): measured ~0.26 s per step at 1 thread here, against
 # ~8.7 ms per image-step (app_service.MAX_JOB_STEPS).
 IMAGE_STEPS_PER_RECOVERY_STEP = 30
-# Models without real data of their world are recovered data-free; hub models are refused on a CPU: one
-# SD 1.5 recovery step there (teacher + student forward, student backward at batch 16) takes minutes.
 Progress = Callable[[float, str], None]
 
 

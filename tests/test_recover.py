@@ -74,6 +74,16 @@ def test_steps_lower_the_loss_keep_zeros_and_leave_the_baseline(tiny_pipe):
     assert not any(p.requires_grad for p in student.parameters()) and not student.training
 
 
+def test_data_free_distils_on_prompts_alone(tiny_pipe):
+    """No real data: the baseline draws the clean latents, its predictions are the only target."""
+    student, _ = pruned_copy(tiny_pipe.unet, L1)
+    free = dataclasses.replace(FAST, pool_size=4, pool_steps=2)
+    prompts = ["a red circle on the left on a white background", "a blue square at the top on a black background"]
+    run = recover_(tiny_pipe, student, 3, "prompts", free, prompts=prompts, show_bar=False)
+    assert run.losses["task"] == [0.0] * 3 and all(v > 0 for v in run.losses["output_kd"])
+    assert run.zeros_after == run.zeros_before
+
+
 def test_structured_shapes_stay(tiny_pipe):
     student, _ = pruned_copy(tiny_pipe.unet, CompressionSpec(0.5, "l1-structured-channels"))
     shapes = {k: v.shape for k, v in student.state_dict().items()}
