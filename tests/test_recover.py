@@ -1,5 +1,7 @@
 """Recovery (compression/recover.py) on the tests' tiny pipeline: it learns, keeps the pruning, resumes exactly,
-never touches the baseline, runs data-parallel, refuses bad requests; and through the app."""
+never touches the baseline, runs data-parallel, refuses bad requests; and through the app.
+
+The tests that train for several steps, start processes or the app carry the slow marker (3-30 s each here)."""
 
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ def _kd_loss(pipe, unet, seed: int = 123) -> float:
         )
 
 
+@pytest.mark.slow
 def test_steps_lower_the_loss_keep_zeros_and_leave_the_baseline(tiny_pipe):
     digest = state_dict_digest(tiny_pipe.unet)
     student, _ = pruned_copy(tiny_pipe.unet, L1)
@@ -92,6 +95,7 @@ def test_structured_shapes_stay(tiny_pipe):
     assert {k: v.shape for k, v in student.state_dict().items()} == shapes
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_pipe, tmp_path):
     whole, _ = pruned_copy(tiny_pipe.unet, L1)
     straight = recover_(tiny_pipe, whole, 4, "real", FAST, key="k", checkpoint_dir=tmp_path / "a", show_bar=False)
