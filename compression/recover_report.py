@@ -10,6 +10,11 @@ Quality is measured by the sweep's own code (`run_sweep`): the pruned UNet witho
 one, on the model's held-out prompt set, against the baseline and (shapes world) real images. The engine there
 answers the recovered spec with the UNet trained here (`pinned_engine`), since a command-line run may use
 settings (learning rate, batch, loss weights) that the spec alone does not carry.
+
+A recovery study is sweeps with `--recover-steps`, one folder per pruning method (each its own amounts); merge
+them into one study with
+
+    python -m compression.recover_report runs/recovery-l1 runs/recovery-structured --out DIR --png
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 from .build import CompressedUNet
 from .cost import module_cost
@@ -130,3 +136,81 @@ def write_outputs(args, pipe, model_name: str, spec: CompressionSpec, student, r
         f"wrote {args.out / 'bundle'} and {args.out / 'recovery.json'}"
     )
     return out
+
+
+# ------------------------------------------------------------------------------------ a recovery study
+
+
+def recovery_knees(table) -> dict:
+    """Per pruning method and number of recovery steps: how far accuracy holds within 5 points of the unpruned
+    model, and where its interval first parts from the unpruned one's (the sweep's knee definitions)."""
+    from .report import first_clear_drop, quality_holds_until
+
+    out: dict = {}
+    steps = table["recover_steps"].fillna(0).astype(int)
+    pruned = table[table["prune_amount"] > 0]
+    for method in sorted(pruned["prune_method"].dropna().unique()):
+        for r in sorted(steps[table["prune_method"] == method].unique()):
+            part = table[(table["prune_amount"] == 0) | (steps == r)]
+            metric = "accuracy: all"
+            out.setdefault(method, {})[f"{r} steps"] = {
+                "holds_within_5pp": quality_holds_until(part, metric, "prompt", method, 5.0),
+                "first_clear_drop": first_clear_drop(part, metric, "prompt", method),
+            }
+    return out
+
+
+def merge_study(folders: list[Path], out: Path, png: bool = False) -> Path:
+    """One study from several sweep folders (e.g. one per pruning method, each with its own amounts): the union
+    of their results.csv (the shared baseline and real rows once), a summary with the knees per number of
+    recovery steps, report.html (plotly.js from a CDN) and, with `png`, the report's figures as PNGs."""
+    import pandas as pd
+
+    from . import metrics
+    from .report import summarize, write_pngs, write_report
+    from .sweep import _write_json
+
+    tables = [pd.read_csv(f / "results.csv") for f in folders]
+    table = pd.concat(tables, ignore_index=True).drop_duplicates(["setting", "metric", "reference"], keep="first")
+    table["recover_steps"] = table["recover_steps"].astype("Int64")
+    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+    out.mkdir(parents=True, exist_ok=True)
+    for f in folders:  # the sample strips the report shows
+        for strip in (f / "samples").glob("*.png"):
+            (out / "samples").mkdir(exist_ok=True)
+            shutil.copyfile(strip, out / "samples" / strip.name)
+    features = {k: v for s in summaries for k, v in s.get("fd_min_n", {}).items()}
+    plain = table[table["recover_steps"].fillna(0) == 0]
+    summary = summarize(plain, summaries[0]["config"], features or {"tinyCLIP": metrics.fd_min_n(128)})
+    summary["recovery_knees"] = recovery_knees(table)
+    summary["cells"] = list({c["key"]: c for s in summaries for c in s.get("cells", [])}.values())
+    summary["merged_from"] = [f.name for f in folders]
+    table.to_csv(out / "results.csv", index=False)
+    _write_json(out / "summary.json", summary)
+    path = write_report(table, summary, out, "cdn")
+    if png:
+        write_pngs(table, out / "png")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m compression.recover_report",
+        description="Merge sweep folders (e.g. one per pruning method) into one study: results.csv, summary.json "
+        "(with knees per number of recovery steps), report.html and, with --png, the figures.",
+    )
+    p.add_argument("folders", nargs="+", type=Path, help="sweep output folders (each with results.csv, summary.json)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--png", action="store_true", help="also write every figure as OUT/png/*.png (needs Chromium)")
+    args = p.parse_args(argv)
+    missing = [str(f) for f in args.folders if not (f / "results.csv").is_file()]
+    if missing:
+        p.error(f"no results.csv in {', '.join(missing)}")
+    print(merge_study(args.folders, args.out, args.png))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
