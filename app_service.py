@@ -501,9 +501,10 @@ def _recovery_values(lab: Lab, values: dict, problems: dict[str, str], recover_s
     cost = compare_cost(values.get("steps", 1), steps)
     if cost > MAX_JOB_STEPS and "recover_steps" not in problems:
         problems["recover_steps"] = (
-            f"this comparison costs {cost:,} denoising image-steps ({steps} recovery steps cost "
-            f"{recovery_cost(steps):,}); the app runs at most {MAX_JOB_STEPS:,} per job (APP_MAX_JOB_STEPS). "
-            "Lower the recovery steps, or use `python -m compression.recover`."
+            f"this comparison costs {cost:,} denoising image-steps, recovery included (each recovery step costs "
+            f"{recovery_cost(1)}); the app runs at most {MAX_JOB_STEPS:,} per job (APP_MAX_JOB_STEPS). "
+            f"Lower the recovery steps (at most {max_recover_steps(values.get('steps', 1), 1):,} here), or use "
+            "`python -m compression.recover`."
         )
     return {"recover_steps": steps, "recover_data": data}
 

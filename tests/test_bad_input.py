@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 PROMPT = "a red circle on the left on a blue background"
 REFUSE_WITHIN_S = 2.0
-# /compare's inputs in order (the 14th is the session's history State), at valid values.
+# /compare's inputs in order (the 15th is the session's history State), at valid values.
 COMPARE = dict(
     prompt=PROMPT,
     negative_prompt="",
@@ -40,6 +40,7 @@ COMPARE = dict(
     bits=4,
     height=0,
     width=0,
+    recover_steps=0,
     history=[],
 )
 SWEEP = dict(
@@ -52,6 +53,7 @@ SWEEP = dict(
     steps=2,
     guidance=4.0,
     latency_repeats=0,
+    recover_steps=[0],
 )
 SCRIPT = "<script>alert('dcl')</script>"
 MARK = "zzq-unknown-zzq"  # a value no valid-range message could contain
@@ -117,6 +119,10 @@ CASES = [
     case("compare", "model", "unknown model; choose one of: tiny-shapes", echo=["someone"], model="someone/evil-model"),
     case("compare", "bits", "bits must be a whole number from 2 to 8", quant_mode="simulated-int", bits=1),
     case("compare", "bits", "bits must be a whole number from 2 to 8", echo=["9"], quant_mode="simulated-int", bits=9),
+    case("compare", "recover_steps", "recovery steps must be a whole number from 0 to 100000", recover_steps=-1),
+    case("compare", "recover_steps", "recovery steps must be a whole number from 0", echo=["2.5"], recover_steps=2.5),
+    case("compare", "recover_steps", "Lower the recovery steps", recover_steps=5000),
+    case("compare", "recover_steps", "recovery fine-tunes a pruned UNet", prune_percent=0, recover_steps=50),
     case("sweep", "n_prompts", "prompts must be a whole number from 1 to 200", n_prompts=0),
     case("sweep", "n_prompts", "prompts must be a whole number from 1 to 200", echo=["1000000"], n_prompts=10**6),
     case("sweep", "prune_percents", "choose at least one pruning percentage from 0 to 95", prune_percents=[]),
@@ -143,6 +149,14 @@ CASES = [
         "unknown quantization mode; choose one of: fp32",
         echo=["simulated-int:1"],
         quant_modes=["simulated-int:1"],
+    ),
+    case("sweep", "recover_steps", "choose at least one number of recovery steps", recover_steps=[]),
+    case(
+        "sweep",
+        "recover_steps",
+        "each number of recovery steps must be a whole number from 0 to 1000",
+        echo=["1e9", "1000000000"],
+        recover_steps=[0, 10**9],
     ),
     case("sweep", "study", "unknown study; choose one of: grid, layer-sensitivity", echo=[MARK], study=MARK),
     case("sweep", "steps", RANGE_STEPS, echo=["nan", "NaN"], steps=math.nan),
