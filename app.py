@@ -783,7 +783,13 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                     with gr.Group():
                         with gr.Row():
                             steps = gr.Slider(
-                                1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps", min_width=120
+                                1,
+                                svc.MAX_STEPS,
+                                value=DEFAULTS.steps,
+                                step=1,
+                                label="Steps",
+                                min_width=120,
+                                elem_id="steps",
                             )
                             guidance = gr.Slider(
                                 0,

@@ -68,6 +68,7 @@ def test_token_stops_generate_batch_and_pair_within_one_step(tiny_pipe):
     assert engine.generate_batch(PROMPTS, [0, 1], 2, 4.0, SPEC).images.shape[0] == 2
 
 
+@pytest.mark.slow
 def test_stopped_sweep_keeps_finished_settings_and_the_rerun_reuses_them(tiny_pipe, tmp_path):
     from compression.sweep import MetricSet, SweepStopped, run_sweep
 
@@ -166,6 +167,7 @@ def last_job(app, kind: str):
 
 
 @app_warnings
+@pytest.mark.slow
 def test_api_cancel_stops_the_sweep_and_the_next_request_runs_alone(lab_app, caplog):
     from gradio_client import Client
 
@@ -188,6 +190,7 @@ def test_api_cancel_stops_the_sweep_and_the_next_request_runs_alone(lab_app, cap
         assert compare_engine.image_steps - before[0] == 2 * 3 and sweep_engine.image_steps == before[1]
     assert watch.most == 1  # never two model jobs at once
     assert last_job(app, "compare").started >= stopped.ended
+    assert app.JOBS.estimate_seconds(1000) > 0  # the pace measured on finished jobs prices the next ones
     assert f"job {stopped.ref}: sweep stopped (cancelled by the client)" in caplog.text
 
 
@@ -286,16 +289,26 @@ def cells(app) -> set:
 
 @app_warnings
 @pytest.mark.browser
-def test_stop_button_keeps_finished_settings_and_a_closed_page_stops_its_sweep(lab_app, browser, monkeypatch):
+def test_stop_buttons_and_a_closed_page_stop_the_work(lab_app, browser, monkeypatch):
     from app_jobs import CLIENT_LEFT, SESSION_CLOSED
 
     app, url = lab_app
     # 20 bootstrap resamples instead of 200: each FD resample is an eigendecomposition, and this test is about
     # stopping, not intervals (the cells' keys include the count, so nothing is shared with other tests).
     monkeypatch.setattr(app.svc, "SWEEP_BOOTSTRAP", 20)
-    _, sweep_engine = engines(app)
+    compare_engine, sweep_engine = engines(app)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(url)
+
+    set_number(page, "steps", 100)  # Compare: 2 x 100 steps, stopped after the first few
+    start = compare_engine.image_steps
+    page.click("#generate")
+    wait_until(lambda: compare_engine.image_steps >= start + 3, 60, "the comparison started drawing")
+    page.click("#stop-compare")
+    page.locator("#status").get_by_text("Stopped").wait_for(timeout=20_000)
+    assert_stopped(app, compare_engine, "comparison stopped by the button")
+    assert last_job(app, "compare").outcome == "stopped"
+
     page.get_by_role("tab", name="Sweep").click()
     page.get_by_label("60").uncheck()  # the grid: the baseline and L1 30%
     for elem_id, value in (("sweep-prompts", 12), ("sweep-steps", 7), ("sweep-latency", 0)):
