@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,8 +42,10 @@ log = logging.getLogger("dcl.app")
 POLL_S = 0.25  # how often a running job asks whether its client is still there (a dict lookup)
 RECENT_S = 30.0  # a Stop pressed this long after its job ended still reports how it ended
 STOP_WAIT_S = 30.0  # the Stop handler waits this long for the worker to reach its next check
-RATE_WEIGHT = 0.3  # weight of the newest finished job in the pace estimate (seconds per image-step)
+RATE_WEIGHT = 0.3  # weight of the newest finished job in the pace estimate (seconds per image-step run, scoring
+# and reports included: a rough figure, shown as "about")
 RECENT_JOBS = 50  # ended jobs kept for inspection (`Jobs.recent`)
+LAST_JOBS = 1000  # (session, kind) pairs whose latest job is remembered for a Stop pressed just after it ended
 
 # Reasons a token is cancelled for, as logged and shown.
 CLIENT_CANCELLED = "cancelled by the client"  # asyncio cancel: the API's /cancel, a Stop button's `cancels=`
@@ -58,7 +60,7 @@ class Job:
 
     Args:
         ref (`str`): short reference in logs and messages.
-        kind (`str`): "compare" or "sweep".
+        kind (`str`): "compare", "sweep" or "export".
         session (`str`, *optional*): the Gradio session that asked for it (one per page load or API client).
     """
 
@@ -91,7 +93,7 @@ class Jobs:
         self._executor = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="dcl-model")
         self._lock = threading.Lock()
         self._running: dict[str, Job] = {}
-        self._last: dict[tuple[str | None, str], Job] = {}
+        self._last: OrderedDict[tuple[str | None, str], Job] = OrderedDict()
         self.recent: deque[Job] = deque(maxlen=RECENT_JOBS)  # ended jobs, newest last
         self.seconds_per_step: float | None = None  # measured pace, None until a job has finished
 
@@ -100,7 +102,10 @@ class Jobs:
         job = Job(uuid.uuid4().hex[:8], kind, session)
         with self._lock:
             self._running[job.ref] = job
+            self._last.pop((session, kind), None)
             self._last[(session, kind)] = job
+            while len(self._last) > LAST_JOBS:
+                self._last.popitem(last=False)
         log.info("job %s: %s started", job.ref, kind)
         return job
 
@@ -197,7 +202,7 @@ class Jobs:
         except asyncio.CancelledError:
             self.cancel(job, CLIENT_CANCELLED)
             await _drain(future)
-            outcome = "stopped" if job.token.cancelled else outcome
+            outcome = "stopped"
             raise
         finally:
             self._end(job, outcome)
