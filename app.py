@@ -222,7 +222,7 @@ def _compare(
     )
     progress(1.0, desc="scoring")
     row = pair_row(result, req.prompt, loaded.judge)
-    warnings = fmt.pair_warnings(result)
+    warnings = fmt.reading_warnings(req.reading) + fmt.pair_warnings(result)
     for w in warnings:
         gr.Warning(w)
 

@@ -58,6 +58,7 @@ from compression.models import (
     load_pipeline,
     resolve_model,
 )
+from compression.prompt_reader import PromptReading
 from compression.pruning import MAX_AMOUNT
 from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
 from compression.spec import MAX_SEED
@@ -379,7 +380,7 @@ def _load_failure(name: str, err: Exception) -> str:
 
 @dataclass(frozen=True)
 class CompareRequest:
-    """One checked comparison request."""
+    """One checked comparison request; `prompt` is what the model reads (`reading` says how it was read)."""
 
     model: str
     prompt: str
@@ -390,6 +391,7 @@ class CompareRequest:
     height: int
     width: int
     spec: CompressionSpec
+    reading: PromptReading | None = None
 
 
 def _size(name: str, value, lo: int, hi: int, default: int, model: str) -> int:
@@ -560,9 +562,10 @@ def parse_compare(
         quant_mode=v["quant_mode"],
         bits=v["bits"],
     )
+    reading = read_prompt(v["model"], v["prompt"])
     return CompareRequest(
         v["model"],
-        v["prompt"],
+        reading.text,
         v["negative_prompt"],
         v["seed"],
         v["steps"],
@@ -570,7 +573,18 @@ def parse_compare(
         v["height"],
         v["width"],
         spec,
+        reading,
     )
+
+
+def read_prompt(model: str, prompt: str) -> PromptReading:
+    """What `model` reads from `prompt`: its catalog entry's reader (the embedded model's grammar), or the
+    prompt as typed (hub models, and names outside the catalog)."""
+    try:
+        entry = resolve_model(model)
+    except ValueError:
+        return PromptReading(prompt, prompt, True)
+    return entry.read_prompt(prompt)
 
 
 @dataclass(frozen=True)
