@@ -170,6 +170,41 @@ def test_bf16_bundle_loads_natively_in_diffusers(engine, tmp_path):
     assert all(a[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
 
 
+def test_int8_dynamic_bundle_loads_natively_in_diffusers_as_the_same_model(engine, tmp_path):
+    """TorchAoConfig in unet/config.json: diffusers' own loader gives the lab's tensors and the lab's pixels."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+
+    result = save_compressed(tmp_path / "b", _spec("int8-dynamic", "l1"), engine=engine, sample=SAMPLE)
+    layout = result.manifest["layout"]
+    assert layout["diffusers_native"] and layout["diffusers_load"] == {"torch_dtype": "float32"}
+    native = UNet2DConditionModel.from_pretrained(str(result.folder), subfolder="unet", torch_dtype=torch.float32)
+    ours, _ = load_unet(result.folder)
+    int8 = [n for n, m in native.named_modules() if type(getattr(m, "weight", None)).__name__ == "Int8Tensor"]
+    assert len(int8) == sum(isinstance(m, torch.nn.Linear) for m in ours.modules()) > 0  # every Linear, no Conv2d
+    base = engine.pipeline
+    pipe = type(base)(
+        **{**base.components, "unet": native.eval(), "scheduler": copy.deepcopy(base.scheduler)},
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert image_sha256(_draw(pipe, result.manifest["sample"])) == result.manifest["sample"]["compressed_sha256"]
+    assert "TorchAoConfig" in (result.folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "mode, pruning, why", [("int4-weight", "none", "Conv2d"), ("fp32", "channels", "channel counts")]
+)
+def test_bundles_diffusers_cannot_describe_say_why(engine, tmp_path, mode, pruning, why):
+    result = save_compressed(tmp_path / "b", _spec(mode, pruning), engine=engine)
+    layout = result.manifest["layout"]
+    assert not layout["diffusers_native"] and why in layout["diffusers_native_why"]
+    assert "diffusers alone cannot load" in (result.folder / "README.md").read_text()
+    config = json.loads((result.folder / "unet" / "config.json").read_text())
+    assert "quantization_config" not in config
+
+
 def test_recipe_round_trip_and_errors():
     spec = CompressionSpec(0.3, quant_mode="int8-weight")
     recipe = make_recipe("tiny-shapes", spec, {"seed": 7})
