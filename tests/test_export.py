@@ -386,7 +386,7 @@ def chromium():
 
 @pytest.mark.browser
 @pytestmark_app
-def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
+def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium, tmp_path):
     from urllib.parse import parse_qs, urlparse
 
     _, url = lab_app
@@ -431,6 +431,7 @@ def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
         width=0,
     )
     assert image_sha256(shown) == out[9]["compressed_sha256"]
+    _download_reloads_to_the_shown_image(page, shown, tmp_path)
     page.click("#copy-link")
     box = page.locator("#share-url textarea")
     box.wait_for(timeout=10_000)
@@ -438,3 +439,20 @@ def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
     assert query["seed"] == ["7"] and query["prune_percent"] == ["45"] and query["quant_mode"] == ["int8-weight"]
     assert query["prompt"] == ["a blue square on the right"] and "steps" in query
     page.close()
+
+
+def _download_reloads_to_the_shown_image(page, shown, folder) -> None:
+    """Build the bundle, download it as a visitor does, unzip, reload: it draws the page's compressed image."""
+    import zipfile
+
+    page.click("#export")
+    button = page.locator("#export-file")
+    button.get_by_text("Download compressed UNet (").wait_for(timeout=60_000)
+    with page.expect_download(timeout=30_000) as caught:
+        button.click()
+    caught.value.save_as(folder / "bundle.zip")
+    with zipfile.ZipFile(folder / "bundle.zip") as z:
+        z.extractall(folder / "bundle")
+    pipe = load_compressed(folder / "bundle")  # the base model from the catalog, as a downloader has it
+    sample = json.loads((folder / "bundle" / "compression.json").read_text())["sample"]
+    assert image_sha256(_draw(pipe, sample)) == image_sha256(shown) == sample["compressed_sha256"]
