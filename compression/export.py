@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 from .engine import Engine, state_dict_digest
-from .quantization import _quanto, get_quant_mode
+from .quantization import _quanto, get_quant_mode, torchao_backend
 from .spec import CompressionSpec
 
 FORMAT = "diffusion-compression-lab/bundle"
@@ -83,7 +83,7 @@ TORCHAO_MODES = ("int8-dynamic", "fp8")
 # unet/ as it is: int8-dynamic is torchao's Int8DynamicActivationInt8WeightConfig on every nn.Linear, which is
 # what diffusers' TorchAoConfig applies (Linear weights only). fp8 would be the same kind of match but runs on
 # CUDA only and is untested here, so it is not claimed.
-DIFFUSERS_TORCHAO = {"int8-dynamic": "int8_dynamic_config"}
+DIFFUSERS_TORCHAO = {"int8-dynamic": torchao_backend.int8_dynamic_config}
 RECIPE_KEYS = ("base_model", "spec", "sampler")
 SAMPLER_DEFAULTS = {
     "prompt": "a red circle on the left on a white background",
@@ -427,9 +427,7 @@ def _diffusers_form(spec: CompressionSpec, layout: dict, base_unet: nn.Module) -
         return None
     from diffusers import TorchAoConfig
 
-    from .quantization import torchao_backend
-
-    config = getattr(torchao_backend, DIFFUSERS_TORCHAO[spec.quant_mode])()
+    config = DIFFUSERS_TORCHAO[spec.quant_mode]()
     # diffusers warns that torchao wants bf16, but fp32 loads the very tensors the lab built (tests check it).
     layout["diffusers_load"] = {"torch_dtype": str(next(base_unet.parameters()).dtype).removeprefix("torch.")}
     return TorchAoConfig(config).to_dict()
