@@ -52,7 +52,7 @@ class PromptReading:
     Args:
         typed (`str`): the prompt as typed.
         text (`str`): what goes to the tokenizer: the grammar's sentence when the prompt was read, else `typed`.
-        in_world (`bool`): the prompt was read into the model's grammar.
+        in_world (`bool`): the prompt was read into the model's grammar (a model without a reader: True).
         unknown (`tuple[str, ...]`): words outside the model's vocabulary (left out), in typed order.
         note (`str`): why the prompt is outside the model's world ("" when it is inside).
     """
