@@ -34,6 +34,7 @@ import json
 import math
 import os
 import sys
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import charts, latency, metrics, world
+from .distributed import ShardStore, World, check_shared_folder, concat, current_world, run_shards, total_over
 from .report import (  # noqa: F401 - re-exported: the report moved out of this module, its names stay here
     _quality_metrics,  # noqa: F401
     first_clear_drop,
@@ -464,10 +466,6 @@ def _score_batch(images, nonfinite, ms: MetricSet, prompts, attrs, baseline_imag
     return out
 
 
-def _concat(parts: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-
-
 def _quality_estimates(
     per: dict[str, np.ndarray],
     ms: MetricSet,
@@ -575,6 +573,8 @@ class _Plan:
     keys: dict[CompressionSpec, str]
     out: Path | None
     cache: Path | None
+    world: World = field(default_factory=World)  # which shards (batches) this process draws
+    drawn: int = 0  # images this process drew with the denoiser (throughput)
 
     @property
     def n(self) -> int:
@@ -708,25 +708,54 @@ def run_sweep_with(
     metric_set: MetricSet | None = None,
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
+    world: World | None = None,
 ) -> SweepResult:
-    """`run_sweep` with its settings as one `SweepConfig`: baseline, real data, each setting, outputs."""
+    """`run_sweep` with its settings as one `SweepConfig`: baseline, real data, each setting, outputs.
+
+    Under torchrun / accelerate launch every process calls this with the same arguments; each draws its share
+    of every setting's batches (`compression.distributed`), and process 0 returns the results and writes
+    the files (the others return an empty table). `world` defaults to the launcher's (one process without one).
+    """
+    start = time.perf_counter()
     plan = _plan(engine, specs, prompts, seeds, config, metric_set, out_dir)
-    done = {spec: plan.finished(spec) for spec in plan.specs}
-    todo = [s for s in plan.specs if done[s] is None]
-    batches = len(plan.slices())
+    plan.world = world = world if world is not None else current_world()
+    if plan.out:
+        check_shared_folder(world, plan.out)
+    # Process 0 decides what is finished, so that every process works on the same cells.
+    todo_keys = world.share(lambda: [plan.keys[s] for s in plan.specs if plan.finished(s) is None])
+    todo = [s for s in plan.specs if plan.keys[s] in todo_keys]
+    done = {s: (None if s in todo else plan.finished(s) if world.is_main else {}) for s in plan.specs}
+    batches = len(world.shards(len(plan.slices())))
     # Baseline images depend on the sampler only; their scores also on the metric set (own file each).
-    base_ready = bool(plan.cache and (plan.cache / "baseline.done").is_file() and _baseline_scores_path(plan).is_file())
-    work = _Work(batches * len(todo) + (0 if not todo or base_ready else batches), progress, config.show_bar)
-    skipped = [s.label for s in plan.specs if done[s] is not None]
+    base_ready = world.share(
+        lambda: bool(plan.cache and (plan.cache / "baseline.done").is_file() and _baseline_scores_path(plan).is_file())
+    )
+    work = _Work(
+        batches * len(todo) + (0 if not todo or base_ready else batches),
+        progress if world.is_main else None,
+        config.show_bar and world.is_main,
+    )
+    skipped = [s.label for s in plan.specs if s not in todo]
 
     refs = _baseline_phase(plan, work) if todo else _Refs()
-    real_rows = _real_phase(plan, refs, bool(todo))
+    real_rows = _real_phase(plan, refs, bool(todo)) if world.is_main else []
     computed = []
     for spec in todo:
         done[spec] = _setting_phase(plan, spec, refs, work)
         computed.append(spec.label)
     work.close()
-    return _outputs(plan, done, real_rows, computed, skipped)
+    seconds, drawn = time.perf_counter() - start, total_over(world, plan.drawn)
+    if not world.is_main:
+        return SweepResult(pd.DataFrame(columns=COLUMNS), {}, plan.out, computed, skipped)
+    run = dict(
+        processes=world.size,
+        threads=torch.get_num_threads(),
+        seconds=seconds,
+        images_drawn=int(drawn),
+        images_per_second=drawn / seconds if seconds > 0 else None,
+        note="wall time of drawing and scoring (process start, model loading and the report excluded)",
+    )
+    return _outputs(plan, done, real_rows, computed, skipped, run)
 
 
 def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) -> _Plan:
@@ -795,53 +824,79 @@ def _baseline_scores_path(plan: _Plan) -> Path | None:
 
 def _baseline_phase(plan: _Plan, work: _Work) -> _Refs:
     """The baseline: images (memory-mapped on disk when there is an out_dir), per-image scores and features,
-    drawn and scored once and reused by later sweeps with the same sampler and metric set."""
-    cache, n = plan.cache, plan.n
-    images_ready = bool(cache and (cache / "baseline.done").is_file())
+    drawn and scored once and reused by later sweeps with the same sampler and metric set.
+
+    Each process draws its shards into the one shared file; a shard is marked done as soon as it is on disk,
+    so a killed run redraws only the shards that are not."""
+    cache, n, world = plan.cache, plan.n, plan.world
+    images_ready = world.share(lambda: bool(cache and (cache / "baseline.done").is_file()))
     scores_path = _baseline_scores_path(plan)
     refs = _Refs()
     if images_ready:
         refs.images = np.load(cache / "baseline.npy", mmap_mode="r")
         refs.nonfinite = np.load(cache / "baseline-nonfinite.npy")
     else:
-        shape = (n, plan.height, plan.width, 3)
-        refs.images = (
-            np.lib.format.open_memmap(cache / "baseline.npy", mode="w+", dtype=np.uint8, shape=shape)
-            if cache
-            else np.zeros(shape, np.uint8)
-        )
+        refs.images = _baseline_images(plan)
         refs.nonfinite = np.zeros(n, dtype=bool)
-    if scores_path and scores_path.is_file():
+    if world.share(lambda: bool(scores_path and scores_path.is_file())):
         loaded = np.load(scores_path)
         refs.per = {k: loaded[k] for k in loaded.files}
     else:
-        parts = []
-        for sl in plan.slices():
-            if not images_ready:
+        slices = plan.slices()
+        marks = ShardStore(cache / "baseline.shards" if cache and not images_ready else None)
+
+        def compute(b: int) -> dict[str, np.ndarray]:
+            sl = slices[b]
+            mark = None if images_ready else marks.load(b)
+            if images_ready:
+                nonfinite = refs.nonfinite[sl]
+            elif mark is not None:
+                nonfinite = mark["nonfinite"]
+            else:
                 r = plan.draw(CompressionSpec(), sl)
-                refs.images[sl], refs.nonfinite[sl] = r.images, r.nonfinite
-            parts.append(
-                _score_batch(
-                    np.asarray(refs.images[sl]),
-                    refs.nonfinite[sl],
-                    plan.ms,
-                    plan.prompts[sl],
-                    plan.attrs_of(sl),
-                    None,
-                    None,
-                )
+                plan.drawn += len(r.images)
+                refs.images[sl], nonfinite = r.images, r.nonfinite
+                if cache:
+                    refs.images.flush()
+                marks.save(b, {"nonfinite": nonfinite})
+            per = _score_batch(
+                np.asarray(refs.images[sl]), nonfinite, plan.ms, plan.prompts[sl], plan.attrs_of(sl), None, None
             )
-            work.step(f"baseline {sl.stop}/{n}")
-        refs.per = _concat(parts)
-        if cache:
+            return {"nonfinite": nonfinite, **per}
+
+        store = ShardStore(scores_path.with_suffix(".shards") if scores_path else None)
+        parts = run_shards(world, len(slices), compute, store, lambda b, _: work.step(f"baseline {slices[b].stop}/{n}"))
+        refs.per = concat(parts)
+        nonfinite = refs.per.pop("nonfinite")
+        if not images_ready:
+            refs.nonfinite = nonfinite
+        if cache and world.is_main:
             if not images_ready:
-                refs.images.flush()
                 np.save(cache / "baseline-nonfinite.npy", refs.nonfinite)
                 (cache / "baseline.done").write_text("ok\n")
+                marks.remove()
             np.savez(scores_path, **refs.per)
+            store.remove()
+        world.barrier()
     refs.features["baseline"] = {k: v for k, v in refs.per.items() if k.startswith("feat:")}
     refs.feature_nonfinite["baseline"] = refs.nonfinite
     return refs
+
+
+def _baseline_images(plan: _Plan) -> np.ndarray:
+    """Where the baseline images go: the shared memory-mapped file (created by process 0, kept when a killed
+    run left it behind), or memory without an out_dir."""
+    shape = (plan.n, plan.height, plan.width, 3)
+    if not plan.cache:
+        return np.zeros(shape, np.uint8)
+    path = plan.cache / "baseline.npy"
+    if plan.world.is_main:
+        fresh = not path.is_file() or np.load(path, mmap_mode="r").shape != shape
+        if fresh:
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()
+            ShardStore(plan.cache / "baseline.shards").remove()  # marks of another file mean nothing
+    plan.world.barrier()
+    return np.load(path, mmap_mode="r+")
 
 
 def _real_path(plan: _Plan) -> Path | None:
@@ -889,47 +944,54 @@ def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool) -> list[dict]:
     return rows
 
 
-def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict:
-    """One setting: draw and score its images batch by batch, time it, count its cost; the finished cell is
-    written to disk at once (so an interrupted sweep resumes after it)."""
+def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict | None:
+    """One setting: draw and score its images shard by shard (each process its own), time it, count its cost;
+    the finished cell is written to disk at once (so an interrupted sweep resumes after it). Returns the cell
+    on process 0, None on the others."""
     cfg, n, key = plan.cfg, plan.n, plan.keys[spec]
-    parts, nonfinite = [], np.zeros(n, dtype=bool)
-    cost = report = None
-    comp_seconds = 0.0
-    samples = []
-    for sl in plan.slices():
+    slices = plan.slices()
+
+    def compute(b: int) -> dict[str, np.ndarray]:
+        sl = slices[b]
         if spec.is_identity:  # the baseline itself: reuse its images, draw nothing
-            images, nf = np.asarray(refs.images[sl]), refs.nonfinite[sl]
-            cost, report = plan.engine.baseline_cost, None
+            images, nonfinite = np.asarray(refs.images[sl]), refs.nonfinite[sl]
         else:
             r = plan.draw(spec, sl)
-            images, nf = r.images, r.nonfinite
-            cost, report = r.cost, r.prune_report
-            comp_seconds += r.compression_seconds
-        nonfinite[sl] = nf
-        parts.append(
-            _score_batch(
-                images,
-                nf,
-                plan.ms,
-                plan.prompts[sl],
-                plan.attrs_of(sl),
-                np.asarray(refs.images[sl]),
-                refs.nonfinite[sl],
-            )
+            plan.drawn += len(r.images)
+            images, nonfinite = r.images, r.nonfinite
+        per = _score_batch(
+            images,
+            nonfinite,
+            plan.ms,
+            plan.prompts[sl],
+            plan.attrs_of(sl),
+            np.asarray(refs.images[sl]),
+            refs.nonfinite[sl],
         )
-        if len(samples) < cfg.samples_per_cell:
-            samples.extend(images[: cfg.samples_per_cell - len(samples)])
-        work.step(f"{spec.label} {sl.stop}/{n}")
-    per = _concat(parts)
+        keep = max(0, min(sl.stop, cfg.samples_per_cell) - sl.start)  # the first images of the setting
+        return {"nonfinite": nonfinite, **per, "samples": images[:keep]}
+
+    store = ShardStore(plan.out / "cells" / f"{key}.shards" if plan.out else None)
+    parts = run_shards(
+        plan.world, len(slices), compute, store, lambda b, _: work.step(f"{spec.label} {slices[b].stop}/{n}")
+    )
+    if not plan.world.is_main:
+        return None
+    per = concat(parts)
+    nonfinite, samples = per.pop("nonfinite"), per.pop("samples")
     est = _quality_estimates(per, plan.ms, refs.features, cfg.n_boot, nonfinite, refs.feature_nonfinite)
     if cfg.latency_repeats > 0:
         est += _latency_estimates(plan, spec)
+    if spec.is_identity:
+        cost, report, comp_seconds = plan.engine.baseline_cost, None, 0.0
+    else:
+        entry, _ = plan.engine.compress(spec)
+        cost, report, comp_seconds = entry.cost, entry.prune_report, entry.seconds
     est += _cost_estimates(plan, spec, cost, report, comp_seconds)
     cell = {"key": key, "label": spec.label, "spec": spec.to_dict(), "n": n, "rows": _rows(spec, est, plan.model, key)}
     if plan.out:
-        if samples:
-            _save_strip(samples, plan.out / "samples" / f"{key}.png")
+        if len(samples):
+            _save_strip(list(samples), plan.out / "samples" / f"{key}.png")
         per_image = pd.DataFrame(
             {
                 "prompt": plan.prompts,
@@ -940,6 +1002,7 @@ def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work)
         )
         per_image.to_csv(plan.out / "cells" / f"{key}.images.csv", index=False)
         _write_json(plan.out / "cells" / f"{key}.json", cell)
+        store.remove()
     return cell
 
 
@@ -998,9 +1061,11 @@ def _cost_estimates(plan: _Plan, spec: CompressionSpec, cost, report, comp_secon
     return est
 
 
-def _outputs(plan: _Plan, done: dict, real_rows: list[dict], computed: list[str], skipped: list[str]) -> SweepResult:
-    """The tidy table of every cell (and the real rows), the summary, and on disk results.csv, summary.json and
-    report.html."""
+def _outputs(
+    plan: _Plan, done: dict, real_rows: list[dict], computed: list[str], skipped: list[str], run: dict
+) -> SweepResult:
+    """The tidy table of every cell (and the real rows), the summary (with `run`: processes, threads, wall time,
+    images drawn per second), and on disk results.csv, summary.json and report.html."""
     rows = [r for spec in plan.specs for r in done[spec]["rows"]] + real_rows
     table = pd.DataFrame(rows, columns=COLUMNS)
     sampler = dict(plan.sampler)
@@ -1015,6 +1080,7 @@ def _outputs(plan: _Plan, done: dict, real_rows: list[dict], computed: list[str]
         }
         for s in plan.specs
     ]
+    summary["run"] = run
     if plan.out:
         table.to_csv(plan.out / "results.csv", index=False)
         _write_json(plan.out / "summary.json", summary)
