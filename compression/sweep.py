@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import charts, latency, metrics, world
+from . import charts, latency, metrics, paper, scaling, world
 from .distributed import ShardStore, World, check_shared_folder, concat, current_world, run_shards, total_over
 from .report import (  # noqa: F401 - re-exported: the report moved out of this module, its names stay here
     _quality_metrics,  # noqa: F401
@@ -100,6 +100,8 @@ PRESETS: dict[str, dict] = {
         scope="all",
         quant="fp32,bf16,int8-weight,bf16+int8-weight,int8-dynamic,int4-weight,simulated-int:8,simulated-int:4",
     ),
+    # BK-SDM's MS-COCO protocol (25 PNDM steps, 512 -> 256 px; see compression/paper.py and docs/scaling.md).
+    "paper": scaling.PAPER_PRESET,
 }
 
 
@@ -212,11 +214,17 @@ class MetricSet:
         judge (`metrics.MetricClip`, *optional*): CLIP model for CLIP scores (None: no CLIP score).
         features (`list[nn.Module]`): torchmetrics-style extractors with `.name`/`.num_features` for FD/KID.
         real_reference (`bool`): measure against real images of the shapes world (needs world prompts).
+        reference (`reference.RealReference`, *optional*): your real images or statistics (replaces the shapes
+            world's real images as the "real" reference).
+        protocol (`str`, defaults to "native"): how images are prepared before CLIP scores and features (a key
+            of `paper.IMAGE_PROTOCOLS`; "bk-sdm-256" for the paper preset).
     """
 
     judge: metrics.MetricClip | None = None
     features: list = field(default_factory=list)
     real_reference: bool = False
+    reference: object = None
+    protocol: str = "native"
 
     def signature(self) -> dict:
         """Names and weight digests: a retrained judge with the same name must not reuse old scores."""
@@ -224,7 +232,15 @@ class MetricSet:
         if self.judge is not None:
             judge = [self.judge.name, _weights_digest(self.judge.model)]
         feats = [[f.name, _weights_digest(_extractor_model(f))] for f in self.features]
-        return {"judge": judge, "features": feats, "real": self.real_reference}
+        sig = {"judge": judge, "features": feats, "real": self.real_reference}
+        if self.reference is not None or self.protocol != "native":  # older cells keep their keys
+            sig.update(reference=self.reference.signature() if self.reference else None, protocol=self.protocol)
+        return sig
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """The images CLIP scores and features see (the protocol's preparation; PSNR/SSIM see the drawn ones)."""
+        prepare = paper.IMAGE_PROTOCOLS[self.protocol]
+        return prepare(images) if prepare is not None else images
 
 
 def _extractor_model(extractor: torch.nn.Module) -> torch.nn.Module:
@@ -432,7 +448,7 @@ def _score_batch(images, nonfinite, ms: MetricSet, prompts, attrs, baseline_imag
     """Per-image numbers of one batch; images with NaN/inf get NaN (they are never scored)."""
     n = len(images)
     ok = ~nonfinite
-    good = images[ok]
+    good = ms.prepare(images[ok]) if ok.any() else images[ok]
     out: dict[str, np.ndarray] = {}
     embeds = None
     if ms.judge is not None:
@@ -501,6 +517,8 @@ def _quality_estimates(
             keep = ~nonfinite & ~ref_nonfinite[ref_name]
             if keep.sum() >= 2:
                 est += metrics.distance_estimates(ref[key][keep], per[key][keep], ext.name, ref_name, n_boot=n_boot)
+    if ms.reference is not None:
+        est += ms.reference.estimates(per, nonfinite, n_boot)
     est.append(
         metrics.Estimate(
             "non-finite images",
@@ -645,6 +663,8 @@ def run_sweep(
     max_cells: int = MAX_CELLS,
     plotlyjs: str = "inline",
     samples_per_cell: int = 8,
+    world: World | None = None,
+    tracker=None,
 ) -> SweepResult:
     """Run a grid of settings over a prompt set and measure each against the baseline (and real data).
 
@@ -663,6 +683,8 @@ def run_sweep(
         out_dir (`str` or `Path`, *optional*): where cells, caches, results.csv, summary.json, report.html go.
             Without it nothing is written and nothing can be resumed.
         progress (`Callable[[float, str], None]`, *optional*): called after every batch with (fraction, text).
+        world (`distributed.World`, *optional*): this process's share of the work (defaults to the launcher's).
+        tracker (`tracking.SweepTracker`, *optional*): also log to trackio / W&B / MLflow.
 
     Returns:
         `SweepResult`.
@@ -694,7 +716,16 @@ def run_sweep(
         samples_per_cell=samples_per_cell,
     )
     return run_sweep_with(
-        engine, specs, prompts, seeds, config, metric_set=metric_set, out_dir=out_dir, progress=progress
+        engine,
+        specs,
+        prompts,
+        seeds,
+        config,
+        metric_set=metric_set,
+        out_dir=out_dir,
+        progress=progress,
+        world=world,
+        tracker=tracker,
     )
 
 
@@ -709,12 +740,15 @@ def run_sweep_with(
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
     world: World | None = None,
+    tracker=None,
 ) -> SweepResult:
     """`run_sweep` with its settings as one `SweepConfig`: baseline, real data, each setting, outputs.
 
     Under torchrun / accelerate launch every process calls this with the same arguments; each draws its share
     of every setting's batches (`compression.distributed`), and process 0 returns the results and writes
     the files (the others return an empty table). `world` defaults to the launcher's (one process without one).
+    `tracker` (`tracking.SweepTracker`, *optional*) gets the configuration, each setting as it is finished (or
+    found on disk) and the report.
     """
     start = time.perf_counter()
     plan = _plan(engine, specs, prompts, seeds, config, metric_set, out_dir)
@@ -737,12 +771,17 @@ def run_sweep_with(
     )
     skipped = [s.label for s in plan.specs if s not in todo]
 
+    if tracker is not None:
+        tracker.start(_tracked_config(plan))
     refs = _baseline_phase(plan, work) if todo else _Refs()
     real_rows = _real_phase(plan, refs, bool(todo)) if world.is_main else []
     computed = []
-    for spec in todo:
-        done[spec] = _setting_phase(plan, spec, refs, work)
-        computed.append(spec.label)
+    for i, spec in enumerate(plan.specs):
+        if spec in todo:
+            done[spec] = _setting_phase(plan, spec, refs, work)
+            computed.append(spec.label)
+        if tracker is not None and world.is_main:
+            tracker.log_cell(i, done[spec], plan.out / "samples" / f"{plan.keys[spec]}.png" if plan.out else None)
     work.close()
     seconds, drawn = time.perf_counter() - start, total_over(world, plan.drawn)
     if not world.is_main:
@@ -755,7 +794,24 @@ def run_sweep_with(
         images_per_second=drawn / seconds if seconds > 0 else None,
         note="wall time of drawing and scoring (process start, model loading and the report excluded)",
     )
-    return _outputs(plan, done, real_rows, computed, skipped, run)
+    result = _outputs(plan, done, real_rows, computed, skipped, run)
+    if tracker is not None:
+        tracker.finish(plan.out)
+    return result
+
+
+def _tracked_config(plan: _Plan) -> dict:
+    """What a tracker stores as the run's configuration: model, digests, sampler, grid, metric set."""
+    sampler = dict(plan.sampler)
+    digest = sampler.pop("prompts")
+    return {
+        **sampler,
+        "prompts_digest": digest,
+        "n_images": plan.n,
+        "grid": [s.label for s in plan.specs],
+        "processes": plan.world.size,
+        "metrics": plan.measure,
+    }
 
 
 def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) -> _Plan:
@@ -768,7 +824,7 @@ def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) 
     model = engine.model_name
     parsed = [world.parse_caption(p) for p in prompts]
     attrs = [a for _ in seeds for a in parsed] if all(a is not None for a in parsed) else None
-    use_real = ms.real_reference and attrs is not None
+    use_real = ms.real_reference and attrs is not None and ms.reference is None
 
     sampler = dict(
         model=model,
@@ -1138,10 +1194,10 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         default=None,
         help="name under assets/prompts/ or a .txt path (default: tiny-shapes for the embedded model, else general)",
     )
-    p.add_argument("--prompts", type=int, default=200, help="how many prompts of the set (the first N)")
+    p.add_argument("--prompts", type=int, help="how many prompts of the set (the first N; default 200, a file: all)")
     p.add_argument("--seeds", default="0", help="seed values, comma-separated; each prompt is drawn once per seed")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--steps", type=int, help="denoising steps (default 20; the paper preset: 25)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default 4.0; the paper preset: 7.5)")
     p.add_argument("--batch", type=int, default=25, help="images per denoising batch")
     p.add_argument("--latency-repeats", type=int, default=5)
     p.add_argument("--boot", type=int, default=metrics.N_BOOT, help="bootstrap resamples per interval")
@@ -1158,12 +1214,15 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     )
     p.add_argument("--png", action="store_true", help="also save every report figure as DIR/png/*.png (needs Chromium)")
     p.add_argument("--out", required=True, type=Path, help="output folder (resumes what is finished there)")
+    scaling.add_arguments(p)
     args = p.parse_args(argv)
+    world = current_world()  # under torchrun / accelerate launch: checks the world size the launcher asked for
+    say = print if world.is_main else _quiet  # one process speaks for the sweep
 
     if args.report_only:
         table = pd.read_csv(args.out / "results.csv")
         summary = json.loads((args.out / "summary.json").read_text())
-        print(write_report(table, summary, args.out, args.plotlyjs))
+        say(write_report(table, summary, args.out, args.plotlyjs))
         if args.png:
             write_pngs(table, args.out / "png")
         return None
@@ -1171,6 +1230,7 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         torch.set_num_threads(args.threads)
 
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
+    steps, guidance = args.steps or preset.get("steps", 20), args.guidance or preset.get("guidance", 4.0)
     prune = args.prune or preset.get("prune", "0,30")
     method = args.method or preset.get("method", "l1-unstructured")
     quant = args.quant or preset.get("quant", "fp32")
@@ -1183,7 +1243,8 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
             [s.strip() for s in scope.split(",") if s.strip()],
         )
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError as err:
+        scaling.check_arguments(args)
+    except (ValueError, ImportError) as err:
         p.error(str(err))
 
     from .engine import Engine
@@ -1192,13 +1253,21 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     entry = resolve_model(args.model)
     prompt_set = args.prompt_set or entry.prompt_set
     try:
-        prompts = load_prompts(prompt_set, args.prompts)
+        if args.prompts_file:
+            prompts = scaling.load_prompts_file(args)
+        else:
+            prompts = load_prompts(prompt_set, args.prompts or 200)
     except ValueError as err:
         p.error(str(err))
     pipe, info = load_pipeline(args.model)
     engine = Engine(pipe, info.name, cache_size=1)
-    ms = default_metric_set(info.name, args.allow_download, log=lambda m: print(m, file=sys.stderr))
-    print(
+    ms = default_metric_set(info.name, args.allow_download, log=lambda m: say(m, file=sys.stderr))
+    protocol, n_images = preset.get("protocol", "native"), len(prompts) * len(seeds)
+    try:
+        scaling.apply_metric_options(args, ms, engine, world, protocol, n_images, steps, guidance)
+    except ValueError as err:
+        p.error(str(err))
+    say(
         f"{len(specs)} settings x {len(prompts) * len(seeds)} images on {info.name} ({info.device}); "
         f"{torch.get_num_threads()} threads -> {args.out}",
         file=sys.stderr,
@@ -1208,23 +1277,29 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         specs,
         prompts,
         seeds,
-        steps=args.steps,
-        guidance=args.guidance,
+        steps=steps,
+        guidance=guidance,
         metric_set=ms,
         out_dir=args.out,
         batch_size=args.batch,
         latency_repeats=args.latency_repeats,
         n_boot=args.boot,
         plotlyjs=args.plotlyjs,
+        world=world,
+        tracker=scaling.make_tracker(args),
     )
-    print(
+    say(
         f"computed {len(res.computed)}, reused {len(res.skipped)}: {args.out / 'results.csv'}, "
         f"{args.out / 'summary.json'}, {args.out / 'report.html'}",
         file=sys.stderr,
     )
-    if args.png:
+    if args.png and world.is_main:
         write_pngs(res.table, args.out / "png")
     return res
+
+
+def _quiet(*args, **kwargs) -> None:
+    """`print` for processes other than 0."""
 
 
 if __name__ == "__main__":
