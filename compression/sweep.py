@@ -66,8 +66,11 @@ PROMPT_DIR = REPO_ROOT / "assets" / "prompts"
 
 # Limits that keep a mistyped grid from occupying a CPU for days (the app may pass tighter ones).
 MAX_CELLS = 64
-MAX_IMAGES_PER_CELL = 5000
-MAX_TOTAL_IMAGES = 100_000
+MAX_IMAGES_PER_CELL = 30_000  # BK-SDM's MS-COCO protocol: 30k images per setting (launch several processes)
+MAX_TOTAL_IMAGES = 500_000
+# KID against the baseline builds four n x n float64 kernels (4 x 0.8 GB at 10k, 4 x 7.2 GB at 30k): above this
+# its rows say they were skipped instead of exhausting memory. A real reference's statistics need no kernel.
+PAIRED_DISTANCE_MAX_N = 10_000
 SEED_STRIDE = 100_003  # > MAX_IMAGES_PER_CELL: image seeds of different seed values never collide
 METRICS_VERSION = 2  # bump when a metric's definition changes: finished cells are then recomputed
 REAL_SETTING = charts.REAL_SETTING  # rows measuring real images (the ceiling / floor a perfect model would reach)
@@ -515,7 +518,13 @@ def _quality_estimates(
         for ext in ms.features:
             key = f"feat:{ext.name}"
             keep = ~nonfinite & ~ref_nonfinite[ref_name]
-            if keep.sum() >= 2:
+            if keep.sum() > PAIRED_DISTANCE_MAX_N:
+                why = f"skipped: N > {PAIRED_DISTANCE_MAX_N:,} (KID's n x n kernels would not fit in memory)"
+                est += [
+                    metrics.Estimate(f"{m}-{ext.name}", math.nan, math.nan, math.nan, 0, ref_name, "", False, why)
+                    for m in ("FD", "KID")
+                ]
+            elif keep.sum() >= 2:
                 est += metrics.distance_estimates(ref[key][keep], per[key][keep], ext.name, ref_name, n_boot=n_boot)
     if ms.reference is not None:
         est += ms.reference.estimates(per, nonfinite, n_boot)
