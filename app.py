@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import html  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -273,6 +274,7 @@ def sweep(
     steps,
     guidance,
     latency_repeats,
+    track=False,
     progress=gr.Progress(track_tqdm=True),
 ):
     """Run a grid of settings over a prompt set (compression.sweep.run_sweep) and chart it."""
@@ -288,13 +290,25 @@ def sweep(
             guidance,
             latency_repeats,
             progress,
+            track is True,
         )
 
 
 def _sweep(
-    model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    progress,
+    track=False,
 ):
     from compression.sweep import run_sweep
+    from compression.tracking import SweepTracker
 
     req = svc.parse_sweep(
         LAB, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
@@ -321,6 +335,7 @@ def _sweep(
             show_bar=False,
             max_cells=svc.MAX_SWEEP_SETTINGS,
             n_boot=svc.SWEEP_BOOTSTRAP,
+            tracker=SweepTracker("trackio", run_name=f"app-{loaded.name}") if track else None,
         )
         report = svc.download_path("sweep-report", ".html")
         shutil.copyfile(res.out_dir / "report.html", report)
@@ -760,6 +775,12 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         label="Latency repeats",
                         info="median of this many timed runs per setting (0: skip)",
                     )
+                    sw_track = gr.Checkbox(
+                        False,
+                        label="Also log to trackio",
+                        info="local and offline (TRACKIO_DIR); the CSV stays the record",
+                        visible=importlib.util.find_spec("trackio") is not None,
+                    )
                     sw_plan = gr.Markdown(elem_classes="caption")
                     # No Stop button: cancelling a running Gradio event does not stop its worker thread, so the
                     # sweep would go on computing while the queue let the next model request in beside it.
@@ -862,6 +883,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         sw_steps,
         sw_guidance,
         sw_latency,
+        sw_track,
     ]
     run_sweep_btn.click(
         sweep,
