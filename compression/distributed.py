@@ -23,10 +23,16 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# How long a process waits at a gather for the others. Process 0 alone computes aggregates (an FD bootstrap on
+# 2048-d features at 30k images takes tens of minutes on a CPU) while the rest wait: torch's 30-minute default
+# would end a healthy sweep.
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def current_world() -> World:
         return World()
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=COLLECTIVE_TIMEOUT)
     if state.num_processes != expected:
         raise RuntimeError(
             f"the launcher asked for {expected} processes but accelerate sees {state.num_processes} "
