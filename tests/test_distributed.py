@@ -3,6 +3,7 @@ references, the paper protocol's label, and the errors for trackers that are not
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -16,8 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from compression import paper, sweep, tracking, world
+from compression import paper, scaling, sweep, tracking, world
 from compression.datasets import load_prompt_file
+from compression.distributed import World
 from compression.engine import Engine
 from compression.reference import (
     load_reference_images,
@@ -244,6 +246,15 @@ def test_reference_dir_and_stats_give_the_same_fd(engine, metric_set, tmp_path):
     assert list(rows2.index.get_level_values("metric").unique()) == ["FD-rand"]
     assert rows2.loc[("L1 50%", "FD-rand"), "value"] == pytest.approx(fd["value"], rel=1e-9)
     assert "statistics of 12 images" in rows2.loc[("L1 50%", "FD-rand"), "note"]
+
+    # The paper preset's glue: BK-SDM's preparation before features, and an FD labelled with what is missing.
+    args = argparse.Namespace(reference_dir=None, reference_stats=stats, reference_limit=None)
+    scaling.apply_metric_options(args, ms, engine, World(), "bk-sdm-256", len(WORLD_PROMPTS), 2, 2.0)
+    assert ms.protocol == "bk-sdm-256"
+    labelled = sweep.run_sweep(engine, [sweep.CompressionSpec(0.5)], WORLD_PROMPTS, metric_set=ms, **FAST)
+    note = labelled.table.query("reference == 'real' and setting == 'L1 50%'")["note"].iloc[0]
+    assert "not comparable to published FIDs" in note and "N=5 < 10,000" in note and "not PNDMScheduler" in note
+    assert labelled.summary["config"]["protocol"] == "bk-sdm-256"
 
     np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ValueError, match=r"2048-d statistics \(Inception-v3 pool3.*features on offer: rand \(16-d\)"):
