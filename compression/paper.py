@@ -1,12 +1,13 @@
 """The paper protocol: BK-SDM's MS-COCO evaluation, and when an FD may be called comparable to published FIDs.
 
-BK-SDM (Kim et al., 2023) draws 30K MS-COCO val2014 captions at 512 x 512 with the PNDM scheduler, 25 steps and
-guidance 7.5, saves them as JPEG (PIL's default quality, 75) under COCO's file names, resizes them to 256 x 256
-with PIL's default filter (bicubic) and saves them as JPEG again; FID is pytorch-fid (Inception-v3 pool3,
-2048-d) against the statistics of all 40,504 val2014 images resized the same way (`real_im256.npz`); the CLIP
-score is open_clip ViT-g-14 (laion2b_s34b_b88k), the raw cosine averaged over the images.
+BK-SDM (Kim et al., 2023) draws 30K MS-COCO val2014 captions at 512 x 512 with the PNDM scheduler, 25 steps,
+guidance 7.5 and the safety checker off, saves them as JPEG (PIL's default quality, 75) under COCO's file names,
+resizes them to 256 x 256 with PIL's default filter (bicubic) and saves them as JPEG again; FID is pytorch-fid
+(Inception-v3 pool3, 2048-d) against the statistics of all 40,504 val2014 images resized the same way
+(`real_im256.npz`); the CLIP score is open_clip ViT-g-14 (laion2b_s34b_b88k), the raw cosine averaged over the
+images.
 
-    python -m compression.sweep --preset paper --model sd15 --prompts-file metadata.csv --prompt-column caption \\
+    python -m compression.sweep --preset paper --model sd-1.5 --prompts-file metadata.csv --prompt-column caption \\
         --prompts 30000 --reference-stats real_im256.npz --out runs/paper
 
 The lab follows the drawing and the image preparation exactly (`bk_sdm_256`). An FD row is labelled comparable
@@ -78,12 +79,15 @@ def comparability(
     features: list[str],
     reference_kind: str | None,
     reference_n: int | None,
+    safety_checker: bool = False,
 ) -> list[str]:
     """What keeps an FD from being comparable to BK-SDM's published FIDs (an empty list: nothing).
 
     Args:
         reference_kind (`str`, *optional*): "stats", "images" or None (no real reference).
         reference_n (`int`, *optional*): how many real images the reference summarises, where known.
+        safety_checker (`bool`, defaults to False): the pipeline blanks flagged images (BK-SDM turns it off for
+            the benchmark: black images would enter the FID).
     """
     p = PAPER
     why = []
@@ -97,6 +101,8 @@ def comparability(
         why.append(f"guidance {guidance}, not {p['guidance']}")
     if (height, width) != (p["size"], p["size"]):
         why.append(f"drawn at {width}x{height}, not {p['size']}x{p['size']}")
+    if safety_checker:
+        why.append("the safety checker is on (BK-SDM turns it off: blanked images enter the FID)")
     if n < p["min_n"]:
         why.append(f"N={n} < {p['min_n']:,}")
     if p["features"] not in features:

@@ -89,6 +89,7 @@ def apply_metric_options(args, ms, engine, world: World, protocol: str, n_images
             features=[f.name for f in ms.features],
             reference_kind="stats" if args.reference_stats else "images" if args.reference_dir else None,
             reference_n=_stats_n(args.reference_stats) if args.reference_stats else None,
+            safety_checker=getattr(engine.pipeline, "safety_checker", None) is not None,
         )
         note = paper.comparability_note(reasons)
         if world.is_main:

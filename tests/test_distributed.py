@@ -276,9 +276,12 @@ def test_paper_protocol_is_labelled_comparable_only_when_whole():
     )
     assert paper.comparability(**met) == []
     assert paper.comparability_note([]).startswith("comparable to published FIDs")
-    short = paper.comparability(**{**met, "n": 9_999, "features": ["CLIP-B/16"], "reference_n": None})
+    short = paper.comparability(
+        **{**met, "n": 9_999, "features": ["CLIP-B/16"], "reference_n": None, "safety_checker": True}
+    )
     note = paper.comparability_note(short)
     assert note.startswith("not comparable") and "N=9999 < 10,000" in note and "no Inception-v3" in note
+    assert "safety checker is on" in note
     assert "unstated number" in note
     images = np.random.default_rng(0).integers(0, 256, (2, 512, 512, 3), dtype=np.uint8)
     small = paper.bk_sdm_256(images)
