@@ -783,18 +783,35 @@ def run_sweep_with(
     if tracker is not None:
         tracker.start(_tracked_config(plan))
     refs = _baseline_phase(plan, work) if todo else _Refs()
-    real_rows = _real_phase(plan, refs, bool(todo)) if world.is_main else []
-    computed = []
-    for i, spec in enumerate(plan.specs):
-        if spec in todo:
-            done[spec] = _setting_phase(plan, spec, refs, work)
-            computed.append(spec.label)
-        if tracker is not None and world.is_main:
-            tracker.log_cell(i, done[spec], plan.out / "samples" / f"{plan.keys[spec]}.png" if plan.out else None)
+    if todo:
+        _real_phase(plan, refs, True, floor=False)  # the real reference's features, on every process
+    # Drawing is split by shards; measuring (bootstraps, latency) by cells, each cell on one process, so that
+    # no process waits while another bootstraps. Process 0 gets the fewest: it also writes the report.
+    tasks = [*todo, REAL_SETTING] if todo and plan.use_real else list(todo)
+    mine = {t for j, t in enumerate(tasks) if (world.size - 1 - j) % world.size == world.rank}
+    per_of, measured = {}, []
+    for spec in todo:
+        per = _draw_phase(plan, spec, refs, work)
+        if spec in mine:
+            per_of[spec] = per  # the others' numbers are dropped: memory holds only this process's cells
+        if world.size == 1:  # nobody to wait for: measure at once (each cell on disk as soon as it is done)
+            measured.append((plan.keys[spec], _measure_phase(plan, spec, per_of.pop(spec), refs)))
     work.close()
+    for t in tasks:
+        if t in mine and t == REAL_SETTING:
+            measured.append(("real", _real_phase(plan, refs, True)))
+        elif t in per_of:
+            measured.append((plan.keys[t], _measure_phase(plan, t, per_of.pop(t), refs)))
+    measured = dict(world.gather(measured))
     seconds, drawn = time.perf_counter() - start, total_over(world, plan.drawn)
+    computed = [s.label for s in todo]
     if not world.is_main:
         return SweepResult(pd.DataFrame(columns=COLUMNS), {}, plan.out, computed, skipped)
+    done.update({s: measured[plan.keys[s]] for s in todo})
+    real_rows = measured["real"] if "real" in measured else _real_phase(plan, refs, bool(todo))
+    if tracker is not None:
+        for i, spec in enumerate(plan.specs):
+            tracker.log_cell(i, done[spec], plan.out / "samples" / f"{plan.keys[spec]}.png" if plan.out else None)
     run = dict(
         processes=world.size,
         threads=torch.get_num_threads(),
@@ -970,21 +987,25 @@ def _real_path(plan: _Plan) -> Path | None:
     return plan.out / "cells" / f"real-{_digest(dict(base=_digest(plan.sampler), measure=plan.measure))}.json"
 
 
-def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool) -> list[dict]:
+def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool, floor: bool = True) -> list[dict]:
     """Real images of the same prompts (shapes world): the reference distribution, added to `refs`, and its
-    floor (a second, independent real set measured like a setting). Rows from disk where nothing is redrawn."""
+    floor (a second, independent real set measured like a setting; skipped with `floor=False`). Rows from disk
+    where nothing is redrawn."""
     path = _real_path(plan)
     if not plan.use_real:
         return []
     if not settings_to_do and path and path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["rows"]
     n, ms = plan.n, plan.ms
-    real_a = np.stack([np.asarray(world.render(a, s)) for a, s in zip(plan.attrs, plan.seeds)])
+    if "real" not in refs.features:
+        real_a = np.stack([np.asarray(world.render(a, s)) for a, s in zip(plan.attrs, plan.seeds)])
+        per_a = _score_batch(real_a, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
+        refs.features["real"] = {k: v for k, v in per_a.items() if k.startswith("feat:")}
+        refs.feature_nonfinite["real"] = np.zeros(n, dtype=bool)
+    if not floor:
+        return []
     real_b = np.stack([np.asarray(world.render(a, s + 2**32)) for a, s in zip(plan.attrs, plan.seeds)])
-    per_a = _score_batch(real_a, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
     per_b = _score_batch(real_b, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
-    refs.features["real"] = {k: v for k, v in per_a.items() if k.startswith("feat:")}
-    refs.feature_nonfinite["real"] = np.zeros(n, dtype=bool)
     floor = _quality_estimates(
         per_b, ms, {"real": refs.features["real"]}, plan.cfg.n_boot, np.zeros(n, bool), refs.feature_nonfinite
     )
@@ -1009,10 +1030,9 @@ def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool) -> list[dict]:
     return rows
 
 
-def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict | None:
-    """One setting: draw and score its images shard by shard (each process its own), time it, count its cost;
-    the finished cell is written to disk at once (so an interrupted sweep resumes after it). Returns the cell
-    on process 0, None on the others."""
+def _draw_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict[str, np.ndarray]:
+    """One setting's images, drawn and scored shard by shard (each process its own; finished shards on disk),
+    then every shard's per-image numbers, gathered in image order on every process."""
     cfg, n, key = plan.cfg, plan.n, plan.keys[spec]
     slices = plan.slices()
 
@@ -1040,9 +1060,14 @@ def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work)
     parts = run_shards(
         plan.world, len(slices), compute, store, lambda b, _: work.step(f"{spec.label} {slices[b].stop}/{n}")
     )
-    if not plan.world.is_main:
-        return None
-    per = concat(parts)
+    return concat(parts)
+
+
+def _measure_phase(plan: _Plan, spec: CompressionSpec, per: dict[str, np.ndarray], refs: _Refs) -> dict:
+    """One setting's aggregates from its per-image numbers, its latency and cost; the finished cell is written to
+    disk at once (so an interrupted sweep resumes after it) and its shards dropped."""
+    cfg, n, key = plan.cfg, plan.n, plan.keys[spec]
+    per = dict(per)
     nonfinite, samples = per.pop("nonfinite"), per.pop("samples")
     est = _quality_estimates(per, plan.ms, refs.features, cfg.n_boot, nonfinite, refs.feature_nonfinite)
     if cfg.latency_repeats > 0:
@@ -1067,7 +1092,7 @@ def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work)
         )
         per_image.to_csv(plan.out / "cells" / f"{key}.images.csv", index=False)
         _write_json(plan.out / "cells" / f"{key}.json", cell)
-        store.remove()
+        ShardStore(plan.out / "cells" / f"{key}.shards").remove()
     return cell
 
 
