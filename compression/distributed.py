@@ -11,7 +11,8 @@ same slices whatever the number of processes, because batching changes float res
 goes to process b % world_size; each image keeps its own CPU generator (seed * 100_003 + i), so every image is
 bit-identical to the one-process run (same hardware, same thread count). Per-image scores and features come
 back with `accelerate.utils.gather_object` and are put in shard order, so every aggregate (bootstrap seeded as
-before) equals the one-process value; process 0 alone computes aggregates, times latency and writes files.
+before) equals the one-process value. Each setting's aggregates and latency are then computed by one process
+(settings dealt round-robin, so that no process waits while another bootstraps); process 0 writes the files.
 
 A finished shard is written to disk at once (`ShardStore`): a run killed part-way recomputes only the shards
 that are not on disk, with any number of processes.
