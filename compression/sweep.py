@@ -759,7 +759,7 @@ def run_sweep_with(
     `tracker` (`tracking.SweepTracker`, *optional*) gets the configuration, each setting as it is finished (or
     found on disk) and the report.
     """
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), _loadavg()
     plan = _plan(engine, specs, prompts, seeds, config, metric_set, out_dir)
     plan.world = world = world if world is not None else current_world()
     if plan.out:
@@ -797,6 +797,7 @@ def run_sweep_with(
         if world.size == 1:  # nobody to wait for: measure at once (each cell on disk as soon as it is done)
             measured.append((plan.keys[spec], _measure_phase(plan, spec, per_of.pop(spec), refs)))
     work.close()
+    drawn_at = time.perf_counter()
     for t in tasks:
         if t in mine and t == REAL_SETTING:
             measured.append(("real", _real_phase(plan, refs, True)))
@@ -816,14 +817,24 @@ def run_sweep_with(
         processes=world.size,
         threads=torch.get_num_threads(),
         seconds=seconds,
+        draw_seconds=drawn_at - start,  # baseline and settings drawn and scored, shard by shard
+        measure_seconds=start + seconds - drawn_at,  # aggregates, bootstraps, latency, cost, cells written
         images_drawn=int(drawn),
         images_per_second=drawn / seconds if seconds > 0 else None,
+        load_average=[load_before, _loadavg()],  # the machine's 1-minute load at start and end: was it shared?
         note="wall time of drawing and scoring (process start, model loading and the report excluded)",
     )
     result = _outputs(plan, done, real_rows, computed, skipped, run)
     if tracker is not None:
         tracker.finish(plan.out)
     return result
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not on every platform
+        return None
 
 
 def _tracked_config(plan: _Plan) -> dict:
