@@ -602,6 +602,7 @@ class _Plan:
     cache: Path | None
     world: World = field(default_factory=World)  # which shards (batches) this process draws
     drawn: int = 0  # images this process drew with the denoiser (throughput)
+    measure_seconds: float = 0.0  # time this process spent measuring cells (throughput breakdown)
 
     @property
     def n(self) -> int:
@@ -795,14 +796,13 @@ def run_sweep_with(
         if spec in mine:
             per_of[spec] = per  # the others' numbers are dropped: memory holds only this process's cells
         if world.size == 1:  # nobody to wait for: measure at once (each cell on disk as soon as it is done)
-            measured.append((plan.keys[spec], _measure_phase(plan, spec, per_of.pop(spec), refs)))
+            measured.append(_timed(plan, (plan.keys[spec], _measure_phase), spec, per_of.pop(spec), refs))
     work.close()
-    drawn_at = time.perf_counter()
     for t in tasks:
         if t in mine and t == REAL_SETTING:
-            measured.append(("real", _real_phase(plan, refs, True)))
+            measured.append(_timed(plan, ("real", _real_phase), refs, True))
         elif t in per_of:
-            measured.append((plan.keys[t], _measure_phase(plan, t, per_of.pop(t), refs)))
+            measured.append(_timed(plan, (plan.keys[t], _measure_phase), t, per_of.pop(t), refs))
     measured = dict(world.gather(measured))
     seconds, drawn = time.perf_counter() - start, total_over(world, plan.drawn)
     computed = [s.label for s in todo]
@@ -817,8 +817,7 @@ def run_sweep_with(
         processes=world.size,
         threads=torch.get_num_threads(),
         seconds=seconds,
-        draw_seconds=drawn_at - start,  # baseline and settings drawn and scored, shard by shard
-        measure_seconds=start + seconds - drawn_at,  # aggregates, bootstraps, latency, cost, cells written
+        measure_seconds=plan.measure_seconds,  # process 0's: aggregates, bootstraps, latency, cost, cells written
         images_drawn=int(drawn),
         images_per_second=drawn / seconds if seconds > 0 else None,
         load_average=[load_before, _loadavg()],  # the machine's 1-minute load at start and end: was it shared?
@@ -828,6 +827,15 @@ def run_sweep_with(
     if tracker is not None:
         tracker.finish(plan.out)
     return result
+
+
+def _timed(plan: _Plan, named: tuple, *args) -> tuple:
+    """(name, fn(plan, *args)), the time it took added to `plan.measure_seconds`."""
+    name, fn = named
+    t = time.perf_counter()
+    out = fn(plan, *args)
+    plan.measure_seconds += time.perf_counter() - t
+    return name, out
 
 
 def _loadavg() -> float | None:
