@@ -23,6 +23,7 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import html  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -383,12 +384,24 @@ async def sweep_handler(
     steps,
     guidance,
     latency_repeats,
+    track,
     request: gr.Request,
     progress=gr.Progress(track_tqdm=True),
 ):
     """What /sweep runs: `sweep` on a model worker that stops within a denoising step or a batch when the job is
     cancelled, stopped or left by its client; finished settings stay on disk, the status line says which."""
-    args = (model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats)
+    args = (
+        model,
+        prune_percents,
+        prune_methods,
+        quant_modes,
+        study,
+        n_prompts,
+        steps,
+        guidance,
+        latency_repeats,
+        track,
+    )
     job = JOBS.start("sweep", _session(request))
     try:
         return await JOBS.run(job, lambda token: sweep(*args, progress=progress, job=job), _client_gone())
@@ -407,6 +420,7 @@ def sweep(
     steps,
     guidance,
     latency_repeats,
+    track=False,
     progress=gr.Progress(track_tqdm=True),
     job: app_jobs.Job | None = None,
 ):
@@ -425,13 +439,26 @@ def sweep(
             latency_repeats,
             progress,
             job,
+            track is True,
         )
 
 
 def _sweep(
-    model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress, job
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    progress,
+    job,
+    track=False,
 ):
     from compression.sweep import SweepStopped, run_sweep
+    from compression.tracking import SweepTracker
 
     token = job.token if job is not None else None
 
@@ -464,6 +491,7 @@ def _sweep(
                 max_cells=svc.MAX_SWEEP_SETTINGS,
                 n_boot=svc.SWEEP_BOOTSTRAP,
                 cancel=token,
+                tracker=SweepTracker("trackio", run_name=f"app-{loaded.name}") if track else None,
             )
         report = svc.download_path("sweep-report", ".html")
         shutil.copyfile(res.out_dir / "report.html", report)
@@ -989,6 +1017,12 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         info="median of this many timed runs per setting (0: skip)",
                         elem_id="sweep-latency",
                     )
+                    sw_track = gr.Checkbox(
+                        False,
+                        label="Also log to trackio",
+                        info="local and offline (TRACKIO_DIR); the CSV stays the record",
+                        visible=importlib.util.find_spec("trackio") is not None,
+                    )
                     sw_plan = gr.Markdown(elem_classes="caption")
                     with gr.Row():
                         run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep", scale=3)
@@ -1095,6 +1129,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         sw_steps,
         sw_guidance,
         sw_latency,
+        sw_track,
     ]
     sweep_event = run_sweep_btn.click(
         sweep_handler,
