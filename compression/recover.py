@@ -318,7 +318,7 @@ def _save_checkpoint(folder: Path, step: int, key: str, student, opt, losses, se
         "seconds": seconds,
     }
     path = folder / f"step-{step:07d}.pt"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several processes of a data-parallel sweep may write it
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: an interrupted save never replaces a good checkpoint with half of one
 
@@ -614,7 +614,7 @@ def build_recovered(engine, spec: CompressionSpec, progress: Progress | None = N
         ValueError: see `check_recoverable`.
     """
     if spec.quant_mode != "fp32":
-        entry, _ = engine.compress(dataclasses.replace(spec, quant_mode="fp32", bits=None), progress)
+        entry, _ = engine.compress(dataclasses.replace(spec, quant_mode="fp32", bits=None), progress, cancel)
         unet = quantized_copy(entry.unet, spec.quant_mode, spec.bits)
         if entry.unet in RECORDS:
             RECORDS[unet] = RECORDS[entry.unet]
