@@ -110,6 +110,22 @@ def test_resume_continues_exactly(tiny_pipe, tmp_path):
         recover_(tiny_pipe, resumed, 6, "real", FAST, key="other", checkpoint_dir=tmp_path / "b", show_bar=False)
 
 
+def test_cancel_stops_between_steps_and_keeps_them(tiny_pipe, tmp_path):
+    from compression.cancel import Cancelled, CancelToken
+
+    token = CancelToken()
+    student, _ = pruned_copy(tiny_pipe.unet, L1)
+    rare = dataclasses.replace(FAST, checkpoint_every=100)  # the only checkpoint is the one the cancel writes
+
+    def progress(fraction, text):
+        if fraction >= 0.5:
+            token.cancel("stop pressed")
+
+    with pytest.raises(Cancelled, match="stop pressed"):
+        recover_(tiny_pipe, student, 4, "real", rare, key="k", checkpoint_dir=tmp_path, progress=progress, cancel=token)
+    assert [p.name for p in tmp_path.iterdir()] == ["step-0000002.pt"]
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tokenizer_dir, tmp_path):
     """torchrun, gloo on the CPU, world size 2 asserted; the same global batch split in two, gradients averaged by
