@@ -258,8 +258,8 @@ def compare(
     bits,
     height,
     width,
-    recover_steps,
-    history,
+    recover_steps=0,
+    history=None,
     progress=gr.Progress(track_tqdm=True),
     job: app_jobs.Job | None = None,
 ):
@@ -428,7 +428,7 @@ def sweep(
     steps,
     guidance,
     latency_repeats,
-    recover_steps,
+    recover_steps=(0,),
     track=False,
     progress=gr.Progress(track_tqdm=True),
     job: app_jobs.Job | None = None,
@@ -720,6 +720,7 @@ async def export_handler(
     bits,
     height,
     width,
+    recover_steps,
     request: gr.Request,
 ):
     """What /export runs: `export_unet` on a model worker. Building a bundle does not check the token (one UNet
@@ -738,6 +739,7 @@ async def export_handler(
         bits,
         height,
         width,
+        recover_steps,
     )
     job = JOBS.start("export", _session(request))
     try:
