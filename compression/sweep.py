@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import charts, latency, metrics, world
+from . import charts, latency, metrics, overhead, world
 from .report import (  # noqa: F401 - re-exported: the report moved out of this module, its names stay here
     _quality_metrics,  # noqa: F401
     first_clear_drop,
@@ -67,7 +67,7 @@ MAX_CELLS = 64
 MAX_IMAGES_PER_CELL = 5000
 MAX_TOTAL_IMAGES = 100_000
 SEED_STRIDE = 100_003  # > MAX_IMAGES_PER_CELL: image seeds of different seed values never collide
-METRICS_VERSION = 2  # bump when a metric's definition changes: finished cells are then recomputed
+METRICS_VERSION = 3  # bump when a metric's definition changes: finished cells are then recomputed
 REAL_SETTING = charts.REAL_SETTING  # rows measuring real images (the ceiling / floor a perfect model would reach)
 
 Progress = Callable[[float, str], None]
@@ -426,6 +426,7 @@ def _features_of(extractor, judge, embeds: np.ndarray | None, images: np.ndarray
     return metrics.extract_features(extractor, images)
 
 
+@overhead.timed("metrics")
 def _score_batch(images, nonfinite, ms: MetricSet, prompts, attrs, baseline_images, baseline_nonfinite) -> dict:
     """Per-image numbers of one batch; images with NaN/inf get NaN (they are never scored)."""
     n = len(images)
@@ -468,6 +469,7 @@ def _concat(parts: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
+@overhead.timed("metrics")
 def _quality_estimates(
     per: dict[str, np.ndarray],
     ms: MetricSet,
@@ -484,14 +486,12 @@ def _quality_estimates(
     for k in (*world.ATTRIBUTES, "all"):
         if f"acc:{k}" in per:
             est.append(
-                metrics.mean_estimate(
+                metrics.proportion_estimate(
                     f"accuracy: {k}",
-                    per[f"acc:{k}"],
+                    per[f"acc:{k}"] / 100,
                     "prompt",
-                    "%",
                     True,
                     note="pixel judge reads the attribute back" if k == "all" else "",
-                    n_boot=n_boot,
                 )
             )
     if "psnr" in per:
@@ -588,6 +588,7 @@ class _Plan:
         b = self.cfg.batch_size
         return [slice(i, min(self.n, i + b)) for i in range(0, self.n, b)]
 
+    @overhead.timed("generation")
     def draw(self, spec: CompressionSpec, sl: slice, prompts=None, seeds=None):
         c = self.cfg
         return self.engine.generate_batch(
@@ -889,6 +890,7 @@ def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool) -> list[dict]:
     return rows
 
 
+@overhead.tallied
 def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict:
     """One setting: draw and score its images batch by batch, time it, count its cost; the finished cell is
     written to disk at once (so an interrupted sweep resumes after it)."""
@@ -943,6 +945,7 @@ def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work)
     return cell
 
 
+@overhead.timed("latency")
 def _latency_estimates(plan: _Plan, spec: CompressionSpec) -> list[metrics.Estimate]:
     """Latency of one image (batch 1) and the speed-up, timed in alternating rounds with the baseline so that
     machine load drifts hit both alike."""
@@ -957,6 +960,7 @@ def _latency_estimates(plan: _Plan, spec: CompressionSpec) -> list[metrics.Estim
     return pair.sweep_estimates(cfg.steps, cfg.latency_warmup, cfg.n_boot)
 
 
+@overhead.timed("cost")
 def _cost_estimates(plan: _Plan, spec: CompressionSpec, cost, report, comp_seconds: float) -> list[metrics.Estimate]:
     """Measured cost of a setting: MACs, bytes, parameters, sparsity (whole UNet and scope), compression time."""
     est = []
@@ -1012,6 +1016,7 @@ def _outputs(plan: _Plan, done: dict, real_rows: list[dict], computed: list[str]
             "key": plan.keys[s],
             "spec": s.to_dict(),
             "status": "computed" if s.label in computed else "reused",
+            "timing": done[s].get("timing"),  # seconds per phase and metrics / generation (overhead.py)
         }
         for s in plan.specs
     ]
