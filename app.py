@@ -219,6 +219,7 @@ def _compare(
         req.height,
         req.width,
         progress=svc.progress_adapter(progress),
+        latency_rounds=svc.COMPARE_LATENCY_ROUNDS,
     )
     progress(1.0, desc="scoring")
     row = pair_row(result, req.prompt, loaded.judge)

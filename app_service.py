@@ -50,6 +50,7 @@ from compression import (
     available_quant_modes,
 )
 from compression.engine import SIZE_MULTIPLE
+from compression.latency import COMPARE_ROUNDS, COMPARE_STEPS, COMPARE_WARMUP
 from compression.models import (
     DEFAULT_MODEL,
     CatalogEntry,
@@ -81,14 +82,14 @@ MAX_SWEEP_SETTINGS = 24  # settings per sweep, the baseline included
 MAX_SWEEP_IMAGES = 1200  # settings x prompts per sweep: about 5 minutes of the tiny model on one CPU core
 MAX_SWEEP_PROMPTS = 200
 MAX_LATENCY_REPEATS = 10
-SWEEP_BOOTSTRAP = 200  # resamples per interval: each FD resample is a 128x128 eigendecomposition (~8 ms here),
-# and 1000 of them per setting and reference made a 2-setting sweep of 4 images take 50 s
+SWEEP_BOOTSTRAP = 200  # resamples per bootstrap interval (means, KID); FD's interval is a jackknife, not resampled
 # Admission by cost, in denoising image-steps (one image through one denoising step; a latency repeat counts as
 # one image). The embedded model on this CPU (one thread): a step at batch 25 (50 with guidance) takes ~0.22 s,
 # ~8.7 ms per image-step, so 30,000 image-steps is ~4.3 minutes of UNet plus decoding and scoring: about 5
 # minutes, the most one job may hold the only model worker on a public Space. A bigger model costs more per
 # step: lower the budget with the env var there.
 MAX_JOB_STEPS = int(os.environ.get("APP_MAX_JOB_STEPS", "30000"))
+COMPARE_LATENCY_ROUNDS = COMPARE_ROUNDS  # both UNets timed warm in alternating rounds after each comparison
 HISTORY_LIMIT = 100  # comparisons kept per session (the oldest go first)
 SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
 # The layer-sensitivity study prunes one of these at a time: the same parts as the CLI's preset.
@@ -442,7 +443,7 @@ def _compare_values(
     if "steps" in values and compare_cost(values["steps"]) > MAX_JOB_STEPS:
         problems["steps"] = (
             f"this comparison costs {compare_cost(values['steps']):,} denoising image-steps (2 images "
-            f"x {values['steps']} steps); the app runs at most {MAX_JOB_STEPS:,} per job "
+            f"x {values['steps']} steps, and the latency timing); the app runs at most {MAX_JOB_STEPS:,} per job "
             "(APP_MAX_JOB_STEPS). Lower the steps."
         )
     # bits only for the simulated mode (its slider is hidden otherwise and its value ignored), so two requests
@@ -690,8 +691,9 @@ def sweep_cost(n_settings: int, n_prompts: int, steps: int, latency_repeats: int
 
 
 def compare_cost(steps: int) -> int:
-    """A comparison's price in denoising image-steps: the baseline and the compressed image."""
-    return 2 * steps
+    """A comparison's price in denoising image-steps: the baseline and the compressed image, then both UNets'
+    warm timing rounds (`latency.COMPARE_*`: 2 x (1 + 8) one-step runs)."""
+    return 2 * steps + 2 * (COMPARE_WARMUP + COMPARE_LATENCY_ROUNDS) * COMPARE_STEPS
 
 
 def sweep_problems(

@@ -13,7 +13,10 @@ size. How it keeps the comparison honest:
 - the prompt is encoded once and handed to both sides, and the denoising loop is timed alone (text encoding
   and VAE decoding are the same work on both sides and would dilute the difference);
 - non-finite latents or pixels are reported (`compressed_nonfinite`) instead of silently becoming a black
-  image.
+  image;
+- speed is compared warm and paired (`latency_rounds`): after both images are drawn, both UNets run a short
+  denoising loop in alternating rounds, as the benchmark does (`latency.py`); the images' own drawing times are
+  kept but compare a cold (or cached) baseline with a warm compressed run.
 
 Caches: compressed UNets by (model, spec), at most `cache_size` (an SD 1.5 UNet is 3.4 GB in fp32), and
 baseline images by (model, prompt, negative prompt, seed, steps, guidance, height, width), so moving a
@@ -54,6 +57,7 @@ from .build import (  # noqa: F401 - re-exported
     state_dict_digest,
 )
 from .cost import ModuleCost, module_cost
+from .latency import COMPARE_STEPS, COMPARE_WARMUP, PairedLatency, paired_latency
 from .pruning import PruneReport, apply_pruning_
 from .quantization import apply_quantization_
 from .spec import MAX_SEED, CompressionSpec
@@ -94,8 +98,9 @@ class PairResult:
         compression_seconds (`float`): time to build the compressed UNet; 0.0 when it came from the cache.
         compression_cached (`bool`): no compression work was done: the UNet came from the cache, or the spec
             is the identity (0% pruning, fp32) and the baseline's own UNet drew the image.
-        baseline_seconds, compressed_seconds (`float`): denoising-loop latency of each side. A cached
-            baseline reports the latency measured when it was drawn.
+        baseline_seconds, compressed_seconds (`float`): how long each image's denoising loop took to draw. Not a
+            speed comparison: the baseline may be cold or cached (then it reports the time measured when it was
+            drawn) and the compressed side runs warm after it; see `latency`.
         baseline_cached (`bool`): the baseline image came from the cache (not redrawn).
         baseline_cost, compressed_cost (`ModuleCost`): UNet bytes, parameters, measured sparsity.
         prune_report (`PruneReport`, *optional*): measured sparsity over the pruning scope.
@@ -105,6 +110,9 @@ class PairResult:
         baseline_nonfinite (`bool`): same for the baseline.
         baseline_nsfw, compressed_nsfw (`bool`): the pipeline's safety checker blanked the image.
         steps, guidance, seed, height, width: the settings used (height/width resolved from the model).
+        latency (`PairedLatency`, *optional*): both UNets timed warm in alternating rounds of a
+            `latency.COMPARE_STEPS`-step loop (`latency_rounds` of `generate_pair`); None when not asked for.
+            `latency.round_ratio()` gives compressed / baseline with its interval.
     """
 
     baseline_image: Image.Image
@@ -129,6 +137,7 @@ class PairResult:
     seed: int
     height: int
     width: int
+    latency: PairedLatency | None = None
 
 
 @dataclass(frozen=True)
@@ -391,6 +400,7 @@ class Engine:
         height: int | None = None,
         width: int | None = None,
         progress: Progress | None = None,
+        latency_rounds: int = 0,
     ) -> PairResult:
         """Draw the baseline and the compressed model with the same prompt, seed and settings.
 
@@ -403,6 +413,9 @@ class Engine:
             negative_prompt (`str`, defaults to `""`): used only when guidance > 1.
             height, width (`int`, *optional*): multiples of 8 from 8 to 1024; default the model's native size.
             progress (`Callable[[float, str], None]`, *optional*): called with (fraction, description).
+            latency_rounds (`int`, defaults to 0): after drawing, time both UNets warm in this many alternating
+                rounds (`latency.COMPARE_ROUNDS` = 8 in the app: ~45% more UNet work than a 20-step pair); 0
+                skips it. The images do not depend on it.
 
         Returns:
             `PairResult`.
@@ -412,6 +425,8 @@ class Engine:
         """
         height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
         seed, steps, guidance = int(seed), int(steps), float(guidance)
+        if not _is_int(latency_rounds) or latency_rounds < 0:
+            raise ValueError(f"latency_rounds must be an integer >= 0, got {_short(latency_rounds)}")
 
         entry, compression_cached = self.compress(spec, progress)
         base_key = (self.model_name, prompt, negative_prompt, seed, steps, guidance, height, width)
@@ -445,6 +460,11 @@ class Engine:
             (0.5 if not baseline_cached else 0.0, 1.0),
             spec.label,
         )
+        timing = None
+        if latency_rounds:
+            if progress:
+                progress(1.0, f"timing both UNets warm: {latency_rounds} alternating rounds")
+            timing = self._time_pair(pipe.unet, entry.unet, embeds, seed, guidance, height, width, latency_rounds)
         return PairResult(
             baseline_image=baseline.image.copy(),  # callers may draw on images; the cached one stays clean
             compressed_image=compressed.image,
@@ -468,7 +488,25 @@ class Engine:
             seed=seed,
             height=height,
             width=width,
+            latency=timing,
         )
+
+    @torch.no_grad()
+    def _time_pair(
+        self, base: nn.Module, unet: nn.Module, embeds, seed: int, guidance: float, height: int, width: int, rounds: int
+    ) -> PairedLatency:
+        """Both UNets, warm, in alternating rounds of a short denoising loop (same prompt, size and guidance as the
+        pair; own scheduler copies and generators, so nothing the images depend on is touched)."""
+
+        def timer(module: nn.Module):
+            def run() -> float:
+                pipe = self._variant(module)  # a fresh scheduler copy per run; built outside the timed loop
+                generator = torch.Generator("cpu").manual_seed(seed)
+                return self._denoise(pipe, embeds, generator, COMPARE_STEPS, guidance, height, width)[1]
+
+            return run
+
+        return paired_latency(timer(base), timer(unet), COMPARE_WARMUP, rounds, self.device)
 
     @torch.no_grad()
     def generate_batch(
