@@ -268,7 +268,7 @@ def quality_vs_pruning(
             annotation_position="bottom right",
         )
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
-    title = title or f"{metric}{ref_text} against pruning ({_n_text(rows['n'])}, bands: bootstrap 95% CI)"
+    title = title or f"{metric}{ref_text} against pruning ({_n_text(rows['n'])}, bands: 95% CI)"
     fig.update_xaxes(ticksuffix="%", rangemode="tozero")
     return _layout(
         fig,
@@ -327,7 +327,7 @@ def quality_by_mode(df: pd.DataFrame, metric: str, reference: str | None = None,
         )
     fig.update_layout(barmode="group")
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
-    title = title or f"{metric}{ref_text} per quantization mode ({_n_text(rows['n'])}, error bars: bootstrap 95% CI)"
+    title = title or f"{metric}{ref_text} per quantization mode ({_n_text(rows['n'])}, error bars: 95% CI)"
     notes = _notes(rows)
     if (rows["quant_mode"] == "simulated-int").any():
         notes.append(

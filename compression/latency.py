@@ -37,8 +37,9 @@ from .metrics import (
     speedup_estimate,
 )
 
-# One comparison's timing: 1 untimed + 8 timed runs of a 1-step loop per side, 18 UNet steps in all, about 45% of
-# the work of drawing a 20-step pair. 8 rounds because the order-statistic interval of the median ratio then
+# One comparison's timing: 1 untimed + 8 timed runs of a 1-step loop per side, 18 UNet steps in all. Measured on the
+# embedded model, one busy core: +0.55-0.75 s on a 20-step pair that takes 1.25 s (0.5 s with the baseline cached).
+# 8 rounds because the order-statistic interval of the median ratio then
 # reaches 99.2% coverage ([smallest, largest] ratio); with fewer rounds it would miss 1.0 for two equally fast
 # UNets more often (6 rounds: 3.1% of comparisons, 8: 0.8%).
 COMPARE_ROUNDS = 8

@@ -335,7 +335,9 @@ def write_report(table: pd.DataFrame, summary: dict, out: Path, plotlyjs: str = 
             f"N={need} images per set (5 x width); this sweep has N={n}, {verdict}.</p>"
         )
     intro += (
-        "<p>Every number is a mean (latency: median) over N with a bootstrap 95% interval. "
+        "<p>Every number is a mean (accuracy: a rate; latency: a median) over N with a 95% interval: Wilson "
+        "for accuracies, a jackknife for FD (bias-corrected from N = 5 x feature width; below that, no "
+        "interval), a bootstrap for the rest. "
         "References: <i>baseline</i> = the uncompressed model, same prompts and seeds; <i>real</i> = images "
         "of the data generator for the same prompts; <i>prompt</i> = the text.</p>"
     )
