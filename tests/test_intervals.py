@@ -165,6 +165,7 @@ def test_ssim_of_small_images_uses_a_smaller_window_that_really_is_smaller(side,
 
 
 @pytest.mark.slow  # ~3 s: a comparison and its timing rounds (plus the app's start when it runs alone)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore:.*:Warning:gradio.queueing")
 def test_a_masked_comparison_is_not_shown_faster(lab_app):
     app, url = lab_app
     client = Client(url, verbose=False)
