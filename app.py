@@ -5,7 +5,8 @@ prompt and seed, and see the pair, the difference and the measured cost and qual
 session goes into a table and two charts. Sweep tab: grids of settings over a prompt set, with intervals and N.
 
 Layout and event wiring only: the work lives in `compression/`, the loaded models and the request checks in
-`app_service.py`, the formatting of results (tables, captions, texts) in `app_format.py`.
+`app_service.py`, the formatting of results (tables, captions, texts) in `app_format.py`, and running a model
+request so that it can be stopped (Stop buttons, the API's cancel, clients that leave) in `app_jobs.py`.
 
 Run: `python app.py [--model NAME]` (env: MODEL_ID, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, APP_OUTPUT_DIR,
 APP_CACHE_SIZE, APP_MAX_MODELS, APP_QUEUE_SIZE, APP_MODEL_CONCURRENCY). API endpoints: /compare, /sweep
@@ -19,18 +20,24 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls out
 
 import argparse  # noqa: E402
+import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import html  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import app_format as fmt  # noqa: E402
+import app_hub  # noqa: E402
+import app_jobs  # noqa: E402
 import app_service as svc  # noqa: E402
 from app_format import (  # noqa: E402, F401 - the formatting helpers' names stay importable from app
     HISTORY_COLUMNS,
@@ -46,7 +53,8 @@ from app_format import (  # noqa: E402, F401 - the formatting helpers' names sta
     sweep_figures,
     sweep_summary,
 )
-from compression import QUANT_MODES, SCOPES, charts  # noqa: E402
+from compression import QUANT_MODES, SCOPES, Cancelled, charts  # noqa: E402
+from compression.cancel import check  # noqa: E402
 from compression.metrics import pair_row  # noqa: E402
 
 log = logging.getLogger("dcl.app")
@@ -80,8 +88,13 @@ MODEL_CONCURRENCY = int(os.environ.get("APP_MODEL_CONCURRENCY", 1))  # 1: latenc
 QUEUE_SIZE = int(os.environ.get("APP_QUEUE_SIZE", 32))  # waiting requests beyond this get "queue is full"
 STATE_SESSIONS = 500  # browser sessions whose history is kept (the oldest go first)
 MODEL_WORK = "model"  # the one concurrency_id of every listener that touches a model
+JOBS = app_jobs.Jobs(MODEL_CONCURRENCY)  # running model jobs: each stops when cancelled or left by its client
 
 EXAMPLES = list(DEFAULTS.examples)  # the catalog entry's own examples
+# Push to the Hub with the visitor's login: only with APP_HUB_PUSH=1 and Gradio's oauth extras (app_hub.py).
+HUB_PUSH = svc.HUB_PUSH and not svc.hub_push_missing()
+if svc.HUB_PUSH and not HUB_PUSH:
+    log.warning("APP_HUB_PUSH=1 ignored: %s", svc.hub_push_missing())
 
 PIXEL_IMAGE = dict(
     format="png",
@@ -116,7 +129,7 @@ def plain_errors():
     No stack trace reaches the client (launch(show_error=False) hides other exceptions' text too)."""
     try:
         yield
-    except gr.Error:
+    except (gr.Error, Cancelled):
         raise
     except ValueError as err:  # RequestError, or a library check that our checks did not anticipate
         raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
@@ -133,6 +146,99 @@ def plain_errors():
             f"The server hit an unexpected error (reference {ref}, logged). Try again or change a setting.",
             print_exception=False,
         ) from None
+
+
+# ----------------------------------------------------------------------------------- running model jobs
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def _client_gone() -> Callable[[], bool]:
+    """Whether the client of the event being handled has left. When a client's event stream closes (a killed
+    process, a closed tab) Gradio marks its running event not `alive` and stops sending it messages, but lets the
+    handler run on; it offers no public way to ask. Read where Gradio keeps it (guarded: a Gradio without these
+    attributes gives "never gone", and tests/test_cancel.py fails)."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    events = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", {})
+    event = events.get(event_id) if event_id else None
+    if event is None:
+        return lambda: False
+    return lambda: not getattr(event, "alive", True)
+
+
+def _price(job: app_jobs.Job | None, cost: int, what: str, progress) -> None:
+    """Record the job's price and show it, with the time it should take at the measured pace, as it starts."""
+    if job is not None:
+        job.cost = cost
+    estimate = app_jobs.pace_text(JOBS.estimate_seconds(cost))
+    progress(0.0, desc=fmt.job_start_text(what, cost, estimate))
+
+
+@contextlib.contextmanager
+def _counted(job: app_jobs.Job | None, engine):
+    """Add to `job.steps_run` the image-steps the engine runs inside the block (the pace is measured from them)."""
+    before = engine.image_steps
+    try:
+        yield
+    finally:
+        if job is not None:
+            job.steps_run += engine.image_steps - before
+
+
+def _stopped_outputs(count: int, status_at: int, status: str) -> tuple:
+    """A stopped job's outputs: the status line says what happened; everything else stays as it was."""
+    return tuple(status if i == status_at else gr.skip() for i in range(count))
+
+
+COMPARE_STATUS, COMPARE_OUTPUTS = 8, 16  # the status line's place in _compare's outputs, and their count
+SWEEP_STATUS, SWEEP_OUTPUTS = 0, 4 + len(SWEEP_PLOTS)
+
+
+async def compare_handler(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+    history,
+    request: gr.Request,
+    progress=gr.Progress(track_tqdm=True),
+):
+    """What /compare runs: `compare` on a model worker that stops within a denoising step when the job is
+    cancelled or its client leaves (app_jobs.py); a stopped comparison changes only the status line."""
+    args = (
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance,
+        model,
+        prune_percent,
+        prune_method,
+        prune_scope,
+        quant_mode,
+        bits,
+        height,
+        width,
+        history,
+    )
+    job = JOBS.start("compare", _session(request))
+    try:
+        return await JOBS.run(job, lambda token: compare(*args, progress=progress, job=job), _client_gone())
+    except Cancelled:
+        return _stopped_outputs(COMPARE_OUTPUTS, COMPARE_STATUS, fmt.job_stopped(job))
 
 
 @gpu(duration=60)
@@ -152,8 +258,10 @@ def compare(
     width,
     history,
     progress=gr.Progress(track_tqdm=True),
+    job: app_jobs.Job | None = None,
 ):
-    """Draw the baseline and the compressed model with the same prompt and seed; measure both."""
+    """Draw the baseline and the compressed model with the same prompt and seed; measure both (stops when
+    `job`'s token is cancelled)."""
     with plain_errors():
         return _compare(
             prompt,
@@ -171,6 +279,7 @@ def compare(
             width,
             history,
             progress,
+            job,
         )
 
 
@@ -190,6 +299,7 @@ def _compare(
     width,
     history,
     progress,
+    job,
 ):
     req = svc.parse_compare(
         LAB,
@@ -208,22 +318,24 @@ def _compare(
         width,
     )
     loaded = LAB.get(req.model)
-    progress(0.0, desc="starting")
-    result = loaded.engine.generate_pair(
-        req.prompt,
-        req.seed,
-        req.steps,
-        req.guidance,
-        req.spec,
-        req.negative_prompt,
-        req.height,
-        req.width,
-        progress=svc.progress_adapter(progress),
-        latency_rounds=svc.COMPARE_LATENCY_ROUNDS,
-    )
+    _price(job, svc.compare_cost(req.steps), "comparing", progress)
+    with _counted(job, loaded.engine):
+        result = loaded.engine.generate_pair(
+            req.prompt,
+            req.seed,
+            req.steps,
+            req.guidance,
+            req.spec,
+            req.negative_prompt,
+            req.height,
+            req.width,
+            progress=svc.progress_adapter(progress),
+            cancel=job.token if job is not None else None,
+            latency_rounds=svc.COMPARE_LATENCY_ROUNDS,
+        )
     progress(1.0, desc="scoring")
     row = pair_row(result, req.prompt, loaded.judge)
-    warnings = fmt.pair_warnings(result)
+    warnings = fmt.reading_warnings(req.reading) + fmt.pair_warnings(result)
     for w in warnings:
         gr.Warning(w)
 
@@ -263,6 +375,41 @@ def _compare(
     )
 
 
+async def sweep_handler(
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    track,
+    request: gr.Request,
+    progress=gr.Progress(track_tqdm=True),
+):
+    """What /sweep runs: `sweep` on a model worker that stops within a denoising step or a batch when the job is
+    cancelled, stopped or left by its client; finished settings stay on disk, the status line says which."""
+    args = (
+        model,
+        prune_percents,
+        prune_methods,
+        quant_modes,
+        study,
+        n_prompts,
+        steps,
+        guidance,
+        latency_repeats,
+        track,
+    )
+    job = JOBS.start("sweep", _session(request))
+    try:
+        return await JOBS.run(job, lambda token: sweep(*args, progress=progress, job=job), _client_gone())
+    except Cancelled:
+        return _stopped_outputs(SWEEP_OUTPUTS, SWEEP_STATUS, fmt.job_stopped(job))
+
+
 @gpu(duration=120)  # ZeroGPU caps a call's duration (the lower, the sooner a visitor gets a GPU): small sweeps
 def sweep(
     model,
@@ -274,9 +421,12 @@ def sweep(
     steps,
     guidance,
     latency_repeats,
+    track=False,
     progress=gr.Progress(track_tqdm=True),
+    job: app_jobs.Job | None = None,
 ):
-    """Run a grid of settings over a prompt set (compression.sweep.run_sweep) and chart it."""
+    """Run a grid of settings over a prompt set (compression.sweep.run_sweep) and chart it (stops when `job`'s
+    token is cancelled)."""
     with plain_errors():
         return _sweep(
             model,
@@ -289,13 +439,29 @@ def sweep(
             guidance,
             latency_repeats,
             progress,
+            job,
+            track is True,
         )
 
 
 def _sweep(
-    model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    progress,
+    job,
+    track=False,
 ):
-    from compression.sweep import run_sweep
+    from compression.sweep import SweepStopped, run_sweep
+    from compression.tracking import SweepTracker
+
+    token = job.token if job is not None else None
 
     req = svc.parse_sweep(
         LAB, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
@@ -305,26 +471,35 @@ def _sweep(
     lock = svc.sweep_lock(out_dir)
     if not lock.acquire(blocking=False):
         progress(0.0, desc="waiting for another sweep of this model to finish")
-        lock.acquire()
+        while not lock.acquire(timeout=app_jobs.POLL_S):
+            check(token)
     try:  # one sweep per work folder at a time (svc.sweep_lock): the report copied below is this sweep's
-        progress(0.0, desc=f"{len(req.specs)} settings x {len(req.prompts)} prompts")
-        res = run_sweep(
-            loaded.sweep_engine,
-            req.specs,
-            req.prompts,
-            (0,),
-            steps=req.steps,
-            guidance=req.guidance,
-            metric_set=loaded.metric_set,
-            out_dir=out_dir,
-            latency_repeats=req.latency_repeats,
-            progress=svc.progress_adapter(progress),
-            show_bar=False,
-            max_cells=svc.MAX_SWEEP_SETTINGS,
-            n_boot=svc.SWEEP_BOOTSTRAP,
-        )
+        cost = svc.sweep_cost(len(req.specs), len(req.prompts), req.steps, req.latency_repeats)
+        _price(job, cost, f"{len(req.specs)} settings x {len(req.prompts)} prompts", progress)
+        with _counted(job, loaded.sweep_engine):
+            res = run_sweep(
+                loaded.sweep_engine,
+                req.specs,
+                req.prompts,
+                (0,),
+                steps=req.steps,
+                guidance=req.guidance,
+                metric_set=loaded.metric_set,
+                out_dir=out_dir,
+                latency_repeats=req.latency_repeats,
+                progress=svc.progress_adapter(progress),
+                show_bar=False,
+                max_cells=svc.MAX_SWEEP_SETTINGS,
+                n_boot=svc.SWEEP_BOOTSTRAP,
+                cancel=token,
+                tracker=SweepTracker("trackio", run_name=f"app-{loaded.name}") if track else None,
+            )
         report = svc.download_path("sweep-report", ".html")
         shutil.copyfile(res.out_dir / "report.html", report)
+    except SweepStopped as stop:
+        if job is not None:
+            job.note = fmt.sweep_stopped(stop)  # the status line, and what the Stop button reports
+        raise
     finally:
         lock.release()
     table = res.table
@@ -334,6 +509,35 @@ def _sweep(
         gr.Warning(w)
     status = fmt.sweep_status(req, res, svc.SWEEP_BOOTSTRAP)
     return (status, sweep_summary(table), str(csv), str(report), *figures)
+
+
+async def _stop(kind: str, request: gr.Request) -> str:
+    """A Stop button: cancel this page's running job of `kind`, wait until its worker has stopped (the next
+    denoising step or batch), and say what was kept. The button also `cancels=` the event, which takes a
+    waiting job off the queue and may end a running one first; then its outcome is reported."""
+    job = JOBS.stop_for(_session(request), kind, app_jobs.STOP_BUTTON)
+    if job is None:
+        return f"No {kind} was running on this page (a waiting one is taken off the queue)."
+    deadline = time.monotonic() + app_jobs.STOP_WAIT_S
+    while not job.done.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if job.outcome == "running":
+        return f"Stop asked; the {kind} ends at its next denoising step or batch."
+    return fmt.job_stopped(job) if job.outcome == "stopped" else f"The {kind} had already {job.outcome}."
+
+
+async def stop_compare(request: gr.Request):
+    return await _stop("compare", request)
+
+
+async def stop_sweep(request: gr.Request):
+    return await _stop("sweep", request)
+
+
+def on_session_closed(request: gr.Request):
+    """A session's heartbeat stopped (a closed page, a gradio_client that exited or was killed): stop its model
+    jobs, nobody will see them."""
+    JOBS.stop_session(_session(request), app_jobs.SESSION_CLOSED)
 
 
 COMPARE_FIELDS = (
@@ -476,6 +680,46 @@ def export_unet(
         )
 
 
+async def export_handler(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+    request: gr.Request,
+):
+    """What /export runs: `export_unet` on a model worker. Building a bundle does not check the token (one UNet
+    copy, then one file write), but like every model job it holds the queue slot until its worker is done."""
+    args = (
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance,
+        model,
+        prune_percent,
+        prune_method,
+        prune_scope,
+        quant_mode,
+        bits,
+        height,
+        width,
+    )
+    job = JOBS.start("export", _session(request))
+    try:
+        return await JOBS.run(job, lambda token: export_unet(*args), _client_gone())
+    except Cancelled:
+        return gr.skip(), fmt.job_stopped(job)
+
+
 COPY_LINK_JS = """(prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode,
                    bits) => {
     const values = {prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode};
@@ -573,7 +817,13 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                     with gr.Group():
                         with gr.Row():
                             steps = gr.Slider(
-                                1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps", min_width=120
+                                1,
+                                svc.MAX_STEPS,
+                                value=DEFAULTS.steps,
+                                step=1,
+                                label="Steps",
+                                min_width=120,
+                                elem_id="steps",
                             )
                             guidance = gr.Slider(
                                 0,
@@ -621,7 +871,9 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         bits = gr.Slider(
                             2, 8, value=4, step=1, label="Simulated bit width", visible=False, elem_id="bits"
                         )
-                    generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate")
+                    with gr.Row():
+                        generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate", scale=3)
+                        stop_compare_btn = gr.Button("Stop", variant="stop", size="lg", elem_id="stop-compare", scale=1)
                     # Take the comparison away (handlers in "export and shared links" below).
                     with gr.Row():
                         export_btn = gr.Button("Build compressed UNet", size="sm", elem_id="export")
@@ -631,6 +883,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         copy_link = gr.Button("Copy link", size="sm", elem_id="copy-link")
                     share_url = gr.Textbox(label="Link to this comparison", visible=False, elem_id="share-url")
                     take_note = gr.Markdown(elem_classes="note", elem_id="take-note")
+                    hub_push = app_hub.push_controls() if HUB_PUSH else None
                     with gr.Accordion("Negative prompt, model, image size", open=False):
                         negative = gr.Textbox(
                             label="Negative prompt",
@@ -747,9 +1000,12 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         step=1,
                         label="Prompts (N per setting)",
                         info="from assets/prompts; KID is unbiased at small N, FD needs hundreds",
+                        elem_id="sweep-prompts",
                     )
                     with gr.Row():
-                        sw_steps = gr.Slider(1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps")
+                        sw_steps = gr.Slider(
+                            1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps", elem_id="sweep-steps"
+                        )
                         sw_guidance = gr.Slider(
                             0, svc.MAX_GUIDANCE, value=DEFAULTS.guidance, step=0.5, label="Guidance"
                         )
@@ -760,13 +1016,21 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         step=1,
                         label="Latency repeats",
                         info="median of this many timed runs per setting (0: skip)",
+                        elem_id="sweep-latency",
+                    )
+                    sw_track = gr.Checkbox(
+                        False,
+                        label="Also log to trackio",
+                        info="local and offline (TRACKIO_DIR); the CSV stays the record",
+                        visible=importlib.util.find_spec("trackio") is not None,
                     )
                     sw_plan = gr.Markdown(elem_classes="caption")
-                    # No Stop button: cancelling a running Gradio event does not stop its worker thread, so the
-                    # sweep would go on computing while the queue let the next model request in beside it.
-                    run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
+                    with gr.Row():
+                        run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep", scale=3)
+                        # Ends the sweep at its next denoising step or batch; finished settings stay on disk.
+                        stop_sweep_btn = gr.Button("Stop", variant="stop", elem_id="stop-sweep", scale=1)
                 with gr.Column(scale=2, min_width=320):
-                    sw_status = gr.Markdown("Choose a grid and press **Run sweep**.")
+                    sw_status = gr.Markdown("Choose a grid and press **Run sweep**.", elem_id="sweep-status")
                     sw_table = gr.Dataframe(
                         label="Results per setting: value [95% CI]",
                         interactive=False,
@@ -830,15 +1094,18 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     # preprocess=False: the raw values reach app_service's checks, which refuse NaN, non-integers and unknown
     # names with plain messages (Gradio's own preprocessing rounds 3.5 to 4 and echoes bad choices).
     model_work = dict(concurrency_id=MODEL_WORK, concurrency_limit=MODEL_CONCURRENCY, preprocess=False)
-    gr.on(
+    compare_event = gr.on(
         [generate.click, prompt.submit],
-        compare,
+        compare_handler,
         compare_inputs,
         compare_outputs,
         api_name="compare",
         validator=validate_compare,
         **model_work,
     )
+    # Stop: `cancels` takes a waiting job off the queue and cancels a running one (its worker stops at the next
+    # step before the queue slot is freed: app_jobs.py); the handler says what was kept.
+    stop_compare_btn.click(stop_compare, None, status, cancels=[compare_event], queue=False, api_visibility="private")
     quant.change(on_quant_change, quant, bits, queue=False, api_visibility="private")
     model.change(on_model_change, model, [steps, guidance, height, width], queue=False, api_visibility="private")
     sw_model.change(
@@ -863,15 +1130,18 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         sw_steps,
         sw_guidance,
         sw_latency,
+        sw_track,
     ]
-    run_sweep_btn.click(
-        sweep,
+    sweep_event = run_sweep_btn.click(
+        sweep_handler,
         sweep_inputs,
         [sw_status, sw_table, sw_csv, sw_report, *sw_plots],
         api_name="sweep",
         validator=validate_sweep,
         **model_work,
     )
+    stop_sweep_btn.click(stop_sweep, None, sw_status, cancels=[sweep_event], queue=False, api_visibility="private")
+    demo.unload(on_session_closed)
     plan_inputs = [sw_percents, sw_methods, sw_quant, sw_study, sw_prompts]
     gr.on(
         [demo.load, *(comp.change for comp in plan_inputs)],
@@ -886,7 +1156,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     # export and shared links
     share_inputs = [prompt, seed, steps, guidance, model, prune, method, scope, quant, bits]
     export_btn.click(
-        export_unet,
+        export_handler,
         compare_inputs[:-1],
         [export_file, take_note],
         api_name="export",
@@ -894,6 +1164,8 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         **model_work,
     ).then(show_export, export_file, export_file, queue=False, api_visibility="private")
     copy_link.click(None, share_inputs, share_url, js=COPY_LINK_JS, api_visibility="private")
+    if hub_push is not None:
+        app_hub.wire(hub_push, compare_inputs[:-1], model_work, LAB)
     demo.load(apply_link, share_inputs, [*share_inputs, take_note], queue=False, api_visibility="private")
 
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -59,6 +60,7 @@ from compression.models import (
     load_pipeline,
     resolve_model,
 )
+from compression.prompt_reader import PromptReading
 from compression.pruning import MAX_AMOUNT
 from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
 from compression.spec import MAX_SEED
@@ -380,7 +382,7 @@ def _load_failure(name: str, err: Exception) -> str:
 
 @dataclass(frozen=True)
 class CompareRequest:
-    """One checked comparison request."""
+    """One checked comparison request; `prompt` is what the model reads (`reading` says how it was read)."""
 
     model: str
     prompt: str
@@ -391,6 +393,7 @@ class CompareRequest:
     height: int
     width: int
     spec: CompressionSpec
+    reading: PromptReading | None = None
 
 
 def _size(name: str, value, lo: int, hi: int, default: int, model: str) -> int:
@@ -561,9 +564,10 @@ def parse_compare(
         quant_mode=v["quant_mode"],
         bits=v["bits"],
     )
+    reading = read_prompt(v["model"], v["prompt"])
     return CompareRequest(
         v["model"],
-        v["prompt"],
+        reading.text,
         v["negative_prompt"],
         v["seed"],
         v["steps"],
@@ -571,7 +575,18 @@ def parse_compare(
         v["height"],
         v["width"],
         spec,
+        reading,
     )
+
+
+def read_prompt(model: str, prompt: str) -> PromptReading:
+    """What `model` reads from `prompt`: its catalog entry's reader (the embedded model's grammar), or the
+    prompt as typed (hub models, and names outside the catalog)."""
+    try:
+        entry = resolve_model(model)
+    except ValueError:
+        return PromptReading(prompt, prompt, True)
+    return entry.read_prompt(prompt)
 
 
 @dataclass(frozen=True)
@@ -899,6 +914,18 @@ def export_bundle(lab: Lab, req: CompareRequest) -> tuple[Path, int]:
         RequestError: the compressed UNet is larger than EXPORT_MAX_BYTES, or the mode cannot be stored.
     """
     import shutil
+
+    target = download_path("compressed-unet", ".zip")
+    with _bundle(lab, req) as folder:
+        made = shutil.make_archive(str(target.with_suffix("")), "zip", root_dir=folder)
+    path = Path(made)
+    return path, path.stat().st_size
+
+
+@contextlib.contextmanager
+def _bundle(lab: Lab, req: CompareRequest):
+    """The bundle of `req` in a temporary folder under DOWNLOAD_DIR, deleted on leaving the block."""
+    import shutil
     import tempfile
 
     from compression.export import ExportError, save_compressed
@@ -919,18 +946,55 @@ def export_bundle(lab: Lab, req: CompareRequest) -> tuple[Path, int]:
         "height": req.height,
         "width": req.width,
     }
-    target = download_path("compressed-unet", ".zip")
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=DOWNLOAD_DIR))
     try:
         try:
             save_compressed(work / "bundle", req.spec, engine=engine, sample=sample)
         except ExportError as err:
             raise RequestError(str(err)) from None
-        made = shutil.make_archive(str(target.with_suffix("")), "zip", root_dir=work / "bundle")
+        yield work / "bundle"
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    path = Path(made)
-    return path, path.stat().st_size
+
+
+# Pushing a bundle to the Hub with the visitor's own OAuth token: off unless a Space sets APP_HUB_PUSH=1 (and
+# `hf_oauth: true` in its README; see docs/export.md). Off, the page has no login button and the API no endpoint.
+HUB_PUSH = os.environ.get("APP_HUB_PUSH", "").strip().lower() in ("1", "true", "yes")
+
+
+def hub_push_missing() -> str:
+    """Why Hub push cannot be offered here ("" when it can): Gradio's login needs its `oauth` extras."""
+    import importlib.util
+
+    missing = [m for m in ("authlib", "itsdangerous") if importlib.util.find_spec(m) is None]
+    return f"Hub push needs gradio[oauth] ({', '.join(missing)} missing)" if missing else ""
+
+
+def push_to_hub(lab: Lab, req: CompareRequest, repo_name, username: str | None, token: str | None) -> str:
+    """Build `req`'s bundle and push it to the visitor's Hub repo with their token; returns the repo URL.
+
+    Args:
+        repo_name: "name" (under `username`) or "namespace/name".
+        username (`str`, *optional*): the logged-in visitor (the default namespace).
+        token (`str`, *optional*): the visitor's OAuth token (never this server's own).
+
+    Raises:
+        RequestError: not logged in, a bad repo name, or the Hub refused (plain text, no token).
+    """
+    from compression.publish import PublishError, check_repo_id, push_bundle
+
+    if not token or not username:
+        raise RequestError("Log in with Hugging Face first (the button above): the bundle is pushed as you.")
+    name = text("Hub repo name", repo_name, required=True, max_chars=200)
+    repo_id = name if "/" in name else f"{username}/{name}"
+    try:
+        check_repo_id(repo_id)
+        with _bundle(lab, req) as folder:
+            published = push_bundle(folder, repo_id, token, private=True)
+    except PublishError as err:
+        raise RequestError(str(err), "repo_name") from None
+    return published.url
 
 
 def recipe_of(req: CompareRequest) -> dict:

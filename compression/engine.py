@@ -18,6 +18,11 @@ size. How it keeps the comparison honest:
   denoising loop in alternating rounds, as the benchmark does (`latency.py`); the images' own drawing times are
   kept but compare a cold (or cached) baseline with a warm compressed run.
 
+Stopping: `generate_pair` and `generate_batch` take a `CancelToken` (cancel.py), checked after every denoising
+step and between phases, so a cancelled call raises `Cancelled` within one step and frees its images and latents.
+`image_steps` counts the denoising image-steps the engine has run (one image through one step: the unit the app
+prices jobs in), as they finish, so a watcher can see work go on or stop.
+
 Caches: compressed UNets by (model, spec), at most `cache_size` (an SD 1.5 UNet is 3.4 GB in fp32), and
 baseline images by (model, prompt, negative prompt, seed, steps, guidance, height, width), so moving a
 compression slider never redraws the baseline. Both are LRU and guarded by one lock; generation itself runs
@@ -56,6 +61,7 @@ from .build import (  # noqa: F401 - re-exported
     layerwise_supported,
     state_dict_digest,
 )
+from .cancel import CancelToken, check
 from .cost import ModuleCost, module_cost
 from .latency import COMPARE_STEPS, COMPARE_WARMUP, PairedLatency, paired_latency
 from .pruning import PruneReport, apply_pruning_
@@ -197,6 +203,17 @@ class Engine:
         self._baselines: OrderedDict[tuple, _Drawn] = OrderedDict()
         self._lock = threading.RLock()
         self._baseline_cost: ModuleCost | None = None
+        self._steps_lock = threading.Lock()
+        self._image_steps = 0
+
+    @property
+    def image_steps(self) -> int:
+        """Denoising image-steps this engine has run so far (a batch of n images through one step counts n)."""
+        return self._image_steps
+
+    def _count_steps(self, n: int) -> None:
+        with self._steps_lock:
+            self._image_steps += n
 
     # ------------------------------------------------------------------------------------------- state
 
@@ -303,27 +320,53 @@ class Engine:
         progress: Progress | None,
         span: tuple[float, float],
         what: str,
+        cancel: CancelToken | None = None,
     ) -> _Drawn:
         pipe = self._variant(unet)
         prompt_embeds = embeds[0]
         lo, hi = span
 
-        def on_step(p, i, t, kwargs):
+        def on_step(i: int) -> None:
             if progress:
                 progress(lo + (hi - lo) * (i + 1) / steps, f"{what}: step {i + 1}/{steps}")
-            return {}
 
         latents, seconds = self._denoise(
-            pipe, embeds, torch.Generator("cpu").manual_seed(seed), steps, guidance, height, width, on_step
+            pipe, embeds, torch.Generator("cpu").manual_seed(seed), steps, guidance, height, width, on_step, cancel
         )
+        check(cancel)
         images, nonfinite, nsfw = self._decode(pipe, latents, prompt_embeds.dtype)
         return _Drawn(Image.fromarray(images[0]), seconds, bool(nonfinite[0]), bool(nsfw[0]))
 
     def _denoise(
-        self, pipe, embeds, generator, steps: int, guidance: float, height: int, width: int, on_step=None
+        self,
+        pipe,
+        embeds,
+        generator,
+        steps: int,
+        guidance: float,
+        height: int,
+        width: int,
+        on_step: Callable[[int], None] | None = None,
+        cancel: CancelToken | None = None,
     ) -> tuple[torch.Tensor, float]:
-        """Run the denoising loop alone (prompts already encoded, no VAE decode) and time it."""
+        """Run the denoising loop alone (prompts already encoded, no VAE decode) and time it.
+
+        After every step: count it, report it (`on_step(i)`), and raise `Cancelled` if `cancel` was cancelled.
+        Raising from diffusers' `callback_on_step_end` leaves the loop at once; setting `pipe._interrupt` would
+        only skip the remaining steps' work one by one. The variant pipeline, its scheduler copy and the latents
+        belong to this call alone, so nothing shared is left half-updated.
+        """
         prompt_embeds, negative_embeds = embeds
+        images = len(prompt_embeds)
+
+        def step_end(p, i, t, kwargs):
+            self._count_steps(images)
+            if on_step is not None:
+                on_step(i)
+            check(cancel)
+            return {}
+
+        check(cancel)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -336,7 +379,7 @@ class Engine:
             width=width,
             generator=generator,
             output_type="latent",
-            callback_on_step_end=on_step,
+            callback_on_step_end=step_end,
         ).images
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -400,6 +443,7 @@ class Engine:
         height: int | None = None,
         width: int | None = None,
         progress: Progress | None = None,
+        cancel: CancelToken | None = None,
         latency_rounds: int = 0,
     ) -> PairResult:
         """Draw the baseline and the compressed model with the same prompt, seed and settings.
@@ -413,6 +457,7 @@ class Engine:
             negative_prompt (`str`, defaults to `""`): used only when guidance > 1.
             height, width (`int`, *optional*): multiples of 8 from 8 to 1024; default the model's native size.
             progress (`Callable[[float, str], None]`, *optional*): called with (fraction, description).
+            cancel (`CancelToken`, *optional*): checked after every denoising step and between phases.
             latency_rounds (`int`, defaults to 0): after drawing, time both UNets warm in this many alternating
                 rounds (`latency.COMPARE_ROUNDS` = 8 in the app: 18 one-step runs, +0.55-0.75 s on the embedded
                 model's 1.25 s pair); 0 skips it. The images do not depend on it.
@@ -422,13 +467,17 @@ class Engine:
 
         Raises:
             ValueError: an argument out of range (the message names the range).
+            Cancelled: `cancel` was cancelled (within one denoising step of it; nothing is cached from the
+                unfinished drawing).
         """
         height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
         seed, steps, guidance = int(seed), int(steps), float(guidance)
         if not _is_int(latency_rounds) or latency_rounds < 0:
             raise ValueError(f"latency_rounds must be an integer >= 0, got {_short(latency_rounds)}")
 
+        check(cancel)
         entry, compression_cached = self.compress(spec, progress)
+        check(cancel)
         base_key = (self.model_name, prompt, negative_prompt, seed, steps, guidance, height, width)
         with self._lock:
             baseline = self._baselines.get(base_key)
@@ -441,7 +490,7 @@ class Engine:
         baseline_cached = baseline is not None
         if baseline is None:
             baseline = self._draw(
-                pipe.unet, embeds, seed, steps, guidance, height, width, progress, (0.0, 0.5), "baseline"
+                pipe.unet, embeds, seed, steps, guidance, height, width, progress, (0.0, 0.5), "baseline", cancel
             )
             with self._lock:
                 if self.baseline_cache_size > 0:
@@ -459,12 +508,15 @@ class Engine:
             progress,
             (0.5 if not baseline_cached else 0.0, 1.0),
             spec.label,
+            cancel,
         )
         timing = None
         if latency_rounds:
             if progress:
                 progress(1.0, f"timing both UNets warm: {latency_rounds} alternating rounds")
-            timing = self._time_pair(pipe.unet, entry.unet, embeds, seed, guidance, height, width, latency_rounds)
+            timing = self._time_pair(
+                pipe.unet, entry.unet, embeds, seed, guidance, height, width, latency_rounds, cancel
+            )
         return PairResult(
             baseline_image=baseline.image.copy(),  # callers may draw on images; the cached one stays clean
             compressed_image=compressed.image,
@@ -493,16 +545,26 @@ class Engine:
 
     @torch.no_grad()
     def _time_pair(
-        self, base: nn.Module, unet: nn.Module, embeds, seed: int, guidance: float, height: int, width: int, rounds: int
+        self,
+        base: nn.Module,
+        unet: nn.Module,
+        embeds,
+        seed: int,
+        guidance: float,
+        height: int,
+        width: int,
+        rounds: int,
+        cancel: CancelToken | None = None,
     ) -> PairedLatency:
         """Both UNets, warm, in alternating rounds of a short denoising loop (same prompt, size and guidance as the
-        pair; own scheduler copies and generators, so nothing the images depend on is touched)."""
+        pair; own scheduler copies and generators, so nothing the images depend on is touched). Its steps count
+        in `image_steps` and `cancel` stops it like any drawing."""
 
         def timer(module: nn.Module):
             def run() -> float:
                 pipe = self._variant(module)  # a fresh scheduler copy per run; built outside the timed loop
                 generator = torch.Generator("cpu").manual_seed(seed)
-                return self._denoise(pipe, embeds, generator, COMPARE_STEPS, guidance, height, width)[1]
+                return self._denoise(pipe, embeds, generator, COMPARE_STEPS, guidance, height, width, None, cancel)[1]
 
             return run
 
@@ -519,6 +581,7 @@ class Engine:
         negative_prompt: str = "",
         height: int | None = None,
         width: int | None = None,
+        cancel: CancelToken | None = None,
     ) -> BatchResult:
         """Draw one setting for many prompts in one batched denoising loop (sweeps: ~2x faster per image
         than one at a time on a CPU for the tiny model).
@@ -532,13 +595,14 @@ class Engine:
         Args:
             prompts (`list[str]`): n prompts (n >= 1).
             seeds (`list[int]`): n seeds, 0 to 2**32-1.
-            steps, guidance, spec, negative_prompt, height, width: as in `generate_pair`.
+            steps, guidance, spec, negative_prompt, height, width, cancel: as in `generate_pair`.
 
         Returns:
             `BatchResult`.
 
         Raises:
             ValueError: an argument out of range, or prompts and seeds of different lengths.
+            Cancelled: `cancel` was cancelled (within one denoising step of it).
         """
         if not isinstance(prompts, (list, tuple)) or not isinstance(seeds, (list, tuple)) or not prompts:
             raise ValueError("prompts and seeds must be non-empty lists")
@@ -547,6 +611,7 @@ class Engine:
         for prompt, seed in zip(prompts, seeds):
             height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
         steps, guidance = int(steps), float(guidance)
+        check(cancel)
         entry, cached = self.compress(spec)
         pipe = self._variant(entry.unet)
         cfg = guidance > 1.0
@@ -555,8 +620,9 @@ class Engine:
             prompt_embeds, negative_embeds = pipe.encode_prompt(list(prompts), self.device, 1, cfg, negatives)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latents, seconds = self._denoise(
-            pipe, (prompt_embeds, negative_embeds), generators, steps, guidance, height, width
+            pipe, (prompt_embeds, negative_embeds), generators, steps, guidance, height, width, cancel=cancel
         )
+        check(cancel)
         images, nonfinite, nsfw = self._decode(pipe, latents, prompt_embeds.dtype)
         return BatchResult(
             images, nonfinite, nsfw, seconds, spec, entry.cost, entry.prune_report, 0.0 if cached else entry.seconds

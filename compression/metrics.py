@@ -60,7 +60,7 @@ import torch
 from PIL import Image
 
 from .cost import ModuleCost, module_bytes, module_cost, param_count, weight_sparsity  # noqa: F401 (re-export)
-from .frechet import fd_jackknife
+from .frechet import fd_from_moments, fd_jackknife
 from .intervals import wilson_interval
 
 Images = np.ndarray | list[Image.Image]
@@ -496,7 +496,9 @@ def fd_min_n(num_features: int) -> int:
 def _fd_metric(d: int):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    return FrechetInceptionDistance(feature=_Precomputed(d))
+    # sync_on_compute=False: in a multi-process sweep only process 0 computes aggregates, from features it
+    # already gathered; torchmetrics' default all-gather on compute() would wait forever for the others.
+    return FrechetInceptionDistance(feature=_Precomputed(d), sync_on_compute=False)
 
 
 def frechet_distance_features(reference: np.ndarray, generated: np.ndarray) -> float:
@@ -592,12 +594,45 @@ def distance_estimates(
     weights = torch.from_numpy(np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64))
     kid_lo, kid_hi = _percentile_interval(_kid_bootstrap(ref, gen, weights))
 
+    fd = fd_estimate(ref, gen, feature_name, reference_name, seed=seed)
+    return [fd, Estimate(f"KID-{feature_name}", kid, kid_lo, kid_hi, n, reference_name, "", False, "")]
+
+
+def fd_estimate(
+    reference: np.ndarray | torch.Tensor | tuple,
+    generated: np.ndarray | torch.Tensor,
+    feature_name: str,
+    reference_name: str,
+    paired: bool = True,
+    seed: int = 0,
+    note: str = "",
+) -> Estimate:
+    """The FD row of a results table, by the lab's rule for N (every FD the lab reports comes from here).
+
+    From `fd_min_n(d)` generated images on (and as many reference images, for reference features), the
+    bias-corrected FD with its jackknife interval (`frechet.fd_jackknife`); its note gives FD as computed at N and
+    the bias removed. Below, FD as computed at N, with no interval (NaN) and a note saying to read KID: at such N
+    it is mostly bias, and no time is spent resampling it.
+
+    Args:
+        reference: (m, d) features, or a `(mu, sigma)` tuple of fixed statistics.
+        generated: (n, d) features.
+        feature_name (`str`): the extractor's name (the row is "FD-{name}").
+        reference_name (`str`): the row's `reference` ("baseline", "real").
+        paired (`bool`, defaults to True): reference features index-matched with the generated ones.
+        seed (`int`, defaults to 0): the jackknife's grouping.
+        note (`str`, defaults to ""): appended to the row's note (e.g. where the reference came from).
+    """
+    gen = torch.as_tensor(generated, dtype=torch.float64)
+    n, d = gen.shape
+    stats = isinstance(reference, tuple)
+    m = n if stats else len(reference)
     need = fd_min_n(d)
-    name = f"FD-{feature_name}"
-    if n >= need:
-        est = fd_jackknife(ref, gen, seed=seed)
-        fd = Estimate(
-            name,
+    extra = f"; {note}" if note else ""
+    if min(n, m) >= need:
+        est = fd_jackknife(reference, gen, seed=seed, paired=paired)
+        return Estimate(
+            f"FD-{feature_name}",
             est.value,
             est.ci_low,
             est.ci_high,
@@ -606,22 +641,26 @@ def distance_estimates(
             "",
             False,
             f"bias-corrected (jackknife over {est.groups} groups); FD as computed at N={n}: {est.at_n:.4g}, "
-            f"of which {est.bias:.4g} is finite-N bias",
+            f"of which {est.bias:.4g} is finite-N bias{extra}",
         )
+    if stats:
+        mu = torch.as_tensor(reference[0], dtype=torch.float64)
+        cov = torch.as_tensor(reference[1], dtype=torch.float64)
+        value = max(0.0, float(fd_from_moments(mu, cov, gen.mean(0), torch.cov(gen.T))))
     else:
-        fd = Estimate(
-            name,
-            frechet_distance_features(ref, gen),
-            math.nan,
-            math.nan,
-            n,
-            reference_name,
-            "",
-            False,
-            f"N={n} < {need} (5 x {d} features): FD as computed at this N, biased upward and noisy, no interval; "
-            "read KID",
-        )
-    return [fd, Estimate(f"KID-{feature_name}", kid, kid_lo, kid_hi, n, reference_name, "", False, "")]
+        value = frechet_distance_features(reference, gen)
+    return Estimate(
+        f"FD-{feature_name}",
+        value,
+        math.nan,
+        math.nan,
+        n,
+        reference_name,
+        "",
+        False,
+        f"N={min(n, m)} < {need} (5 x {d} features): FD as computed at this N, biased upward and noisy, no "
+        f"interval; read KID{extra}",
+    )
 
 
 def frechet_distance(features: torch.nn.Module, reference: Images, generated: Images) -> float:
@@ -646,7 +685,7 @@ def kernel_inception_distance(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         kid = KernelInceptionDistance(
-            feature=_Precomputed(ref.shape[1]), subsets=subsets, subset_size=min(1000, n // 2)
+            feature=_Precomputed(ref.shape[1]), subsets=subsets, subset_size=min(1000, n // 2), sync_on_compute=False
         )
     kid.update(torch.from_numpy(ref), real=True)
     kid.update(torch.from_numpy(gen), real=False)

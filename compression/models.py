@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 
 from . import world
 from ._text import short_repr as _short
+from .prompt_reader import PromptReading, read_shapes_prompt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
@@ -85,7 +87,8 @@ TINY_EXAMPLES = (
 TINY_GRAMMAR = (
     f"The tiny model knows one sentence: *a [colour] [shape] [position] on a [colour] background* · "
     f"colours: {', '.join(world.COLOURS)} · shapes: {', '.join(world.SHAPES)} · positions: "
-    f"{', '.join(world.POSITIONS)}."
+    f'{", ".join(world.POSITIONS)}. Case, punctuation, "an" and short forms (*red circle, left, blue background*) '
+    "are read into it; the page shows what it read."
 )
 
 
@@ -106,6 +109,8 @@ class CatalogEntry:
         grammar (`str`, defaults to `""`): a note on the only prompts the model understands (markdown).
         safety_checker (`bool`, defaults to True): load the pipeline's NSFW safety checker.
         metrics (`MetricModels`): the models that score its images.
+        prompt_reader (`Callable[[str], PromptReading]`, *optional*): reads a typed prompt into the model's
+            grammar before the tokenizer (see prompt_reader.py); None (hub models): prompts go in as typed.
     """
 
     name: str
@@ -120,6 +125,11 @@ class CatalogEntry:
     grammar: str = ""
     safety_checker: bool = True
     metrics: MetricModels = HUB_METRICS
+    prompt_reader: Callable[[str], PromptReading] | None = None
+
+    def read_prompt(self, text: str) -> PromptReading:
+        """What this model reads from `text` (as typed, without a reader)."""
+        return self.prompt_reader(text) if self.prompt_reader is not None else PromptReading(text, text, True)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -140,6 +150,8 @@ CATALOG: dict[str, CatalogEntry] = {
             # it only draws coloured shapes: no NSFW filter to run (and none was trained for it)
             safety_checker=False,
             metrics=TINY_METRICS,
+            # trained on one sentence only: what people type is read into it, visibly
+            prompt_reader=read_shapes_prompt,
         ),
         CatalogEntry(
             "sd-1.5",
