@@ -14,11 +14,11 @@ extrapolation to N = infinity as Chong & Forsyth's FD-infinity (CVPR 2020), whic
 +- t(G-1) x the jackknife standard error, cut at 0 (FD is a squared distance).
 
 Measured on Gaussians whose FD is known in closed form (nominal 95%; tests/test_intervals.py reruns a small
-version). d = 16, N = 200, 400 simulations each: coverage 99.8% (true FD 0), 99.5% (0.25), 97.5% (1.0), 96.0% (2.7);
-d = 128, N = 640, 60 each: 100% (FD 0, where FD at N averaged 16.5 and the corrected estimate 0.13), 100%
+version). d = 16, N = 200, 400 simulations each: coverage 99.8% (true FD 0), 99.5% (0.25), 97.5% (1.0), 96.0%
+(2.7); d = 128, N = 640, 60 each: 100% (FD 0, where FD at N averaged 16.5 and the corrected estimate 0.13), 100%
 (0.25), 98.3% (1.0), 96.7% (1.9), 95.0% (6.5); independent sets (d = 16, 300 or 1,000 reference rows against 200,
-400 each): 95.3-100%; fixed reference statistics: 95.8-99.8%. The jackknife's standard error is a little too large (the known
-upward bias of jackknife variances), so the interval is conservative: "at least 95%".
+400 each): 95.3-100%; fixed reference statistics: 95.8-99.8%. The jackknife's standard error is a little too large
+(the known upward bias of jackknife variances), so the interval is conservative: "at least 95%".
 
 Cost: 2 x (G + 1) eigendecompositions of d x d, batched: 62 ms for d = 128, N = 640 on one core, against 5.7 s
 for the 1,000 bootstrap resamples it replaces (5.7 ms each through torchmetrics). Below the N where the lab
