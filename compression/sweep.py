@@ -15,7 +15,7 @@ What a sweep does, in order:
    (nothing but one batch of images is held in memory): CLIP score against the prompt, pixel-judge prompt
    following per attribute (shapes world), PSNR/SSIM against the same-seed baseline image, features for FD and
    KID against the baseline and the real images; then latency (warm-up + median of repeats, batch 1), UNet
-   bytes, parameters and measured sparsity; every aggregate with N and a bootstrap 95% interval;
+   bytes, parameters and measured sparsity; every aggregate with N and a 95% interval (metrics.py says which);
 4. writes each finished cell to `DIR/cells/<key>.json` at once, so an interrupted sweep resumes where it
    stopped: a cell whose key (model, prompts, seeds, sampler, spec, metric set) is on disk is not recomputed;
 5. writes `results.csv` (one row per setting x metric), `summary.json` and `report.html` (Plotly).
