@@ -114,6 +114,8 @@ def latency_rows(row: dict, result) -> list[list[str]]:
             f"denoising step, warm (ms; median of {rounds} alternating rounds, ratio with its "
             f"{100 * row['latency_level']:.0f}% interval)"
         )
+        if row.get("latency_cached"):
+            label += ", timed at an earlier comparison of this setting and size"
     else:
         label = "denoising step (ms; from the drawing, N=1: not timed warm)"
     cached = " (cached)" if result.baseline_cached else ""
@@ -143,6 +145,8 @@ def status_markdown(req, result, stats: dict, warnings: list[str]) -> str:
         cache.append("compressed UNet from cache (not recompressed)")
     else:
         cache.append(f"compressed UNet built now in {result.compression_seconds:.2f} s")
+    if getattr(result, "latency_cached", False):
+        cache.append("latency timed at an earlier comparison of this setting and size (not timed again)")
     lines = [
         f"**{html.escape(spec.label)}** vs **baseline** on `{html.escape(req.model)}` · seed {req.seed} · "
         f"{req.steps} steps · guidance {req.guidance:g} · {req.width}×{req.height} px",

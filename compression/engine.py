@@ -119,6 +119,8 @@ class PairResult:
         latency (`PairedLatency`, *optional*): both UNets timed warm in alternating rounds of a
             `latency.COMPARE_STEPS`-step loop (`latency_rounds` of `generate_pair`); None when not asked for.
             `latency.round_ratio()` gives compressed / baseline with its interval.
+        latency_cached (`bool`): `latency` was measured at an earlier comparison of this setting at this size and
+            guidance (a step's latency depends on nothing else), not now.
     """
 
     baseline_image: Image.Image
@@ -144,6 +146,7 @@ class PairResult:
     height: int
     width: int
     latency: PairedLatency | None = None
+    latency_cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ class Engine:
         self.baseline_cache_size = baseline_cache_size
         self._unets: OrderedDict[tuple[str, CompressionSpec], CompressedUNet] = OrderedDict()
         self._baselines: OrderedDict[tuple, _Drawn] = OrderedDict()
+        self._timings: OrderedDict[tuple, PairedLatency] = OrderedDict()  # (model, spec, size, CFG, rounds)
         self._lock = threading.RLock()
         self._baseline_cost: ModuleCost | None = None
         self._steps_lock = threading.Lock()
@@ -240,6 +244,7 @@ class Engine:
         with self._lock:
             self._unets.clear()
             self._baselines.clear()
+            self._timings.clear()
 
     def default_size(self) -> tuple[int, int]:
         """(height, width) the pipeline draws when none is given: UNet sample size x VAE scale factor."""
@@ -460,7 +465,8 @@ class Engine:
             cancel (`CancelToken`, *optional*): checked after every denoising step and between phases.
             latency_rounds (`int`, defaults to 0): after drawing, time both UNets warm in this many alternating
                 rounds (`latency.COMPARE_ROUNDS` = 8 in the app: 18 one-step runs, +0.55-0.75 s on the embedded
-                model's 1.25 s pair); 0 skips it. The images do not depend on it.
+                model's 1.25 s pair), once per setting, size and guidance on/off (later comparisons reuse it:
+                `latency_cached`); 0 skips it. The images do not depend on it.
 
         Returns:
             `PairResult`.
@@ -510,13 +516,26 @@ class Engine:
             spec.label,
             cancel,
         )
-        timing = None
+        timing, timing_cached = None, False
         if latency_rounds:
-            if progress:
-                progress(1.0, f"timing both UNets warm: {latency_rounds} alternating rounds")
-            timing = self._time_pair(
-                pipe.unet, entry.unet, embeds, seed, guidance, height, width, latency_rounds, cancel
-            )
+            # A step's latency depends on the UNets, the size and whether guidance doubles the batch: not on the
+            # prompt, seed or steps. Timed once per setting and size, like a compressed UNet is built once.
+            key = (self.model_name, spec, height, width, guidance > 1.0, latency_rounds)
+            with self._lock:
+                timing = self._timings.get(key)
+                if timing is not None:
+                    self._timings.move_to_end(key)
+            timing_cached = timing is not None
+            if timing is None:
+                if progress:
+                    progress(1.0, f"timing both UNets warm: {latency_rounds} alternating rounds")
+                timing = self._time_pair(
+                    pipe.unet, entry.unet, embeds, seed, guidance, height, width, latency_rounds, cancel
+                )
+                with self._lock:
+                    self._timings[key] = timing
+                    while len(self._timings) > BASELINE_CACHE_SIZE:
+                        self._timings.popitem(last=False)
         return PairResult(
             baseline_image=baseline.image.copy(),  # callers may draw on images; the cached one stays clean
             compressed_image=compressed.image,
@@ -541,6 +560,7 @@ class Engine:
             height=height,
             width=width,
             latency=timing,
+            latency_cached=timing_cached,
         )
 
     @torch.no_grad()

@@ -643,12 +643,11 @@ def fd_estimate(
             f"bias-corrected (jackknife over {est.groups} groups); FD as computed at N={n}: {est.at_n:.4g}, "
             f"of which {est.bias:.4g} is finite-N bias{extra}",
         )
-    if stats:
-        mu = torch.as_tensor(reference[0], dtype=torch.float64)
-        cov = torch.as_tensor(reference[1], dtype=torch.float64)
-        value = max(0.0, float(fd_from_moments(mu, cov, gen.mean(0), torch.cov(gen.T))))
-    else:
-        value = frechet_distance_features(reference, gen)
+    # Moments as a statistics file stores them (numpy's mean and unbiased covariance), so that a reference given as
+    # images and the same reference given as statistics give the same FD to the last bit.
+    ref_moments = reference if stats else _moments(np.asarray(reference, dtype=np.float64))
+    moments = [torch.as_tensor(x, dtype=torch.float64) for x in (*ref_moments, *_moments(gen.numpy()))]
+    value = max(0.0, float(fd_from_moments(*moments)))
     return Estimate(
         f"FD-{feature_name}",
         value,
@@ -661,6 +660,10 @@ def fd_estimate(
         f"N={min(n, m)} < {need} (5 x {d} features): FD as computed at this N, biased upward and noisy, no "
         f"interval; read KID{extra}",
     )
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.mean(0), np.cov(x, rowvar=False)
 
 
 def frechet_distance(features: torch.nn.Module, reference: Images, generated: Images) -> float:
@@ -967,7 +970,8 @@ def pair_row(result, prompt: str, judge: MetricClip | None = None) -> dict:
         `dict` with keys setting, prune_amount, prune_method, prune_scope, quant_mode, bits, prompt, seed,
         steps, guidance, clip_baseline, clip_compressed, clip_judge, psnr_db, ssim, unet_mb_baseline, unet_mb,
         params_baseline, params, sparsity_pct, compression_s, latency_baseline_ms, latency_ms, latency_ratio,
-        latency_ratio_low, latency_ratio_high, latency_level, latency_rounds, speedup, draw_baseline_ms,
+        latency_ratio_low, latency_ratio_high, latency_level, latency_rounds, latency_cached, speedup,
+        draw_baseline_ms,
         draw_ms, nonfinite: what `charts.history_cost` and `charts.history_quality` draw.
     """
     spec = result.spec
@@ -1033,6 +1037,7 @@ def pair_row_latency(result) -> dict:
         "latency_ratio_high": ratio.ci_high,
         "latency_level": level,
         "latency_rounds": rounds,
+        "latency_cached": bool(getattr(result, "latency_cached", False)),
         "speedup": 1 / ratio.value if ratio.value > 0 else math.nan,
         "draw_baseline_ms": draw_b,
         "draw_ms": draw_c,

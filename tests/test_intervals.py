@@ -178,7 +178,7 @@ def test_a_masked_comparison_is_not_shown_faster(lab_app):
     client = Client(url, verbose=False)
     out = client.predict(
         prompt="a red circle on the left on a blue background",
-        prune_percent=30,
+        prune_percent=33,  # a setting no other test compares, so it is timed here, not taken from the cache
         prune_method="l1-unstructured",
         quant_mode="fp32",
         steps=4,
@@ -187,7 +187,7 @@ def test_a_masked_comparison_is_not_shown_faster(lab_app):
     details = out[9]
     nums = details["numbers"]
     assert nums["latency_rounds"] == 8 and nums["latency_level"] == pytest.approx(1 - 2 / 2**8)
-    # 30% of the weights zeroed in dense tensors: the same work. 1.0 lies in the interval (it misses with
+    # A third of the weights zeroed in dense tensors: the same work. 1.0 lies in the interval (it misses with
     # probability 1 - 99.2% for equally fast UNets).
     assert nums["latency_ratio_low"] <= 1.0 <= nums["latency_ratio_high"], nums
     table = {row[0]: row[1:] for row in out[7]["data"]}
@@ -195,6 +195,6 @@ def test_a_masked_comparison_is_not_shown_faster(lab_app):
     assert ratio.endswith("]") and "x [" in ratio  # the ratio is shown with its interval
     # The timing rounds leave the images alone: the same request without them draws the same pixels.
     engine = app.LAB.get(details["model"]).engine
-    again = engine.generate_pair(details["prompt"], details["seed"], 4, details["guidance"], CompressionSpec(0.3))
+    again = engine.generate_pair(details["prompt"], details["seed"], 4, details["guidance"], CompressionSpec(0.33))
     assert app_service.image_sha256(again.compressed_image) == details["compressed_sha256"]
     assert app_service.image_sha256(again.baseline_image) == details["baseline_sha256"]
