@@ -18,6 +18,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls out
 
+import app_gpu as zgpu  # noqa: E402, I001 - first: imports `spaces` (ZeroGPU) before anything imports torch
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import html  # noqa: E402
@@ -25,7 +26,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
-import uuid  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -51,15 +52,7 @@ from compression.metrics import pair_row  # noqa: E402
 
 log = logging.getLogger("dcl.app")
 
-try:  # ZeroGPU Spaces: a GPU is attached only while a @spaces.GPU function runs. Elsewhere: nothing changes.
-    import spaces  # type: ignore
-
-    def gpu(duration: int):
-        return spaces.GPU(duration=duration)
-except ImportError:  # pragma: no cover - the usual case off Spaces
-
-    def gpu(duration: int):
-        return lambda fn: fn
+gpu = zgpu.gpu  # ZeroGPU Spaces: a GPU is attached only while a @spaces.GPU function runs (see app_gpu.py)
 
 
 def _cli_model() -> str | None:
@@ -73,7 +66,11 @@ def _cli_model() -> str | None:
     return parser.parse_args().model
 
 
+if __name__ == "__main__":  # before the model may load at import (ZeroGPU), so that its log lines show
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 LAB = svc.Lab(default_model=_cli_model())
+if zgpu.ZEROGPU:  # ZeroGPU: models are loaded and moved to CUDA at import time; every GPU worker inherits them.
+    LAB.startup(warm=False)  # no GPU is attached at import: the first request warms it
 DEFAULTS = svc.model_defaults(LAB.default_model)
 MODEL_CONCURRENCY = int(os.environ.get("APP_MODEL_CONCURRENCY", 1))  # 1: latencies are measured without a
 # second request competing for the same cores; raise it on a multi-GPU machine.
@@ -118,24 +115,77 @@ def plain_errors():
         yield
     except gr.Error:
         raise
-    except ValueError as err:  # RequestError, or a library check that our checks did not anticipate
-        raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
-    except MemoryError:
-        log.exception("out of memory")
-        raise gr.Error(
-            "The server ran out of memory for this request: choose a smaller image size, fewer steps or fewer prompts.",
-            print_exception=False,
-        ) from None
-    except Exception:  # noqa: BLE001
-        ref = uuid.uuid4().hex[:8]
-        log.exception("request failed (ref %s)", ref)
-        raise gr.Error(
-            f"The server hit an unexpected error (reference {ref}, logged). Try again or change a setting.",
-            print_exception=False,
-        ) from None
+    except Exception as err:  # noqa: BLE001 - RequestError, a library check, or the unexpected (app_gpu.error_text)
+        raise gr.Error(zgpu.error_text(err), print_exception=False) from None
 
 
-@gpu(duration=60)
+# --------------------------------------------------------------------------------- the GPU side (app_gpu.py)
+# One function per user action holds the GPU: JSON in, PIL images and JSON out, failures returned as data.
+
+
+@gpu(duration=zgpu.compare_seconds)
+@zgpu.guarded
+def draw_pair(fields: dict):
+    """The GPU part of /compare and /compare_distilled: draw the pair and score it."""
+    req = svc.CompareRequest.from_fields(fields)
+    loaded = LAB.get(req.model)
+    entry = svc.distilled_unet(loaded, req.against)[0] if req.against else None
+    result = loaded.engine.generate_pair(
+        req.prompt,
+        req.seed,
+        req.steps,
+        req.guidance,
+        req.spec,
+        req.negative_prompt,
+        req.height,
+        req.width,
+        progress=svc.progress_adapter(gr.Progress()),
+        entry=entry,
+    )
+    row = pair_row(result, req.prompt, loaded.judge)
+    if req.against:
+        row.update(setting=f"{req.against} (distilled)", compression_s=entry.seconds)
+    return result.baseline_image, result.compressed_image, {"pair": zgpu.pair_record(result), "row": row}
+
+
+@gpu(duration=zgpu.sweep_seconds)
+@zgpu.guarded
+def run_sweep_on_gpu(fields: dict) -> dict:
+    """The GPU part of /sweep: run the grid, write its files; the tidy table comes back as JSON."""
+    from compression.sweep import run_sweep
+
+    req = svc.SweepRequest.from_fields(fields)
+    loaded = LAB.get(req.model)
+    res = run_sweep(
+        loaded.sweep_engine,
+        req.specs,
+        req.prompts,
+        (0,),
+        steps=req.steps,
+        guidance=req.guidance,
+        metric_set=loaded.metric_set,
+        out_dir=svc.sweep_dir(loaded.name, loaded.fingerprint),
+        latency_repeats=req.latency_repeats,
+        progress=svc.progress_adapter(gr.Progress()),
+        show_bar=False,
+        max_cells=svc.MAX_SWEEP_SETTINGS,
+        n_boot=svc.SWEEP_BOOTSTRAP,
+    )
+    table = json.loads(res.table.to_json(orient="split", index=False))  # NaN -> null: plain JSON
+    return {"table": table, "out_dir": str(res.out_dir), "computed": res.computed, "skipped": res.skipped}
+
+
+@gpu(duration=zgpu.export_seconds)
+@zgpu.guarded
+def export_on_gpu(fields: dict) -> dict:
+    """The GPU part of /export: build the compressed UNet (and its sample pair) and zip the bundle."""
+    path, size = svc.export_bundle(LAB, svc.CompareRequest.from_fields(fields))
+    return {"path": str(path), "bytes": size}
+
+
+# --------------------------------------------------------------------------------------------- handlers
+
+
 def compare(
     prompt,
     negative_prompt,
@@ -207,21 +257,19 @@ def _compare(
         height,
         width,
     )
-    loaded = LAB.get(req.model)
+    return _show_pair(req, history, progress)
+
+
+def _show_pair(req: svc.CompareRequest, history, progress):
+    """Draw `req` on the GPU side (one call) and lay the pair out: images, captions, numbers, history."""
+    loaded = LAB.get(req.model)  # in the main process: ZeroGPU workers inherit what it loaded
+    fields = req.to_fields()
+    zgpu.check_seconds(zgpu.compare_seconds(fields), "comparison")
     progress(0.0, desc="starting")
-    result = loaded.engine.generate_pair(
-        req.prompt,
-        req.seed,
-        req.steps,
-        req.guidance,
-        req.spec,
-        req.negative_prompt,
-        req.height,
-        req.width,
-        progress=svc.progress_adapter(progress),
-    )
-    progress(1.0, desc="scoring")
-    row = pair_row(result, req.prompt, loaded.judge)
+    base_img, comp_img, drawn = zgpu.unwrap(draw_pair(fields))
+    result = zgpu.pair_from_record(base_img, comp_img, drawn["pair"])
+    row = drawn["row"]
+    label = row["setting"] if req.against else None
     warnings = fmt.pair_warnings(result)
     for w in warnings:
         gr.Warning(w)
@@ -235,7 +283,7 @@ def _compare(
     else:
         heat, stats = svc.difference_heatmap(result.baseline_image, result.compressed_image)
         heat_caption = fmt.difference_caption(stats)
-    base_caption, comp_caption = fmt.pair_captions(result)
+    base_caption, comp_caption = fmt.pair_captions(result, label)
 
     row = {"model": req.model, **row}
     history = [*(history or []), row][-svc.HISTORY_LIMIT :]
@@ -243,6 +291,8 @@ def _compare(
     csv = svc.write_download(hist_df, "history")
     hashes = (svc.image_sha256(result.baseline_image), svc.image_sha256(result.compressed_image))
     details = fmt.pair_details(req, result, row, stats, warnings, hashes)
+    if req.against:
+        details.update(setting=label, against=req.against)
     judge = loaded.judge.name if loaded.judge is not None else ""
     return (
         base_img,
@@ -253,7 +303,7 @@ def _compare(
         heat,
         heat_caption,
         numbers_table(row, result, judge),
-        status_markdown(req, result, stats, warnings),
+        status_markdown(req, result, stats, warnings) if not req.against else fmt.distilled_status(req, result, row),
         details,
         history_table(history),
         str(csv),
@@ -262,7 +312,25 @@ def _compare(
     )
 
 
-@gpu(duration=120)  # ZeroGPU caps a call's duration (the lower, the sooner a visitor gets a GPU): small sweeps
+def compare_distilled(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    distilled,
+    height,
+    width,
+    history,
+    progress=gr.Progress(track_tqdm=True),
+):
+    """Draw a distilled SD 1.x UNet beside the model it was distilled against: same prompt, seed and sampler, over
+    that model's VAE and text encoder; its parameters and latency are measured like a compressed UNet's."""
+    with plain_errors():
+        req = svc.parse_distilled(LAB, prompt, negative_prompt, seed, steps, guidance, distilled, height, width)
+        return _show_pair(req, history, progress)
+
+
 def sweep(
     model,
     prune_percents,
@@ -294,12 +362,13 @@ def sweep(
 def _sweep(
     model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress
 ):
-    from compression.sweep import run_sweep
-
     req = svc.parse_sweep(
         LAB, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
     )
     loaded = LAB.get(req.model)
+    svc.check_sweep_fits(loaded, req)
+    fields = req.to_fields()
+    zgpu.check_seconds(zgpu.sweep_seconds(fields), "sweep")
     out_dir = svc.sweep_dir(loaded.name, loaded.fingerprint)
     lock = svc.sweep_lock(out_dir)
     if not lock.acquire(blocking=False):
@@ -307,31 +376,17 @@ def _sweep(
         lock.acquire()
     try:  # one sweep per work folder at a time (svc.sweep_lock): the report copied below is this sweep's
         progress(0.0, desc=f"{len(req.specs)} settings x {len(req.prompts)} prompts")
-        res = run_sweep(
-            loaded.sweep_engine,
-            req.specs,
-            req.prompts,
-            (0,),
-            steps=req.steps,
-            guidance=req.guidance,
-            metric_set=loaded.metric_set,
-            out_dir=out_dir,
-            latency_repeats=req.latency_repeats,
-            progress=svc.progress_adapter(progress),
-            show_bar=False,
-            max_cells=svc.MAX_SWEEP_SETTINGS,
-            n_boot=svc.SWEEP_BOOTSTRAP,
-        )
+        res = zgpu.unwrap(run_sweep_on_gpu(fields))
         report = svc.download_path("sweep-report", ".html")
-        shutil.copyfile(res.out_dir / "report.html", report)
+        shutil.copyfile(os.path.join(res["out_dir"], "report.html"), report)
     finally:
         lock.release()
-    table = res.table
+    table = pd.DataFrame(res["table"]["data"], columns=res["table"]["columns"])
     csv = svc.write_download(table, "sweep")
     figures = sweep_figures(table, req.layer_study)
     for w in fmt.nonfinite_warnings(table):
         gr.Warning(w)
-    status = fmt.sweep_status(req, res, svc.SWEEP_BOOTSTRAP)
+    status = fmt.sweep_status(req, SimpleNamespace(**res), svc.SWEEP_BOOTSTRAP)
     return (status, sweep_summary(table), str(csv), str(report), *figures)
 
 
@@ -350,6 +405,7 @@ COMPARE_FIELDS = (
     "height",
     "width",
 )
+DISTILLED_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "distilled", "height", "width")
 SWEEP_FIELDS = (
     "model",
     "prune_percents",
@@ -378,6 +434,11 @@ def validate_compare(*args):
     """Runs before a /compare request joins the queue (Gradio's validator): bad input is refused at once, with
     the message on the input at fault, however long the queue is. The handler checks everything again."""
     return _verdicts(COMPARE_FIELDS, svc.compare_problems, args)
+
+
+def validate_distilled(*args):
+    """The same for /compare_distilled."""
+    return _verdicts(DISTILLED_FIELDS, svc.distilled_problems, args)
 
 
 def validate_sweep(*args):
@@ -464,7 +525,10 @@ def export_unet(
             height,
             width,
         )
-        path, size = svc.export_bundle(LAB, req)
+        fields = req.to_fields()
+        zgpu.check_seconds(zgpu.export_seconds(fields), "export")
+        made = zgpu.unwrap(export_on_gpu(fields))
+        path, size = made["path"], made["bytes"]
         recipe = html.escape(json.dumps(svc.recipe_of(req)), quote=False)
         return (
             str(path),  # a plain path: API clients download it
@@ -647,6 +711,17 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         with gr.Row():
                             height = gr.Number(value=0, precision=0, label="Height (0: native)", min_width=100)
                             width = gr.Number(value=0, precision=0, label="Width (0: native)", min_width=100)
+                    with gr.Accordion("Compare with a distilled model", open=False, elem_id="distilled-box"):
+                        distilled = gr.Dropdown(
+                            svc.DISTILLED,
+                            value=svc.DISTILLED[0],
+                            label="Distilled model",
+                            info="drawn beside the model it was distilled against (SD 1.5), same prompt and seed, "
+                            "over that model's VAE and text encoder",
+                            elem_id="distilled",
+                        )
+                        distilled_btn = gr.Button("Draw SD 1.5 vs distilled", size="sm", elem_id="distilled-go")
+                        gr.Markdown(fmt.distilled_note(), elem_classes="note")
 
                 with gr.Column(scale=5, min_width=320):
                     status = gr.Markdown("Press **Generate** to draw the pair.", elem_id="status")
@@ -838,6 +913,14 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         validator=validate_compare,
         **model_work,
     )
+    distilled_btn.click(
+        compare_distilled,
+        [prompt, negative, seed, steps, guidance, distilled, height, width, history_state],
+        compare_outputs,
+        api_name="compare_distilled",
+        validator=validate_distilled,
+        **model_work,
+    )
     quant.change(on_quant_change, quant, bits, queue=False, api_visibility="private")
     model.change(on_model_change, model, [steps, guidance, height, width], queue=False, api_visibility="private")
     sw_model.change(
@@ -924,8 +1007,8 @@ def launch(**kwargs):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    LAB.startup()
+    if not zgpu.ZEROGPU:  # (on ZeroGPU the model was loaded at import)
+        LAB.startup()
     if LAB.warm_seconds is not None:
         log.info("warmed %s in %.1f s", LAB.default_model, LAB.warm_seconds)
     launch()

@@ -15,10 +15,12 @@ size. How it keeps the comparison honest:
 - non-finite latents or pixels are reported (`compressed_nonfinite`) instead of silently becoming a black
   image.
 
-Caches: compressed UNets by (model, spec), at most `cache_size` (an SD 1.5 UNet is 3.4 GB in fp32), and
-baseline images by (model, prompt, negative prompt, seed, steps, guidance, height, width), so moving a
-compression slider never redraws the baseline. Both are LRU and guarded by one lock; generation itself runs
-outside the lock (modules are only read, schedulers and generators are per call).
+Caches: compressed UNets by (model, spec) in a `UNetCache` (unet_cache.py), bounded in bytes and shared by the
+engines of one model (an SD 1.5 UNet is 3.4 GB in fp32), each engine with its own count limit (`cache_size`);
+a setting whose UNet cannot fit the byte budget even alone is refused before any work (`budget.BudgetError`),
+its size worked out from shapes (`budget.estimate_bytes`). Baseline images by (model, prompt, negative prompt,
+seed, steps, guidance, height, width), so moving a compression slider never redraws the baseline. Both are LRU;
+generation itself runs outside the locks (modules are only read, schedulers and generators are per call).
 
 Example:
     >>> pipe, info = load_pipeline("tiny-shapes")
@@ -46,6 +48,7 @@ from PIL import Image
 from torch import nn
 
 from ._text import short_repr as _short
+from .budget import check_fits, estimate_bytes
 from .build import (  # noqa: F401 - re-exported
     CompressedUNet,
     _storage,
@@ -57,6 +60,7 @@ from .cost import ModuleCost, module_cost
 from .pruning import PruneReport, apply_pruning_
 from .quantization import apply_quantization_
 from .spec import MAX_SEED, CompressionSpec
+from .unet_cache import UNetCache
 
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
@@ -172,19 +176,33 @@ class Engine:
             mutates it either.
         model_name (`str`): part of every cache key (one engine per model; the name keeps keys distinct in
             logs and shared caches).
-        cache_size (`int`, defaults to 3): compressed UNets kept (0 keeps none).
+        cache_size (`int`, *optional*, defaults to 3): compressed UNets this engine keeps (0 keeps none, None
+            no count limit: the byte budget alone bounds them).
         baseline_cache_size (`int`, defaults to 64): baseline images kept.
+        cache (`UNetCache`, *optional*): the cache of compressed UNets, shared with the model's other engines so
+            that one byte budget bounds them all; default a cache of this engine's own without a byte bound.
+        pool (`str`, defaults to `"compare"`): this engine's part of a shared cache (its count limit applies there).
     """
 
-    def __init__(self, pipeline, model_name: str, cache_size: int = 3, baseline_cache_size: int = BASELINE_CACHE_SIZE):
+    def __init__(
+        self,
+        pipeline,
+        model_name: str,
+        cache_size: int | None = 3,
+        baseline_cache_size: int = BASELINE_CACHE_SIZE,
+        cache: UNetCache | None = None,
+        pool: str = "compare",
+    ):
         for arg, value in (("cache_size", cache_size), ("baseline_cache_size", baseline_cache_size)):
-            if not _is_int(value) or value < 0:
+            if not (value is None and arg == "cache_size") and (not _is_int(value) or value < 0):
                 raise ValueError(f"{arg} must be an integer >= 0, got {_short(value)}")
         self.pipeline = pipeline
         self.model_name = model_name
         self.cache_size = cache_size
         self.baseline_cache_size = baseline_cache_size
-        self._unets: OrderedDict[tuple[str, CompressionSpec], CompressedUNet] = OrderedDict()
+        self.cache = cache if cache is not None else UNetCache()
+        self.pool = pool
+        self._estimates: OrderedDict[CompressionSpec, int] = OrderedDict()
         self._baselines: OrderedDict[tuple, _Drawn] = OrderedDict()
         self._lock = threading.RLock()
         self._baseline_cost: ModuleCost | None = None
@@ -205,15 +223,33 @@ class Engine:
             return self._baseline_cost
 
     def cached_specs(self) -> list[CompressionSpec]:
-        """Specs whose compressed UNet is cached, least recently used first."""
-        with self._lock:
-            return [spec for _, spec in self._unets]
+        """Specs whose compressed UNet this engine holds in the cache, least recently used first."""
+        keys = self.cache.keys(self.pool)
+        return [k[1] for k in keys if k[0] == self.model_name and isinstance(k[1], CompressionSpec)]
 
     def clear_cache(self) -> None:
-        """Drop every cached UNet and baseline image."""
+        """Drop this engine's cached UNets and every baseline image."""
         with self._lock:
-            self._unets.clear()
+            self.cache.clear(self.pool)
             self._baselines.clear()
+
+    def estimate_bytes(self, spec: CompressionSpec) -> int:
+        """Bytes the compressed UNet for `spec` will hold, from shapes alone (`budget.estimate_bytes`); remembered
+        per spec (the meta skeleton of an SD 1.5 UNet takes ~0.3 s)."""
+        with self._lock:
+            if spec not in self._estimates:
+                self._estimates[spec] = estimate_bytes(self.pipeline.unet, spec)
+                while len(self._estimates) > 256:
+                    self._estimates.popitem(last=False)
+            return self._estimates[spec]
+
+    def check_fits(self, spec: CompressionSpec) -> None:
+        """Refuse `spec` if its compressed UNet alone is over the cache's byte budget.
+
+        Raises:
+            BudgetError: naming the setting, its estimated size and the budget.
+        """
+        check_fits(self.estimate_bytes(spec), self.cache.max_bytes, spec.label)
 
     def default_size(self) -> tuple[int, int]:
         """(height, width) the pipeline draws when none is given: UNet sample size x VAE scale factor."""
@@ -234,12 +270,51 @@ class Engine:
             raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
         key = (self.model_name, spec)
         with self._lock:
-            if key in self._unets:
-                self._unets.move_to_end(key)
-                return self._unets[key], True
+            hit = self.cache.get(key, self.pool)
+            if hit is not None:
+                return hit, True
             if spec.is_identity:
                 # Nothing to change: use the baseline's own UNet (read-only), no 3.4 GB copy for SD 1.5.
                 return CompressedUNet(self.pipeline.unet, spec, None, 0.0, self.baseline_cost, "baseline"), True
+            self.check_fits(spec)  # before any work: a setting that cannot fit alone is refused
+            self.cache.reserve(key, self.estimate_bytes(spec), self.pool, self.cache_size)  # room first
+            try:
+                return self._build(spec, key, progress), False
+            finally:
+                self.cache.release(key)
+
+    def prepared(self, name: str, load: Callable[[], nn.Module], estimate: int) -> tuple[CompressedUNet, bool]:
+        """A UNet made elsewhere that draws over this baseline's VAE and text encoder (a distilled model's), kept in
+        the cache under `name` like a compressed one: the same byte budget bounds it, the same LRU evicts it.
+
+        Args:
+            name (`str`): its cache name (a catalog name).
+            load (`Callable[[], nn.Module]`): makes the UNet (on the baseline's device and dtype).
+            estimate (`int`): its bytes, known before loading (checked against the budget first).
+
+        Returns:
+            `(entry, cached)`: the entry's spec is the identity (nothing of the baseline was changed), `seconds`
+            the load time.
+        """
+        key = (self.model_name, name)
+        with self._lock:
+            hit = self.cache.get(key, self.pool)
+            if hit is not None:
+                return hit, True
+            check_fits(estimate, self.cache.max_bytes, name, "UNet", "Choose a smaller model, or raise APP_CACHE_MB.")
+            self.cache.reserve(key, estimate, self.pool, self.cache_size)
+            try:
+                start = time.perf_counter()
+                unet = load()
+                seconds = time.perf_counter() - start
+                entry = CompressedUNet(unet, CompressionSpec(), None, seconds, module_cost(unet), "loaded")
+                self.cache.put(key, entry, self.pool, self.cache_size)
+                return entry, False
+            finally:
+                self.cache.release(key)
+
+    def _build(self, spec: CompressionSpec, key: tuple, progress: Progress | None) -> CompressedUNet:
+        with self._lock:
             if progress:
                 progress(0.0, f"compressing: {spec.label}")
             start = time.perf_counter()
@@ -258,11 +333,8 @@ class Engine:
             seconds = time.perf_counter() - start
             cost = module_cost(unet)
             entry = CompressedUNet(unet, spec, report, seconds, cost, built, time.perf_counter() - start - seconds)
-            if self.cache_size > 0:
-                self._unets[key] = entry
-                while len(self._unets) > self.cache_size:
-                    self._unets.popitem(last=False)  # the evicted UNet is freed once no result holds it
-            return entry, False
+            self.cache.put(key, entry, self.pool, self.cache_size)  # evicted UNets are freed once no result holds them
+            return entry
 
     # --------------------------------------------------------------------------------------- drawing
 
@@ -391,6 +463,7 @@ class Engine:
         height: int | None = None,
         width: int | None = None,
         progress: Progress | None = None,
+        entry: CompressedUNet | None = None,
     ) -> PairResult:
         """Draw the baseline and the compressed model with the same prompt, seed and settings.
 
@@ -403,6 +476,8 @@ class Engine:
             negative_prompt (`str`, defaults to `""`): used only when guidance > 1.
             height, width (`int`, *optional*): multiples of 8 from 8 to 1024; default the model's native size.
             progress (`Callable[[float, str], None]`, *optional*): called with (fraction, description).
+            entry (`CompressedUNet`, *optional*): draw this prepared UNet (`prepared`: a distilled model's) on
+                the second side instead of compressing for `spec`; the result reports it as cached.
 
         Returns:
             `PairResult`.
@@ -413,7 +488,7 @@ class Engine:
         height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
         seed, steps, guidance = int(seed), int(steps), float(guidance)
 
-        entry, compression_cached = self.compress(spec, progress)
+        entry, compression_cached = (entry, True) if entry is not None else self.compress(spec, progress)
         base_key = (self.model_name, prompt, negative_prompt, seed, steps, guidance, height, width)
         with self._lock:
             baseline = self._baselines.get(base_key)
