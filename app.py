@@ -8,8 +8,9 @@ Layout and event wiring only: the work lives in `compression/`, the loaded model
 `app_service.py`, the formatting of results (tables, captions, texts) in `app_format.py`.
 
 Run: `python app.py [--model NAME]` (env: MODEL_ID, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, APP_OUTPUT_DIR,
-APP_CACHE_SIZE, APP_MAX_MODELS, APP_QUEUE_SIZE, APP_MODEL_CONCURRENCY). API endpoints: /compare, /sweep
-(see README "API").
+APP_CACHE_MB, APP_CACHE_SIZE, APP_MIN_SIDE, APP_MAX_MODELS, APP_QUEUE_SIZE, APP_MODEL_CONCURRENCY, APP_GPU_MAX_S).
+API endpoints: /compare, /compare_distilled, /sweep, /export (see docs/app-and-api.md). On ZeroGPU (`spaces`
+importable) each user action calls exactly one GPU function (app_gpu.py).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def draw_pair(fields: dict):
     """The GPU part of /compare and /compare_distilled: draw the pair and score it."""
     req = svc.CompareRequest.from_fields(fields)
     loaded = LAB.get(req.model)
-    entry = svc.distilled_unet(loaded, req.against)[0] if req.against else None
+    entry, cached = svc.distilled_unet(loaded, req.against) if req.against else (None, True)
     result = loaded.engine.generate_pair(
         req.prompt,
         req.seed,
@@ -144,7 +145,7 @@ def draw_pair(fields: dict):
     )
     row = pair_row(result, req.prompt, loaded.judge)
     if req.against:
-        row.update(setting=f"{req.against} (distilled)", compression_s=entry.seconds)
+        row.update(setting=f"{req.against} (distilled)", compression_s=0.0 if cached else entry.seconds)
     return result.baseline_image, result.compressed_image, {"pair": zgpu.pair_record(result), "row": row}
 
 

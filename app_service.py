@@ -712,11 +712,14 @@ def distilled_unet(loaded: LoadedModel, name: str):
     import torch
 
     dtype = next(loaded.engine.pipeline.unet.parameters()).dtype
-    with torch.device("meta"):
+
+    def estimate() -> int:  # from its config on the meta device: no weights read
         from diffusers import UNet2DConditionModel
 
-        skeleton = UNet2DConditionModel.from_config(unet_config(name))
-    estimate = sum(p.numel() for p in skeleton.parameters()) * dtype.itemsize
+        with torch.device("meta"):
+            skeleton = UNet2DConditionModel.from_config(unet_config(name))
+        return sum(p.numel() for p in skeleton.parameters()) * dtype.itemsize
+
     return loaded.engine.prepared(name, lambda: load_unet(name, loaded.device, dtype)[0], estimate)
 
 

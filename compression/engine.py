@@ -205,6 +205,7 @@ class Engine:
         self._estimates: OrderedDict[CompressionSpec, int] = OrderedDict()
         self._baselines: OrderedDict[tuple, _Drawn] = OrderedDict()
         self._lock = threading.RLock()
+        self._estimate_lock = threading.Lock()
         self._baseline_cost: ModuleCost | None = None
 
     # ------------------------------------------------------------------------------------------- state
@@ -236,12 +237,15 @@ class Engine:
     def estimate_bytes(self, spec: CompressionSpec) -> int:
         """Bytes the compressed UNet for `spec` will hold, from shapes alone (`budget.estimate_bytes`); remembered
         per spec (the meta skeleton of an SD 1.5 UNet takes ~0.3 s)."""
-        with self._lock:
-            if spec not in self._estimates:
-                self._estimates[spec] = estimate_bytes(self.pipeline.unet, spec)
-                while len(self._estimates) > 256:
-                    self._estimates.popitem(last=False)
-            return self._estimates[spec]
+        with self._estimate_lock:  # not the engine's lock: a check must not wait for a build (seconds on SD 1.5)
+            if spec in self._estimates:
+                return self._estimates[spec]
+        nbytes = estimate_bytes(self.pipeline.unet, spec)  # shapes only: the baseline is only read
+        with self._estimate_lock:
+            self._estimates[spec] = nbytes
+            while len(self._estimates) > 256:
+                self._estimates.popitem(last=False)
+        return nbytes
 
     def check_fits(self, spec: CompressionSpec) -> None:
         """Refuse `spec` if its compressed UNet alone is over the cache's byte budget.
@@ -283,14 +287,17 @@ class Engine:
             finally:
                 self.cache.release(key)
 
-    def prepared(self, name: str, load: Callable[[], nn.Module], estimate: int) -> tuple[CompressedUNet, bool]:
+    def prepared(
+        self, name: str, load: Callable[[], nn.Module], estimate: Callable[[], int]
+    ) -> tuple[CompressedUNet, bool]:
         """A UNet made elsewhere that draws over this baseline's VAE and text encoder (a distilled model's), kept in
         the cache under `name` like a compressed one: the same byte budget bounds it, the same LRU evicts it.
 
         Args:
             name (`str`): its cache name (a catalog name).
             load (`Callable[[], nn.Module]`): makes the UNet (on the baseline's device and dtype).
-            estimate (`int`): its bytes, known before loading (checked against the budget first).
+            estimate (`Callable[[], int]`): its bytes, worked out before loading (checked against the budget
+                first; called only when the UNet is not cached).
 
         Returns:
             `(entry, cached)`: the entry's spec is the identity (nothing of the baseline was changed), `seconds`
@@ -301,8 +308,9 @@ class Engine:
             hit = self.cache.get(key, self.pool)
             if hit is not None:
                 return hit, True
-            check_fits(estimate, self.cache.max_bytes, name, "UNet", "Choose a smaller model, or raise APP_CACHE_MB.")
-            self.cache.reserve(key, estimate, self.pool, self.cache_size)
+            nbytes = estimate()
+            check_fits(nbytes, self.cache.max_bytes, name, "UNet", "Choose a smaller model, or raise APP_CACHE_MB.")
+            self.cache.reserve(key, nbytes, self.pool, self.cache_size)
             try:
                 start = time.perf_counter()
                 unet = load()

@@ -189,6 +189,7 @@ def test_distilled_model_beside_sd15_same_seed_measured(space):
     again = client.predict(prompt=PROMPT, seed=5, steps=2, distilled="bk-sdm-tiny", api_name="/compare_distilled")
     assert again[9]["baseline_sha256"] == details["baseline_sha256"]  # same seed: the same SD 1.5 image
     assert again[9]["compressed_sha256"] == details["compressed_sha256"] and again[9]["baseline_cached"]
+    assert "loaded in" in status and "distilled UNet from cache" in again[8]
 
     # A failure inside the GPU function reaches the visitor as our sentence, not "ZeroGPU worker error".
     with pytest.raises(AppError, match=r"bk-sdm-base: its UNet would hold about 8 MiB, more than .* 8 MiB budget"):
