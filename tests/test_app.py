@@ -299,6 +299,7 @@ def test_nonfinite_output_is_shown_as_such_and_not_scored(client, lab_app, monke
     assert out[HISTORY]["data"][0][6] == "NaN/inf"  # the history's CLIP column says so too
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_sweep_returns_table_csv_report_and_charts(client):
     out = client.predict(
         model="tiny-shapes",

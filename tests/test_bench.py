@@ -20,6 +20,7 @@ def quick(tmp_path_factory):
     return results, out
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_quick_runs_end_to_end_and_writes_its_json(quick):
     # No wall-time bound: on a shared CI machine a timed test fails for the neighbours' load (it did: 70 s).
     results, out = quick
@@ -33,6 +34,7 @@ def test_quick_runs_end_to_end_and_writes_its_json(quick):
     assert [r["key"] for r in block["rows"]] == bench.QUICK_SETTINGS
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_every_row_is_measured_against_the_same_runs_baseline(quick):
     (block,) = quick[0]["models"]
     base = block["baseline"]
@@ -69,6 +71,7 @@ def test_every_row_is_measured_against_the_same_runs_baseline(quick):
     assert all(r["built"] == "layerwise" for k, r in rows.items() if k != "fp32")
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_tables_and_frame_for_the_app(quick):
     results = quick[0]
     block = results["models"][0]

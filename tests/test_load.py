@@ -1,8 +1,8 @@
-"""Load (issue 7): 8 gradio_client sessions x 25 mixed requests against the real app on the embedded model.
+"""Load (issue 7): 8 gradio_client sessions x 12 mixed requests against the real app on the embedded model.
 
-Each session sends, in a shuffled order, 14 comparisons with random settings (any pruning method, scope, amount,
-quantization mode and bit width the UI offers; one of 3 prompts x 4 seeds), 10 comparisons of 2 repeated
-settings, and 1 sweep of 2 settings x 2 prompts: 200 requests, 2 denoising steps per image, through the one
+Each session sends, in a shuffled order, 7 comparisons with random settings (any pruning method, scope, amount,
+quantization mode and bit width the UI offers; one of 3 prompts x 4 seeds), 4 comparisons of 2 repeated
+settings, and 1 sweep of 2 settings x 2 prompts: 96 requests, 2 denoising steps per image, through the one
 queue (one model worker, as deployed). One run, then one test per property:
 
 - zero failures, every request answered within 120 s and the whole load within LOAD_BOUND_S;
@@ -12,7 +12,7 @@ queue (one model worker, as deployed). One run, then one test per property:
 - the queue reported positions to the waiting clients (gradio_client job status: rank, queue size);
 - isolation through the app: a thread in the server's process redraws the baseline with no cache every ~1 s
   during the load: bit-identical every time, before and after; the pipeline's state_dict digests unchanged;
-- memory: after the 200 requests (112 with random settings) resident memory is within its level after a
+- memory: after the 96 requests (56 with random settings) resident memory is within its level after a
   warm-up + (Compare cache 3 + Sweep cache 1) x the largest compressed UNet + 192 MB; every UNet evicted from
   the Compare cache has been freed; live PIL images grew by no more than the baseline cache holds (64); and
   Gradio keeps at most 500 sessions (each API call without a session is one, ~0.2 MB of Python objects).
@@ -39,6 +39,7 @@ from compression.quantization import QUANT_MODES
 
 pytestmark = [
     pytest.mark.load,
+    pytest.mark.slow,
     pytest.mark.filterwarnings(
         "ignore::DeprecationWarning:gradio.*",
         "ignore::FutureWarning:gradio.*",
@@ -49,8 +50,8 @@ pytestmark = [
 ]
 
 CLIENTS = 8
-PER_CLIENT = 25  # 14 random + 10 repeated + 1 sweep
-RANDOM_PER_CLIENT, REPEATED_PER_CLIENT = 14, 10
+PER_CLIENT = 12  # 7 random + 4 repeated + 1 sweep
+RANDOM_PER_CLIENT, REPEATED_PER_CLIENT = 7, 4
 PROMPTS = [
     "a red circle on the left on a blue background",
     "a yellow triangle at the top on a black background",
@@ -63,10 +64,11 @@ REPEATED = [  # (prompt, seed, spec): drawn again and again by every session
 ]
 SWEEPS = [[0, 30], [0, 60]]  # prune percentages; L1, fp32, 2 prompts
 REQUEST_TIMEOUT_S = 120
-LOAD_BOUND_S = 300  # ~90 s on 2 shared CPU cores; the bound catches a hang or a serialisation gone wrong
+LOAD_BOUND_S = 300  # measured: 96 requests in ~95 s here (~1 s each, mostly compressing a new UNet), ~1.7x that on
+# CI's machine; the bound catches a hang or a serialisation gone wrong, not a slow machine
 MEMORY_MARGIN = 192 * 2**20  # measured: 30-130 MB of growth after malloc_trim over this load, from heap
 # fragmentation by UNets of ever-changing shapes (structured pruning; without it the level stays flat) and the 9
-# sessions' state. A UNet leaked per random request would add 112 x 10.7 MB = 1.2 GB; an image kept per request
+# sessions' state. A UNet leaked per random request would add 56 x 10.7 MB = 0.6 GB; an image kept per request
 # is caught by the count of live images.
 DETAILS = 9
 
@@ -290,7 +292,7 @@ def load_run(lab_app) -> LoadRun:
 
 def test_no_failures_and_bounded_time(load_run):
     answers = load_run.answers
-    assert len(answers) == CLIENTS * PER_CLIENT == 200
+    assert len(answers) == CLIENTS * PER_CLIENT == 96
     failures = [(a.kind, a.request, a.error) for a in answers if a.error]
     assert not failures, f"{len(failures)} of {len(answers)} requests failed: {failures[:5]}"
     assert load_run.seconds < LOAD_BOUND_S, f"the load took {load_run.seconds:.0f} s"
@@ -330,7 +332,7 @@ def test_each_answer_is_its_own_requests(load_run):
 def test_queue_positions_are_reported(load_run):
     ranks = [r for a in load_run.answers for r in a.ranks]
     waited = [a for a in load_run.answers if a.ranks]
-    assert len(waited) >= 20, f"only {len(waited)} of 200 requests were told their queue position"
+    assert len(waited) >= 10, f"only {len(waited)} of 96 requests were told their queue position"
     assert all(0 <= rank < size <= CLIENTS for rank, size in ranks if size is not None), ranks[:10]
     assert any(rank >= 1 for rank, _ in ranks), "no request was ever told it had others ahead of it"
 
@@ -357,7 +359,7 @@ def test_memory_stays_bounded_and_evicted_unets_are_freed(load_run, lab_app):
     assert images <= engine.baseline_cache_size, f"{images} more PIL images alive after the load"
     assert app.demo.state_holder.capacity == app.STATE_SESSIONS == 500
     assert len(app.demo.state_holder.session_data) <= app.STATE_SESSIONS
-    assert len(load_run.built) >= 60  # random settings: most requests compressed a new UNet
+    assert len(load_run.built) >= 30  # random settings: most requests compressed a new UNet
     alive = {id(u) for u in (r() for r in load_run.built) if u is not None}
     leaked = alive - load_run.cached_ids
     assert not leaked, f"{len(leaked)} UNets evicted from the cache are still alive"

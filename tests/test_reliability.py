@@ -129,6 +129,7 @@ def test_no_two_threads_use_the_tokenizer_at_once(app_model):
     assert probe.most == 1, f"{probe.most} threads were inside the shared tokenizer at once"
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_engine_storm_never_changes_the_baseline_or_another_request(app_model):
     pipe = app_model.engine.pipeline
     before = digests(pipe)
@@ -173,6 +174,7 @@ def test_engine_storm_never_changes_the_baseline_or_another_request(app_model):
     assert redraw_baseline(pipe) == base_ref  # after
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_sweep_streams_batches_and_keeps_baseline_images_on_disk(app_model, tmp_path, monkeypatch):
     from compression.sweep import load_prompts, run_sweep
 
@@ -214,6 +216,7 @@ def test_sweep_streams_batches_and_keeps_baseline_images_on_disk(app_model, tmp_
     assert set(res.table["setting"]) >= {"baseline", "L1 50%"}
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_two_sweeps_of_one_model_take_turns_and_each_gets_its_own_report(lab_app, monkeypatch):
     """APP_MODEL_CONCURRENCY > 1 lets Gradio run two sweeps at once: they share one work folder."""
     import compression.sweep as sweep_mod
@@ -342,6 +345,7 @@ def _values(y):
     return list(y or [])
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_overflow_in_a_sweep_is_counted_and_left_out_of_every_score(lab_app, overflowing_model):
     _, url = lab_app
     client = Client(url, verbose=False, download_files=False)

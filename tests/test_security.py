@@ -253,6 +253,7 @@ def test_uploads_over_5_mb_are_refused(lab_app):
 # ------------------------------------------------------------------------------------------------ queue
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_a_full_queue_answers_busy_and_then_drains(lab_app, monkeypatch):
     """The real queue (max_size 32, one model worker): the worker is held inside a request, 32 more wait, and
     the next one is refused at once with 'Queue is full'. Released, the waiting ones finish and the app serves

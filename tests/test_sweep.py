@@ -93,6 +93,7 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_path, tokenizer_dir):
     specs = [sweep.CompressionSpec(prune_amount=0.5)]
     seen = []
@@ -198,6 +199,7 @@ def nan_mode():
     del quantization.QUANT_MODES["nan-test"]
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_other_weights_under_the_same_name_are_other_cells(tiny_pipe, engine, metric_set, tmp_path):
     import copy
 

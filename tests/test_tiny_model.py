@@ -84,6 +84,7 @@ def test_metric_clip_ranks_the_true_caption_above_a_one_attribute_change(judge):
     assert wins / total >= 0.97, f"{wins}/{total}"
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_quick_evaluation_runs_and_the_model_follows_prompts(tmp_path):
     out = tmp_path / "eval.json"
     subprocess.run(
