@@ -269,6 +269,9 @@ class Engine:
 
         Returns:
             `(entry, cached)`: cached is True when no compression work was done.
+
+        Raises:
+            BudgetError: the UNet alone would be over the cache's byte budget (checked before any work).
         """
         if not isinstance(spec, CompressionSpec):
             raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
@@ -281,11 +284,27 @@ class Engine:
                 # Nothing to change: use the baseline's own UNet (read-only), no 3.4 GB copy for SD 1.5.
                 return CompressedUNet(self.pipeline.unet, spec, None, 0.0, self.baseline_cost, "baseline"), True
             self.check_fits(spec)  # before any work: a setting that cannot fit alone is refused
-            self.cache.reserve(key, self.estimate_bytes(spec), self.pool, self.cache_size)  # room first
-            try:
-                return self._build(spec, key, progress), False
-            finally:
-                self.cache.release(key)
+            self.cache.reserve(self.estimate_bytes(spec), self.pool, self.cache_size)  # evict to make room first
+            if progress:
+                progress(0.0, f"compressing: {spec.label}")
+            start = time.perf_counter()
+            base = self.pipeline.unet
+            if layerwise_supported(base, spec):
+                unet, report = build_compressed(base, spec, self.baseline_cost.zeros)
+                built = "layerwise"
+            else:
+                unet = copy.deepcopy(base)
+                report = None
+                if spec.prunes:
+                    report = apply_pruning_(unet, spec.prune_method, spec.prune_amount, spec.prune_scope, spec.seed)
+                unet = apply_quantization_(unet, spec.quant_mode, spec.bits)
+                unet.eval().requires_grad_(False)
+                built = "deepcopy"
+            seconds = time.perf_counter() - start
+            cost = module_cost(unet)
+            entry = CompressedUNet(unet, spec, report, seconds, cost, built, time.perf_counter() - start - seconds)
+            self.cache.put(key, entry, self.pool, self.cache_size)  # evicted UNets are freed once no result holds them
+            return entry, False
 
     def prepared(
         self, name: str, load: Callable[[], nn.Module], estimate: Callable[[], int]
@@ -310,39 +329,13 @@ class Engine:
                 return hit, True
             nbytes = estimate()
             check_fits(nbytes, self.cache.max_bytes, name, "UNet", "Choose a smaller model, or raise APP_CACHE_MB.")
-            self.cache.reserve(key, nbytes, self.pool, self.cache_size)
-            try:
-                start = time.perf_counter()
-                unet = load()
-                seconds = time.perf_counter() - start
-                entry = CompressedUNet(unet, CompressionSpec(), None, seconds, module_cost(unet), "loaded")
-                self.cache.put(key, entry, self.pool, self.cache_size)
-                return entry, False
-            finally:
-                self.cache.release(key)
-
-    def _build(self, spec: CompressionSpec, key: tuple, progress: Progress | None) -> CompressedUNet:
-        with self._lock:
-            if progress:
-                progress(0.0, f"compressing: {spec.label}")
+            self.cache.reserve(nbytes, self.pool, self.cache_size)
             start = time.perf_counter()
-            base = self.pipeline.unet
-            if layerwise_supported(base, spec):
-                unet, report = build_compressed(base, spec, self.baseline_cost.zeros)
-                built = "layerwise"
-            else:
-                unet = copy.deepcopy(base)
-                report = None
-                if spec.prunes:
-                    report = apply_pruning_(unet, spec.prune_method, spec.prune_amount, spec.prune_scope, spec.seed)
-                unet = apply_quantization_(unet, spec.quant_mode, spec.bits)
-                unet.eval().requires_grad_(False)
-                built = "deepcopy"
+            unet = load()
             seconds = time.perf_counter() - start
-            cost = module_cost(unet)
-            entry = CompressedUNet(unet, spec, report, seconds, cost, built, time.perf_counter() - start - seconds)
-            self.cache.put(key, entry, self.pool, self.cache_size)  # evicted UNets are freed once no result holds them
-            return entry
+            entry = CompressedUNet(unet, CompressionSpec(), None, seconds, module_cost(unet), "loaded")
+            self.cache.put(key, entry, self.pool, self.cache_size)
+            return entry, False
 
     # --------------------------------------------------------------------------------------- drawing
 

@@ -45,7 +45,7 @@ class UNetCache:
             raise ValueError(f"max_bytes must be None or an integer >= 0, got {max_bytes!r}")
         self.max_bytes = max_bytes
         self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()
-        self._reserved: dict[Hashable, int] = {}
+        self._reserved: dict[str, int] = {}  # pool -> bytes of the UNet it is building
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------------------------------- reading
@@ -90,17 +90,20 @@ class UNetCache:
                 break
             del self._slots[k]
 
-    def reserve(self, key: Hashable, nbytes: int, pool: str, pool_size: int | None) -> None:
-        """Make room for a UNet of about `nbytes` about to be built for `key`: evict `pool`'s oldest entries over
-        its count limit, then the least recently used entries until the budget holds it."""
+    def reserve(self, nbytes: int, pool: str, pool_size: int | None) -> None:
+        """Make room for a UNet of about `nbytes` that `pool` is about to build: evict the pool's oldest entries
+        over its count limit, then the least recently used entries until the budget holds it. The bytes stay
+        reserved until the pool's `put`; an engine builds one UNet at a time (its lock), so a pool's earlier
+        reservation, if any, was a build that failed and is replaced."""
         with self._lock:
+            self._reserved.pop(pool, None)
             self._evict_(nbytes, pool, pool_size)
-            self._reserved[key] = nbytes
+            self._reserved[pool] = nbytes
 
-    def release(self, key: Hashable) -> None:
-        """Forget the reservation of a build that failed."""
+    def release(self, pool: str) -> None:
+        """Forget `pool`'s reservation (a build that failed)."""
         with self._lock:
-            self._reserved.pop(key, None)
+            self._reserved.pop(pool, None)
 
     def put(self, key: Hashable, entry: CompressedUNet, pool: str, pool_size: int | None) -> bool:
         """Keep `entry` (its measured bytes count) and evict others to stay within the limits.
@@ -109,7 +112,7 @@ class UNetCache:
             `bool`: False when it is not kept (a pool of size 0, or larger than the whole budget).
         """
         with self._lock:
-            self._reserved.pop(key, None)
+            self._reserved.pop(pool, None)
             nbytes = entry.cost.bytes
             if pool_size == 0 or (self.max_bytes is not None and nbytes > self.max_bytes):
                 return False
