@@ -27,12 +27,14 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import app_format as fmt  # noqa: E402
+import app_hub  # noqa: E402
 import app_service as svc  # noqa: E402
 from app_format import (  # noqa: E402, F401 - the formatting helpers' names stay importable from app
     HISTORY_COLUMNS,
@@ -80,6 +82,10 @@ STATE_SESSIONS = 500  # browser sessions whose history is kept (the oldest go fi
 MODEL_WORK = "model"  # the one concurrency_id of every listener that touches a model
 
 EXAMPLES = list(DEFAULTS.examples)  # the catalog entry's own examples
+# Push to the Hub with the visitor's login: only with APP_HUB_PUSH=1 and Gradio's oauth extras (app_hub.py).
+HUB_PUSH = svc.HUB_PUSH and not svc.hub_push_missing()
+if svc.HUB_PUSH and not HUB_PUSH:
+    log.warning("APP_HUB_PUSH=1 ignored: %s", svc.hub_push_missing())
 
 PIXEL_IMAGE = dict(
     format="png",
@@ -184,6 +190,19 @@ def export_on_gpu(fields: dict) -> dict:
     return {"path": str(path), "bytes": size}
 
 
+@gpu(duration=zgpu.export_seconds)
+@zgpu.guarded
+def bundle_on_gpu(fields: dict) -> dict:
+    """The GPU part of /push_to_hub: build the bundle folder (the upload runs in the main process, GPU-free)."""
+    return {"folder": str(svc.build_bundle(LAB, svc.CompareRequest.from_fields(fields)))}
+
+
+def _bundle_via_gpu(req: svc.CompareRequest) -> Path:
+    fields = req.to_fields()
+    zgpu.check_seconds(zgpu.export_seconds(fields), "push")
+    return Path(zgpu.unwrap(bundle_on_gpu(fields))["folder"])
+
+
 # --------------------------------------------------------------------------------------------- handlers
 
 
@@ -271,7 +290,7 @@ def _show_pair(req: svc.CompareRequest, history, progress):
     result = zgpu.pair_from_record(base_img, comp_img, drawn["pair"])
     row = drawn["row"]
     label = row["setting"] if req.against else None
-    warnings = fmt.pair_warnings(result)
+    warnings = fmt.reading_warnings(req.reading) + fmt.pair_warnings(result)
     for w in warnings:
         gr.Warning(w)
 
@@ -695,6 +714,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         copy_link = gr.Button("Copy link", size="sm", elem_id="copy-link")
                     share_url = gr.Textbox(label="Link to this comparison", visible=False, elem_id="share-url")
                     take_note = gr.Markdown(elem_classes="note", elem_id="take-note")
+                    hub_push = app_hub.push_controls() if HUB_PUSH else None
                     with gr.Accordion("Negative prompt, model, image size", open=False):
                         negative = gr.Textbox(
                             label="Negative prompt",
@@ -977,6 +997,8 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         **model_work,
     ).then(show_export, export_file, export_file, queue=False, api_visibility="private")
     copy_link.click(None, share_inputs, share_url, js=COPY_LINK_JS, api_visibility="private")
+    if hub_push is not None:
+        app_hub.wire(hub_push, compare_inputs[:-1], model_work, LAB, build=_bundle_via_gpu)
     demo.load(apply_link, share_inputs, [*share_inputs, take_note], queue=False, api_visibility="private")
 
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)

@@ -12,14 +12,17 @@ import math
 import pandas as pd
 
 from compression import PRUNERS, QUANT_MODES, SCOPES, charts
-from compression.report import headline_columns, headline_table
+from compression.report import headline_columns, headline_table, plain_number
 
 
 def num(v, digits: int = 3, unit: str = "") -> str:
-    """A number for a table cell: significant digits, NaN shown as a dash."""
+    """A number for a table cell: significant digits, never in exponent notation (99.96 at 2 digits is "100",
+    not "1e+02"), thousands separated, NaN shown as a dash."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
-    text = f"{v:.{digits}g}" if abs(v) < 10**digits else f"{v:,.0f}"
+    text = plain_number(v, digits)
+    if abs(float(text)) >= 10**digits:
+        text = f"{v:,.0f}"
     return f"{text}{unit}"
 
 
@@ -114,6 +117,7 @@ def status_markdown(req, result, stats: dict, warnings: list[str]) -> str:
         f"**{html.escape(spec.label)}** vs **baseline** on `{html.escape(req.model)}` · seed {req.seed} · "
         f"{req.steps} steps · guidance {req.guidance:g} · {req.width}×{req.height} px",
         " · ".join(cache),
+        *reading_lines(getattr(req, "reading", None)),
     ]
     if not QUANT_MODES[spec.quant_mode].real_gain:
         lines.append(
@@ -347,6 +351,26 @@ def pair_warnings(result) -> list[str]:
     return warnings
 
 
+def reading_lines(reading) -> list[str]:
+    """What the model read from the typed prompt, when it is not the text as typed, and the words it does not
+    know (a `PromptReading`; None or an unchanged prompt: nothing to say)."""
+    if reading is None:
+        return []
+    lines = []
+    if reading.in_world and reading.rewritten:
+        lines.append(f"The model read: *{html.escape(reading.text)}*")
+    if reading.unknown:
+        words = ", ".join(f"“{html.escape(w)}”" for w in reading.unknown[:12])
+        more = f" and {len(reading.unknown) - 12} more" if len(reading.unknown) > 12 else ""
+        lines.append(f"Words it does not know{' (left out)' if reading.in_world else ''}: {words}{more}")
+    return lines
+
+
+def reading_warnings(reading) -> list[str]:
+    """A prompt outside the model's world: its note (shown as a warning, never a silent smear)."""
+    return [reading.note] if reading is not None and reading.note else []
+
+
 def difference_caption(stats: dict | None) -> str:
     """Under the difference image; None: an output held NaN/inf and nothing was computed."""
     if stats is None:
@@ -372,12 +396,17 @@ def pair_captions(result, label: str | None = None) -> tuple[str, str]:
 
 
 def pair_details(req, result, row: dict, stats: dict, warnings: list[str], hashes: tuple[str, str]) -> dict:
-    """The pair as the API returns it (the Details accordion): request, caches, warnings, digests, numbers."""
+    """The pair as the API returns it (the Details accordion): request, what the model read, caches, warnings,
+    digests, numbers."""
+    reading = getattr(req, "reading", None)
     return {
         "model": req.model,
         "spec": result.spec.to_dict(),
         "setting": result.spec.label,
-        "prompt": req.prompt,
+        "prompt": reading.typed if reading is not None else req.prompt,
+        "read_prompt": req.prompt,  # what the model read: the text its tokenizer got
+        "prompt_in_world": reading.in_world if reading is not None else None,
+        "unknown_words": list(reading.unknown) if reading is not None else [],
         "negative_prompt": req.negative_prompt,
         "seed": result.seed,
         "steps": result.steps,

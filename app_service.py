@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -64,6 +65,7 @@ from compression.models import (
     resolve_model,
     unet_config,
 )
+from compression.prompt_reader import PromptReading
 from compression.pruning import MAX_AMOUNT
 from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
 from compression.spec import MAX_SEED
@@ -414,8 +416,9 @@ def _load_failure(name: str, err: Exception) -> str:
 
 @dataclass(frozen=True)
 class CompareRequest:
-    """One checked comparison request. `against`: "" draws the compressed copy for `spec`; a distilled catalog
-    model's name draws that model's UNet instead (over `model`'s VAE and text encoder; `spec` is the identity)."""
+    """One checked comparison request; `prompt` is what the model reads (`reading` says how it was read).
+    `against`: "" draws the compressed copy for `spec`; a distilled catalog model's name draws that model's UNet
+    instead (over `model`'s VAE and text encoder; `spec` is the identity)."""
 
     model: str
     prompt: str
@@ -426,11 +429,13 @@ class CompareRequest:
     height: int
     width: int
     spec: CompressionSpec
+    reading: PromptReading | None = None
     against: str = ""
 
     def to_fields(self) -> dict:
-        """As JSON (what crosses the ZeroGPU boundary)."""
-        return {**{f: getattr(self, f) for f in self.__dataclass_fields__ if f != "spec"}, "spec": self.spec.to_dict()}
+        """As JSON (what crosses the ZeroGPU boundary); `reading` stays on this side (the page's warnings)."""
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("spec", "reading")}
+        return {**fields, "spec": self.spec.to_dict()}
 
     @classmethod
     def from_fields(cls, fields: dict) -> CompareRequest:
@@ -623,9 +628,10 @@ def parse_compare(
     )
     _raise_first(problems)
     spec = _spec_of(v)
+    reading = read_prompt(v["model"], v["prompt"])
     return CompareRequest(
         v["model"],
-        v["prompt"],
+        reading.text,
         v["negative_prompt"],
         v["seed"],
         v["steps"],
@@ -633,7 +639,18 @@ def parse_compare(
         v["height"],
         v["width"],
         spec,
+        reading,
     )
+
+
+def read_prompt(model: str, prompt: str) -> PromptReading:
+    """What `model` reads from `prompt`: its catalog entry's reader (the embedded model's grammar), or the
+    prompt as typed (hub models, and names outside the catalog)."""
+    try:
+        entry = resolve_model(model)
+    except ValueError:
+        return PromptReading(prompt, prompt, True)
+    return entry.read_prompt(prompt)
 
 
 # ------------------------------------------------------------------------------------- distilled comparisons
@@ -1077,6 +1094,33 @@ def export_bundle(lab: Lab, req: CompareRequest) -> tuple[Path, int]:
         RequestError: the compressed UNet is larger than EXPORT_MAX_BYTES, or the mode cannot be stored.
     """
     import shutil
+
+    target = download_path("compressed-unet", ".zip")
+    with _bundle(lab, req) as folder:
+        made = shutil.make_archive(str(target.with_suffix("")), "zip", root_dir=folder)
+    path = Path(made)
+    return path, path.stat().st_size
+
+
+@contextlib.contextmanager
+def _bundle(lab: Lab, req: CompareRequest, build: Callable[[CompareRequest], Path] | None = None):
+    """The bundle of `req` in a temporary folder under DOWNLOAD_DIR, deleted on leaving the block.
+
+    `build` makes the folder (default `build_bundle`; the app passes its ZeroGPU function, which runs it on the
+    GPU side)."""
+    import shutil
+
+    folder = build(req) if build is not None else build_bundle(lab, req)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def build_bundle(lab: Lab, req: CompareRequest) -> Path:
+    """Build `req`'s bundle (compressed UNet, its sample pair, card, recipe) into a new temporary folder under
+    DOWNLOAD_DIR; returns `<temporary>/bundle` (the caller deletes its parent)."""
+    import shutil
     import tempfile
 
     from compression.export import ExportError, save_compressed
@@ -1097,18 +1141,65 @@ def export_bundle(lab: Lab, req: CompareRequest) -> tuple[Path, int]:
         "height": req.height,
         "width": req.width,
     }
-    target = download_path("compressed-unet", ".zip")
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=DOWNLOAD_DIR))
     try:
-        try:
-            save_compressed(work / "bundle", req.spec, engine=engine, sample=sample)
-        except ExportError as err:
-            raise RequestError(str(err)) from None
-        made = shutil.make_archive(str(target.with_suffix("")), "zip", root_dir=work / "bundle")
-    finally:
+        save_compressed(work / "bundle", req.spec, engine=engine, sample=sample)
+    except ExportError as err:
         shutil.rmtree(work, ignore_errors=True)
-    path = Path(made)
-    return path, path.stat().st_size
+        raise RequestError(str(err)) from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work / "bundle"
+
+
+# Pushing a bundle to the Hub with the visitor's own OAuth token: off unless a Space sets APP_HUB_PUSH=1 (and
+# `hf_oauth: true` in its README; see docs/export.md). Off, the page has no login button and the API no endpoint.
+HUB_PUSH = os.environ.get("APP_HUB_PUSH", "").strip().lower() in ("1", "true", "yes")
+
+
+def hub_push_missing() -> str:
+    """Why Hub push cannot be offered here ("" when it can): Gradio's login needs its `oauth` extras."""
+    import importlib.util
+
+    missing = [m for m in ("authlib", "itsdangerous") if importlib.util.find_spec(m) is None]
+    return f"Hub push needs gradio[oauth] ({', '.join(missing)} missing)" if missing else ""
+
+
+def push_to_hub(
+    lab: Lab,
+    req: CompareRequest,
+    repo_name,
+    username: str | None,
+    token: str | None,
+    build: Callable[[CompareRequest], Path] | None = None,
+) -> str:
+    """Build `req`'s bundle and push it to the visitor's Hub repo with their token; returns the repo URL.
+
+    Args:
+        repo_name: "name" (under `username`) or "namespace/name".
+        username (`str`, *optional*): the logged-in visitor (the default namespace).
+        token (`str`, *optional*): the visitor's OAuth token (never this server's own).
+        build (`Callable[[CompareRequest], Path]`, *optional*): builds the bundle folder (see `_bundle`); the
+            upload then runs here, not on the GPU side.
+
+    Raises:
+        RequestError: not logged in, a bad repo name, or the Hub refused (plain text, no token).
+    """
+    from compression.publish import PublishError, check_repo_id, push_bundle
+
+    if not token or not username:
+        raise RequestError("Log in with Hugging Face first (the button above): the bundle is pushed as you.")
+    name = text("Hub repo name", repo_name, required=True, max_chars=200)
+    repo_id = name if "/" in name else f"{username}/{name}"
+    try:
+        check_repo_id(repo_id)
+        with _bundle(lab, req, build) as folder:
+            published = push_bundle(folder, repo_id, token, private=True)
+    except PublishError as err:
+        raise RequestError(str(err), "repo_name") from None
+    return published.url
 
 
 def recipe_of(req: CompareRequest) -> dict:

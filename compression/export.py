@@ -27,10 +27,13 @@ How each compression is stored:
   meta device, gives those tensors their recorded shapes and attributes, and assigns the saved tensors.
 - Modes that change the compute dtype get the lab's input/output cast hooks back (`finish_` of the mode).
 
-Where diffusers can read the result natively (no quantized tensor subclass and no change of shape: fp32,
-bf16, simulated-int, with or without unstructured pruning), `unet/` is a plain diffusers model folder:
-`UNet2DConditionModel.from_pretrained(bundle / "unet", torch_dtype=torch.bfloat16)` loads it (without the cast
-hooks: then the whole pipeline should run in that dtype).
+Where diffusers can read the result as the same model, `unet/` is a plain diffusers model folder:
+`UNet2DConditionModel.from_pretrained(bundle / "unet", torch_dtype=...)` loads it (without the cast hooks: then
+the whole pipeline should run in that dtype). That holds for fp32, bf16 and simulated-int (no quantized tensor
+subclass), and for int8-dynamic, whose config.json carries the diffusers `TorchAoConfig` that describes it
+(torchao's int8 on every nn.Linear: what diffusers applies, and what the lab did), with or without unstructured
+pruning. The quanto modes quantize Conv2d too, which no diffusers quantization config (Linear only) can describe,
+and structured pruning changes per-layer shapes: their manifests say so (`layout.diffusers_native_why`).
 
 Integrity: the loader checks the sha256 of every file named in compression.json before reading any tensor,
 and refuses a missing, truncated or altered file (`BundleError`), never returning a half-loaded model.
@@ -65,7 +68,7 @@ import torch
 from torch import nn
 
 from .engine import Engine, state_dict_digest
-from .quantization import _quanto, get_quant_mode
+from .quantization import _quanto, get_quant_mode, torchao_backend
 from .spec import CompressionSpec
 
 FORMAT = "diffusion-compression-lab/bundle"
@@ -76,6 +79,11 @@ WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 SPARSE = "unet/sparse.safetensors"
 QUANTO_MODES = ("int8-weight", "int4-weight", "bf16+int8-weight")
 TORCHAO_MODES = ("int8-dynamic", "fp8")
+# Modes whose model a diffusers quantization config describes exactly, so `from_pretrained` loads the bundle's
+# unet/ as it is: int8-dynamic is torchao's Int8DynamicActivationInt8WeightConfig on every nn.Linear, which is
+# what diffusers' TorchAoConfig applies (Linear weights only). fp8 would be the same kind of match but runs on
+# CUDA only and is untested here, so it is not claimed.
+DIFFUSERS_TORCHAO = {"int8-dynamic": torchao_backend.int8_dynamic_config}
 RECIPE_KEYS = ("base_model", "spec", "sampler")
 SAMPLER_DEFAULTS = {
     "prompt": "a red circle on the left on a white background",
@@ -300,14 +308,20 @@ def _card(manifest: dict, has_image: bool) -> str:
         ]
     else:
         lines += ["```"]
-    if manifest["layout"].get("diffusers_native"):
+    layout = manifest["layout"]
+    if layout.get("diffusers_native"):
+        dtype = layout.get("diffusers_load", {}).get("torch_dtype")
+        extra = f", torch_dtype=torch.{dtype}" if dtype else ""
         lines += [
             "",
             (
-                "`unet/` is also a plain diffusers model folder: "
-                '`UNet2DConditionModel.from_pretrained(folder, subfolder="unet")`.'
+                "`unet/` is also a plain diffusers model folder"
+                + (" (its config carries the diffusers `TorchAoConfig` that describes it)" if dtype else "")
+                + f': `UNet2DConditionModel.from_pretrained(folder, subfolder="unet"{extra})` loads the same model.'
             ),
         ]
+    elif layout.get("diffusers_native_why"):
+        lines += ["", f"diffusers alone cannot load `unet/`: {layout['diffusers_native_why']}."]
     if has_image:
         lines += ["", "![baseline | compressed](comparison.png)"]
     lines += ["", f"Recipe: `{json.dumps(manifest['spec'], sort_keys=True)}`", ""]
@@ -368,11 +382,9 @@ def save_compressed(
         from optimum.quanto import quantization_map
 
         layout["quantization_map"] = quantization_map(unet)
-    layout["diffusers_native"] = (
-        not layout["shapes"] and not layout["attrs"] and metadata is None and "quantization_map" not in layout
-    )
+    quantization_config = _diffusers_form(spec, layout, base_unet)
     out.mkdir(parents=True, exist_ok=True)
-    _write_unet(out, tensors, metadata, base_unet, layout, spec, sparse)
+    _write_unet(out, tensors, metadata, base_unet, layout, spec, sparse, quantization_config)
     if drawn is not None and image:
         _write_comparison(out / "comparison.png", drawn)
     manifest = _manifest(out, spec, engine, model, entry, layout, drawn, s if drawn is not None else None)
@@ -385,10 +397,54 @@ def save_compressed(
     )
 
 
+def _conv_share(unet: nn.Module) -> float:
+    """Share of the Linear + Conv2d weights that sit in Conv2d layers."""
+    conv = sum(m.weight.numel() for m in unet.modules() if isinstance(m, nn.Conv2d))
+    linear = sum(m.weight.numel() for m in unet.modules() if isinstance(m, nn.Linear))
+    return conv / max(1, conv + linear)
+
+
+def _diffusers_form(spec: CompressionSpec, layout: dict, base_unet: nn.Module) -> dict | None:
+    """Decide whether diffusers' `from_pretrained` reads the bundle's unet/ as the same model; record the answer
+    (and the reason when it does not) in `layout`. Returns the `quantization_config` for unet/config.json."""
+    why = ""
+    if layout["shapes"] or layout["attrs"]:
+        why = "structured pruning changed per-layer channel counts, which a diffusers config cannot describe"
+    elif spec.quant_mode in QUANTO_MODES:
+        why = (
+            f"{spec.quant_mode} quantizes Conv2d as well as Linear layers (Conv2d holds "
+            f"{_conv_share(base_unet):.0%} of this UNet's layer weights); diffusers' quantization configs "
+            "(TorchAoConfig, the deprecated QuantoConfig) quantize nn.Linear only, so none describes this model, "
+            "and a Linear-only one would be another model (the int8-dynamic mode is that one)"
+        )
+    elif spec.quant_mode in TORCHAO_MODES and spec.quant_mode not in DIFFUSERS_TORCHAO:
+        why = f"{spec.quant_mode} is not checked against diffusers' TorchAoConfig here (it needs a CUDA GPU)"
+    layout["diffusers_native"] = not why
+    if why:
+        layout["diffusers_native_why"] = why
+        return None
+    if spec.quant_mode not in DIFFUSERS_TORCHAO:
+        return None
+    from diffusers import TorchAoConfig
+
+    config = DIFFUSERS_TORCHAO[spec.quant_mode]()
+    # diffusers warns that torchao wants bf16, but fp32 loads the very tensors the lab built (tests check it).
+    layout["diffusers_load"] = {"torch_dtype": str(next(base_unet.parameters()).dtype).removeprefix("torch.")}
+    return TorchAoConfig(config).to_dict()
+
+
 def _write_unet(
-    out: Path, tensors: dict, metadata: dict | None, base_unet, layout: dict, spec: CompressionSpec, sparse: bool
+    out: Path,
+    tensors: dict,
+    metadata: dict | None,
+    base_unet,
+    layout: dict,
+    spec: CompressionSpec,
+    sparse: bool,
+    quantization_config: dict | None = None,
 ) -> None:
-    """unet/: the weights (safetensors), the base config, and with `sparse` the bitmask form (adds to `layout`)."""
+    """unet/: the weights (safetensors), the base config (with the diffusers `quantization_config` that describes
+    the model, where one does), and with `sparse` the bitmask form (adds to `layout`)."""
     import diffusers
     from safetensors.torch import save_file
 
@@ -397,6 +453,8 @@ def _write_unet(
     config = dict(base_unet.config)
     config["_class_name"] = type(base_unet).__name__
     config["_diffusers_version"] = diffusers.__version__
+    if quantization_config is not None:
+        config["quantization_config"] = quantization_config
     (out / UNET_DIR / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=list))
     if sparse:
         if metadata is not None:
@@ -519,6 +577,7 @@ def _empty_unet(folder: Path, manifest: dict) -> nn.Module:
     import diffusers
 
     config = json.loads((folder / UNET_DIR / "config.json").read_text())
+    config.pop("quantization_config", None)  # for diffusers' own loader; the layout below says the same
     cls = getattr(diffusers, config.get("_class_name", ""), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
         raise BundleError(f"unknown UNet class {config.get('_class_name')!r} (only diffusers' own classes load)")

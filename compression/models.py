@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 
 from . import world
 from ._text import short_repr as _short
+from .prompt_reader import PromptReading, read_shapes_prompt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
@@ -85,7 +87,8 @@ TINY_EXAMPLES = (
 TINY_GRAMMAR = (
     f"The tiny model knows one sentence: *a [colour] [shape] [position] on a [colour] background* · "
     f"colours: {', '.join(world.COLOURS)} · shapes: {', '.join(world.SHAPES)} · positions: "
-    f"{', '.join(world.POSITIONS)}."
+    f'{", ".join(world.POSITIONS)}. Case, punctuation, "an" and short forms (*red circle, left, blue background*) '
+    "are read into it; the page shows what it read."
 )
 
 
@@ -113,6 +116,8 @@ class CatalogEntry:
         gpu_image_step_s (`float`, defaults to 0.05): GPU seconds of one image through one denoising step at the
             native size (an SD 1.x UNet at 512 px in fp16, with a 2x margin); sizes the ZeroGPU duration.
         gpu_build_s (`float`, defaults to 20.0): GPU seconds to compress (or load) one UNet, with a margin.
+        prompt_reader (`Callable[[str], PromptReading]`, *optional*): reads a typed prompt into the model's
+            grammar before the tokenizer (see prompt_reader.py); None (hub models): prompts go in as typed.
     """
 
     name: str
@@ -131,6 +136,11 @@ class CatalogEntry:
     compare_with: str = ""
     gpu_image_step_s: float = 0.05
     gpu_build_s: float = 20.0
+    prompt_reader: Callable[[str], PromptReading] | None = None
+
+    def read_prompt(self, text: str) -> PromptReading:
+        """What this model reads from `text` (as typed, without a reader)."""
+        return self.prompt_reader(text) if self.prompt_reader is not None else PromptReading(text, text, True)
 
 
 OPENRAIL = "CreativeML OpenRAIL-M"
@@ -189,6 +199,8 @@ CATALOG: dict[str, CatalogEntry] = {
             metrics=TINY_METRICS,
             gpu_image_step_s=0.01,  # 2.8M parameters at 64 px: far under a GPU's launch overhead per step
             gpu_build_s=5.0,
+            # trained on one sentence only: what people type is read into it, visibly
+            prompt_reader=read_shapes_prompt,
         ),
         CatalogEntry(
             "sd-1.5",

@@ -170,6 +170,41 @@ def test_bf16_bundle_loads_natively_in_diffusers(engine, tmp_path):
     assert all(a[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
 
 
+def test_int8_dynamic_bundle_loads_natively_in_diffusers_as_the_same_model(engine, tmp_path):
+    """TorchAoConfig in unet/config.json: diffusers' own loader gives the lab's tensors and the lab's pixels."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+
+    result = save_compressed(tmp_path / "b", _spec("int8-dynamic", "l1"), engine=engine, sample=SAMPLE)
+    layout = result.manifest["layout"]
+    assert layout["diffusers_native"] and layout["diffusers_load"] == {"torch_dtype": "float32"}
+    native = UNet2DConditionModel.from_pretrained(str(result.folder), subfolder="unet", torch_dtype=torch.float32)
+    ours, _ = load_unet(result.folder)
+    int8 = [n for n, m in native.named_modules() if type(getattr(m, "weight", None)).__name__ == "Int8Tensor"]
+    assert len(int8) == sum(isinstance(m, torch.nn.Linear) for m in ours.modules()) > 0  # every Linear, no Conv2d
+    base = engine.pipeline
+    pipe = type(base)(
+        **{**base.components, "unet": native.eval(), "scheduler": copy.deepcopy(base.scheduler)},
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert image_sha256(_draw(pipe, result.manifest["sample"])) == result.manifest["sample"]["compressed_sha256"]
+    assert "TorchAoConfig" in (result.folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "mode, pruning, why", [("int4-weight", "none", "Conv2d"), ("fp32", "channels", "channel counts")]
+)
+def test_bundles_diffusers_cannot_describe_say_why(engine, tmp_path, mode, pruning, why):
+    result = save_compressed(tmp_path / "b", _spec(mode, pruning), engine=engine)
+    layout = result.manifest["layout"]
+    assert not layout["diffusers_native"] and why in layout["diffusers_native_why"]
+    assert "diffusers alone cannot load" in (result.folder / "README.md").read_text()
+    config = json.loads((result.folder / "unet" / "config.json").read_text())
+    assert "quantization_config" not in config
+
+
 def test_recipe_round_trip_and_errors():
     spec = CompressionSpec(0.3, quant_mode="int8-weight")
     recipe = make_recipe("tiny-shapes", spec, {"seed": 7})
@@ -210,9 +245,15 @@ def test_cli_writes_a_bundle_from_a_recipe(engine, tmp_path, capsys):
 
 
 def test_measure_export_ratios_and_time(engine, tmp_path):
-    """Benchmark (prints, asserts no time): bundle bytes vs the fp32 UNet's safetensors, and export seconds."""
+    """Benchmark (prints, asserts no time): bundle bytes vs the fp32 UNet's safetensors, and export seconds.
+
+    Three views of the same file: the whole file, its tensor bytes alone (no safetensors header: what no layout
+    of names can go below), and deflated as in the app's zip download (against the fp32 file deflated alike)."""
+    import zlib
+
     fp32 = save_compressed(tmp_path / "fp32", CompressionSpec(), engine=engine)
-    base = (fp32.folder / WEIGHTS).stat().st_size
+    base = fp32.folder / WEIGHTS
+    base_zip = len(zlib.compress(base.read_bytes(), 6))
     lines = []
     for name, spec in (
         ("int8-weight", _spec("int8-weight", "none")),
@@ -220,10 +261,15 @@ def test_measure_export_ratios_and_time(engine, tmp_path):
         ("channels 33%", _spec("fp32", "channels")),
     ):
         r = save_compressed(tmp_path / name.replace(" ", "_"), spec, engine=engine)
+        file = r.folder / WEIGHTS
+        deflated = len(zlib.compress(file.read_bytes(), 6))
         lines.append(
-            f"{name}: {(r.folder / WEIGHTS).stat().st_size / base:.3f}x the fp32 UNet file, "
+            f"{name}: {file.stat().st_size / base.stat().st_size:.3f}x the fp32 UNet file "
+            f"(tensors alone {_data_bytes(file) / _data_bytes(base):.3f}x; deflated "
+            f"{deflated / base.stat().st_size:.3f}x the fp32 file, {deflated / base_zip:.3f}x the fp32 file deflated), "
             f"written in {r.seconds:.2f} s"
         )
+        assert _data_bytes(file) == r.reported_bytes
     print("\n" + "\n".join(lines))
 
 
@@ -351,7 +397,7 @@ def chromium():
 
 @pytest.mark.browser
 @pytestmark_app
-def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
+def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium, tmp_path):
     from urllib.parse import parse_qs, urlparse
 
     _, url = lab_app
@@ -396,6 +442,7 @@ def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
         width=0,
     )
     assert image_sha256(shown) == out[9]["compressed_sha256"]
+    _download_reloads_to_the_shown_image(page, shown, tmp_path)
     page.click("#copy-link")
     box = page.locator("#share-url textarea")
     box.wait_for(timeout=10_000)
@@ -403,3 +450,20 @@ def test_shared_link_fills_the_controls_in_a_browser(lab_app, chromium):
     assert query["seed"] == ["7"] and query["prune_percent"] == ["45"] and query["quant_mode"] == ["int8-weight"]
     assert query["prompt"] == ["a blue square on the right"] and "steps" in query
     page.close()
+
+
+def _download_reloads_to_the_shown_image(page, shown, folder) -> None:
+    """Build the bundle, download it as a visitor does, unzip, reload: it draws the page's compressed image."""
+    import zipfile
+
+    page.click("#export")
+    button = page.locator("#export-file")
+    button.get_by_text("Download compressed UNet (").wait_for(timeout=60_000)
+    with page.expect_download(timeout=30_000) as caught:
+        button.click()
+    caught.value.save_as(folder / "bundle.zip")
+    with zipfile.ZipFile(folder / "bundle.zip") as z:
+        z.extractall(folder / "bundle")
+    pipe = load_compressed(folder / "bundle")  # the base model from the catalog, as a downloader has it
+    sample = json.loads((folder / "bundle" / "compression.json").read_text())["sample"]
+    assert image_sha256(_draw(pipe, sample)) == image_sha256(shown) == sample["compressed_sha256"]

@@ -67,6 +67,15 @@ def test_numbers_are_plain_never_exponent(value, digits, text):
     assert report.plain_number(value, digits) == text
 
 
+@pytest.mark.parametrize(
+    "value, digits, text",
+    [(100.0, 2, "100"), (99.96, 2, "100"), (999.7, 3, "1,000"), (12345.6, 4, "12,346"), (0.000123, 3, "0.000123")],
+)
+def test_app_table_cells_never_use_exponents(value, digits, text):
+    # The pair's numbers and the history table: "{:.2g}" turned 99.96 into "1e+02".
+    assert app_format.num(value, digits) == text
+
+
 def test_app_summary_prints_100_not_1e02(table):
     out = app_format.sweep_summary(table)
     assert list(out["setting"]) == ["baseline", "L1 30%"]  # the real-images row is not a setting

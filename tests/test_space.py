@@ -150,7 +150,7 @@ def test_zerogpu_one_gpu_call_per_action_with_its_duration_and_json_only(space):
     assert "Model **sd-1.5** on **cpu**" in page and "UNet 12.3 MB" in page  # loaded at import, stated on the page
     assert "warmed" not in app.text()  # no GPU at import on ZeroGPU: nothing is drawn then
     decorated = {e["function"]: e["dynamic"] for e in _events(record, "decorated")}
-    assert decorated == {"draw_pair": True, "run_sweep_on_gpu": True, "export_on_gpu": True}
+    assert decorated == {"draw_pair": True, "run_sweep_on_gpu": True, "export_on_gpu": True, "bundle_on_gpu": True}
 
     client = Client(app.url, verbose=False, download_files=False)
     for steps in (2, 20):
