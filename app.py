@@ -5,7 +5,8 @@ prompt and seed, and see the pair, the difference and the measured cost and qual
 session goes into a table and two charts. Sweep tab: grids of settings over a prompt set, with intervals and N.
 
 Layout and event wiring only: the work lives in `compression/`, the loaded models and the request checks in
-`app_service.py`, the formatting of results (tables, captions, texts) in `app_format.py`.
+`app_service.py`, the formatting of results (tables, captions, texts) in `app_format.py`, and running a model
+request so that it can be stopped (Stop buttons, the API's cancel, clients that leave) in `app_jobs.py`.
 
 Run: `python app.py [--model NAME]` (env: MODEL_ID, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, APP_OUTPUT_DIR,
 APP_CACHE_MB, APP_CACHE_SIZE, APP_MIN_SIDE, APP_MAX_MODELS, APP_QUEUE_SIZE, APP_MODEL_CONCURRENCY, APP_GPU_MAX_S).
@@ -21,12 +22,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import app_gpu as zgpu  # noqa: E402, I001 - first: imports `spaces` (ZeroGPU) before anything imports torch
 import argparse  # noqa: E402
+import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
@@ -35,6 +39,7 @@ import pandas as pd  # noqa: E402
 
 import app_format as fmt  # noqa: E402
 import app_hub  # noqa: E402
+import app_jobs  # noqa: E402
 import app_service as svc  # noqa: E402
 from app_format import (  # noqa: E402, F401 - the formatting helpers' names stay importable from app
     HISTORY_COLUMNS,
@@ -50,7 +55,8 @@ from app_format import (  # noqa: E402, F401 - the formatting helpers' names sta
     sweep_figures,
     sweep_summary,
 )
-from compression import QUANT_MODES, SCOPES, charts  # noqa: E402
+from compression import QUANT_MODES, SCOPES, Cancelled, charts  # noqa: E402
+from compression.cancel import check  # noqa: E402
 from compression.metrics import pair_row  # noqa: E402
 
 log = logging.getLogger("dcl.app")
@@ -80,6 +86,7 @@ MODEL_CONCURRENCY = int(os.environ.get("APP_MODEL_CONCURRENCY", 1))  # 1: latenc
 QUEUE_SIZE = int(os.environ.get("APP_QUEUE_SIZE", 32))  # waiting requests beyond this get "queue is full"
 STATE_SESSIONS = 500  # browser sessions whose history is kept (the oldest go first)
 MODEL_WORK = "model"  # the one concurrency_id of every listener that touches a model
+JOBS = app_jobs.Jobs(MODEL_CONCURRENCY)  # running model jobs: each stops when cancelled or left by its client
 
 EXAMPLES = list(DEFAULTS.examples)  # the catalog entry's own examples
 # Push to the Hub with the visitor's login: only with APP_HUB_PUSH=1 and Gradio's oauth extras (app_hub.py).
@@ -120,19 +127,75 @@ def plain_errors():
     No stack trace reaches the client (launch(show_error=False) hides other exceptions' text too)."""
     try:
         yield
-    except gr.Error:
+    except (gr.Error, Cancelled):
         raise
     except Exception as err:  # noqa: BLE001 - RequestError, a library check, or the unexpected (app_gpu.error_text)
         raise gr.Error(zgpu.error_text(err), print_exception=False) from None
 
 
+# ----------------------------------------------------------------------------------- running model jobs
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def _client_gone() -> Callable[[], bool]:
+    """Whether the client of the event being handled has left. When a client's event stream closes (a killed
+    process, a closed tab) Gradio marks its running event not `alive` and stops sending it messages, but lets the
+    handler run on; it offers no public way to ask. Read where Gradio keeps it (guarded: a Gradio without these
+    attributes gives "never gone", and tests/test_cancel.py fails)."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    events = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", {})
+    event = events.get(event_id) if event_id else None
+    if event is None:
+        return lambda: False
+    return lambda: not getattr(event, "alive", True)
+
+
+def _price(job: app_jobs.Job | None, cost: int, what: str, progress) -> None:
+    """Record the job's price and show it, with the time it should take at the measured pace, as it starts."""
+    if job is not None:
+        job.cost = cost
+    estimate = app_jobs.pace_text(JOBS.estimate_seconds(cost))
+    progress(0.0, desc=fmt.job_start_text(what, cost, estimate))
+
+
+@contextlib.contextmanager
+def _counted(job: app_jobs.Job | None, engine):
+    """Add to `job.steps_run` the image-steps the engine runs inside the block (the pace is measured from them)."""
+    before = engine.image_steps
+    try:
+        yield
+    finally:
+        if job is not None:
+            job.steps_run += engine.image_steps - before
+
+
+def _stopped_outputs(count: int, status_at: int, status: str) -> tuple:
+    """A stopped job's outputs: the status line says what happened; everything else stays as it was."""
+    return tuple(status if i == status_at else gr.skip() for i in range(count))
+
+
+COMPARE_STATUS, COMPARE_OUTPUTS = 8, 16  # the status line's place in _compare's outputs, and their count
+SWEEP_STATUS, SWEEP_OUTPUTS = 0, 4 + len(SWEEP_PLOTS)
+
+
 # --------------------------------------------------------------------------------- the GPU side (app_gpu.py)
-# One function per user action holds the GPU: JSON in, PIL images and JSON out, failures returned as data.
+# One function per user action holds the GPU: JSON in, PIL images and JSON out, failures and stops returned as
+# data. The job's cancel token is found by its reference (a string crosses, a token does not).
+
+
+def _token(job_ref: str | None):
+    """The cancel token of this process's running job `job_ref` (None in a ZeroGPU worker forked before it)."""
+    return next((j.token for j in JOBS.running() if j.ref == job_ref), None) if job_ref else None
 
 
 @gpu(duration=zgpu.compare_seconds)
 @zgpu.guarded
-def draw_pair(fields: dict):
+def draw_pair(fields: dict, job_ref: str | None = None):
     """The GPU part of /compare and /compare_distilled: draw the pair and score it."""
     req = svc.CompareRequest.from_fields(fields)
     loaded = LAB.get(req.model)
@@ -148,6 +211,7 @@ def draw_pair(fields: dict):
         req.width,
         progress=svc.progress_adapter(gr.Progress()),
         entry=entry,
+        cancel=_token(job_ref),
     )
     row = pair_row(result, req.prompt, loaded.judge)
     if req.against:
@@ -157,7 +221,7 @@ def draw_pair(fields: dict):
 
 @gpu(duration=zgpu.sweep_seconds)
 @zgpu.guarded
-def run_sweep_on_gpu(fields: dict) -> dict:
+def run_sweep_on_gpu(fields: dict, job_ref: str | None = None) -> dict:
     """The GPU part of /sweep: run the grid, write its files; the tidy table comes back as JSON."""
     from compression.sweep import run_sweep
 
@@ -177,6 +241,7 @@ def run_sweep_on_gpu(fields: dict) -> dict:
         show_bar=False,
         max_cells=svc.MAX_SWEEP_SETTINGS,
         n_boot=svc.SWEEP_BOOTSTRAP,
+        cancel=_token(job_ref),
     )
     table = json.loads(res.table.to_json(orient="split", index=False))  # NaN -> null: plain JSON
     return {"table": table, "out_dir": str(res.out_dir), "computed": res.computed, "skipped": res.skipped}
@@ -203,7 +268,47 @@ def _bundle_via_gpu(req: svc.CompareRequest) -> Path:
     return Path(zgpu.unwrap(bundle_on_gpu(fields))["folder"])
 
 
-# --------------------------------------------------------------------------------------------- handlers
+async def compare_handler(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+    history,
+    request: gr.Request,
+    progress=gr.Progress(track_tqdm=True),
+):
+    """What /compare runs: `compare` on a model worker that stops within a denoising step when the job is
+    cancelled or its client leaves (app_jobs.py); a stopped comparison changes only the status line."""
+    args = (
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance,
+        model,
+        prune_percent,
+        prune_method,
+        prune_scope,
+        quant_mode,
+        bits,
+        height,
+        width,
+        history,
+    )
+    job = JOBS.start("compare", _session(request))
+    try:
+        return await JOBS.run(job, lambda token: compare(*args, progress=progress, job=job), _client_gone())
+    except Cancelled:
+        return _stopped_outputs(COMPARE_OUTPUTS, COMPARE_STATUS, fmt.job_stopped(job))
 
 
 def compare(
@@ -222,8 +327,10 @@ def compare(
     width,
     history,
     progress=gr.Progress(track_tqdm=True),
+    job: app_jobs.Job | None = None,
 ):
-    """Draw the baseline and the compressed model with the same prompt and seed; measure both."""
+    """Draw the baseline and the compressed model with the same prompt and seed; measure both (stops when
+    `job`'s token is cancelled)."""
     with plain_errors():
         return _compare(
             prompt,
@@ -241,6 +348,7 @@ def compare(
             width,
             history,
             progress,
+            job,
         )
 
 
@@ -260,6 +368,7 @@ def _compare(
     width,
     history,
     progress,
+    job,
 ):
     req = svc.parse_compare(
         LAB,
@@ -277,16 +386,17 @@ def _compare(
         height,
         width,
     )
-    return _show_pair(req, history, progress)
+    return _show_pair(req, history, progress, job)
 
 
-def _show_pair(req: svc.CompareRequest, history, progress):
+def _show_pair(req: svc.CompareRequest, history, progress, job: app_jobs.Job | None):
     """Draw `req` on the GPU side (one call) and lay the pair out: images, captions, numbers, history."""
     loaded = LAB.get(req.model)  # in the main process: ZeroGPU workers inherit what it loaded
     fields = req.to_fields()
     zgpu.check_seconds(zgpu.compare_seconds(fields), "comparison")
-    progress(0.0, desc="starting")
-    base_img, comp_img, drawn = zgpu.unwrap(draw_pair(fields))
+    _price(job, svc.compare_cost(req.steps), "comparing", progress)
+    with _counted(job, loaded.engine):  # (in-process runs: a ZeroGPU worker counts its own)
+        base_img, comp_img, drawn = zgpu.unwrap(draw_pair(fields, job.ref if job is not None else None))
     result = zgpu.pair_from_record(base_img, comp_img, drawn["pair"])
     row = drawn["row"]
     label = row["setting"] if req.against else None
@@ -332,6 +442,28 @@ def _show_pair(req: svc.CompareRequest, history, progress):
     )
 
 
+async def compare_distilled_handler(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    distilled,
+    height,
+    width,
+    history,
+    request: gr.Request,
+    progress=gr.Progress(track_tqdm=True),
+):
+    """What /compare_distilled runs: `compare_distilled` on a model worker that stops like /compare's."""
+    args = (prompt, negative_prompt, seed, steps, guidance, distilled, height, width, history)
+    job = JOBS.start("compare", _session(request))
+    try:
+        return await JOBS.run(job, lambda token: compare_distilled(*args, progress=progress, job=job), _client_gone())
+    except Cancelled:
+        return _stopped_outputs(COMPARE_OUTPUTS, COMPARE_STATUS, fmt.job_stopped(job))
+
+
 def compare_distilled(
     prompt,
     negative_prompt,
@@ -343,12 +475,36 @@ def compare_distilled(
     width,
     history,
     progress=gr.Progress(track_tqdm=True),
+    job: app_jobs.Job | None = None,
 ):
     """Draw a distilled SD 1.x UNet beside the model it was distilled against: same prompt, seed and sampler, over
     that model's VAE and text encoder; its parameters and latency are measured like a compressed UNet's."""
     with plain_errors():
         req = svc.parse_distilled(LAB, prompt, negative_prompt, seed, steps, guidance, distilled, height, width)
-        return _show_pair(req, history, progress)
+        return _show_pair(req, history, progress, job)
+
+
+async def sweep_handler(
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    request: gr.Request,
+    progress=gr.Progress(track_tqdm=True),
+):
+    """What /sweep runs: `sweep` on a model worker that stops within a denoising step or a batch when the job is
+    cancelled, stopped or left by its client; finished settings stay on disk, the status line says which."""
+    args = (model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats)
+    job = JOBS.start("sweep", _session(request))
+    try:
+        return await JOBS.run(job, lambda token: sweep(*args, progress=progress, job=job), _client_gone())
+    except Cancelled:
+        return _stopped_outputs(SWEEP_OUTPUTS, SWEEP_STATUS, fmt.job_stopped(job))
 
 
 def sweep(
@@ -362,8 +518,10 @@ def sweep(
     guidance,
     latency_repeats,
     progress=gr.Progress(track_tqdm=True),
+    job: app_jobs.Job | None = None,
 ):
-    """Run a grid of settings over a prompt set (compression.sweep.run_sweep) and chart it."""
+    """Run a grid of settings over a prompt set (compression.sweep.run_sweep) and chart it (stops when `job`'s
+    token is cancelled)."""
     with plain_errors():
         return _sweep(
             model,
@@ -376,12 +534,17 @@ def sweep(
             guidance,
             latency_repeats,
             progress,
+            job,
         )
 
 
 def _sweep(
-    model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress
+    model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress, job
 ):
+    from compression.sweep import SweepStopped
+
+    token = job.token if job is not None else None
+
     req = svc.parse_sweep(
         LAB, model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats
     )
@@ -393,12 +556,19 @@ def _sweep(
     lock = svc.sweep_lock(out_dir)
     if not lock.acquire(blocking=False):
         progress(0.0, desc="waiting for another sweep of this model to finish")
-        lock.acquire()
+        while not lock.acquire(timeout=app_jobs.POLL_S):
+            check(token)
     try:  # one sweep per work folder at a time (svc.sweep_lock): the report copied below is this sweep's
-        progress(0.0, desc=f"{len(req.specs)} settings x {len(req.prompts)} prompts")
-        res = zgpu.unwrap(run_sweep_on_gpu(fields))
+        cost = svc.sweep_cost(len(req.specs), len(req.prompts), req.steps, req.latency_repeats)
+        _price(job, cost, f"{len(req.specs)} settings x {len(req.prompts)} prompts", progress)
+        with _counted(job, loaded.sweep_engine):  # (in-process runs: a ZeroGPU worker counts its own)
+            res = zgpu.unwrap(run_sweep_on_gpu(fields, job.ref if job is not None else None))
         report = svc.download_path("sweep-report", ".html")
-        shutil.copyfile(os.path.join(res["out_dir"], "report.html"), report)
+        shutil.copyfile(Path(res["out_dir"]) / "report.html", report)
+    except SweepStopped as stop:
+        if job is not None:
+            job.note = fmt.sweep_stopped(stop)  # the status line, and what the Stop button reports
+        raise
     finally:
         lock.release()
     table = pd.DataFrame(res["table"]["data"], columns=res["table"]["columns"])
@@ -408,6 +578,35 @@ def _sweep(
         gr.Warning(w)
     status = fmt.sweep_status(req, SimpleNamespace(**res), svc.SWEEP_BOOTSTRAP)
     return (status, sweep_summary(table), str(csv), str(report), *figures)
+
+
+async def _stop(kind: str, request: gr.Request) -> str:
+    """A Stop button: cancel this page's running job of `kind`, wait until its worker has stopped (the next
+    denoising step or batch), and say what was kept. The button also `cancels=` the event, which takes a
+    waiting job off the queue and may end a running one first; then its outcome is reported."""
+    job = JOBS.stop_for(_session(request), kind, app_jobs.STOP_BUTTON)
+    if job is None:
+        return f"No {kind} was running on this page (a waiting one is taken off the queue)."
+    deadline = time.monotonic() + app_jobs.STOP_WAIT_S
+    while not job.done.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if job.outcome == "running":
+        return f"Stop asked; the {kind} ends at its next denoising step or batch."
+    return fmt.job_stopped(job) if job.outcome == "stopped" else f"The {kind} had already {job.outcome}."
+
+
+async def stop_compare(request: gr.Request):
+    return await _stop("compare", request)
+
+
+async def stop_sweep(request: gr.Request):
+    return await _stop("sweep", request)
+
+
+def on_session_closed(request: gr.Request):
+    """A session's heartbeat stopped (a closed page, a gradio_client that exited or was killed): stop its model
+    jobs, nobody will see them."""
+    JOBS.stop_session(_session(request), app_jobs.SESSION_CLOSED)
 
 
 COMPARE_FIELDS = (
@@ -559,6 +758,46 @@ def export_unet(
         )
 
 
+async def export_handler(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    model,
+    prune_percent,
+    prune_method,
+    prune_scope,
+    quant_mode,
+    bits,
+    height,
+    width,
+    request: gr.Request,
+):
+    """What /export runs: `export_unet` on a model worker. Building a bundle does not check the token (one UNet
+    copy, then one file write), but like every model job it holds the queue slot until its worker is done."""
+    args = (
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance,
+        model,
+        prune_percent,
+        prune_method,
+        prune_scope,
+        quant_mode,
+        bits,
+        height,
+        width,
+    )
+    job = JOBS.start("export", _session(request))
+    try:
+        return await JOBS.run(job, lambda token: export_unet(*args), _client_gone())
+    except Cancelled:
+        return gr.skip(), fmt.job_stopped(job)
+
+
 COPY_LINK_JS = """(prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode,
                    bits) => {
     const values = {prompt, seed, steps, guidance, model, prune_percent, prune_method, prune_scope, quant_mode};
@@ -656,7 +895,13 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                     with gr.Group():
                         with gr.Row():
                             steps = gr.Slider(
-                                1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps", min_width=120
+                                1,
+                                svc.MAX_STEPS,
+                                value=DEFAULTS.steps,
+                                step=1,
+                                label="Steps",
+                                min_width=120,
+                                elem_id="steps",
                             )
                             guidance = gr.Slider(
                                 0,
@@ -704,7 +949,9 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         bits = gr.Slider(
                             2, 8, value=4, step=1, label="Simulated bit width", visible=False, elem_id="bits"
                         )
-                    generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate")
+                    with gr.Row():
+                        generate = gr.Button("Generate", variant="primary", size="lg", elem_id="generate", scale=3)
+                        stop_compare_btn = gr.Button("Stop", variant="stop", size="lg", elem_id="stop-compare", scale=1)
                     # Take the comparison away (handlers in "export and shared links" below).
                     with gr.Row():
                         export_btn = gr.Button("Build compressed UNet", size="sm", elem_id="export")
@@ -842,9 +1089,12 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         step=1,
                         label="Prompts (N per setting)",
                         info="from assets/prompts; KID is unbiased at small N, FD needs hundreds",
+                        elem_id="sweep-prompts",
                     )
                     with gr.Row():
-                        sw_steps = gr.Slider(1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps")
+                        sw_steps = gr.Slider(
+                            1, svc.MAX_STEPS, value=DEFAULTS.steps, step=1, label="Steps", elem_id="sweep-steps"
+                        )
                         sw_guidance = gr.Slider(
                             0, svc.MAX_GUIDANCE, value=DEFAULTS.guidance, step=0.5, label="Guidance"
                         )
@@ -855,13 +1105,15 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         step=1,
                         label="Latency repeats",
                         info="median of this many timed runs per setting (0: skip)",
+                        elem_id="sweep-latency",
                     )
                     sw_plan = gr.Markdown(elem_classes="caption")
-                    # No Stop button: cancelling a running Gradio event does not stop its worker thread, so the
-                    # sweep would go on computing while the queue let the next model request in beside it.
-                    run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
+                    with gr.Row():
+                        run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep", scale=3)
+                        # Ends the sweep at its next denoising step or batch; finished settings stay on disk.
+                        stop_sweep_btn = gr.Button("Stop", variant="stop", elem_id="stop-sweep", scale=1)
                 with gr.Column(scale=2, min_width=320):
-                    sw_status = gr.Markdown("Choose a grid and press **Run sweep**.")
+                    sw_status = gr.Markdown("Choose a grid and press **Run sweep**.", elem_id="sweep-status")
                     sw_table = gr.Dataframe(
                         label="Results per setting: value [95% CI]",
                         interactive=False,
@@ -925,22 +1177,27 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     # preprocess=False: the raw values reach app_service's checks, which refuse NaN, non-integers and unknown
     # names with plain messages (Gradio's own preprocessing rounds 3.5 to 4 and echoes bad choices).
     model_work = dict(concurrency_id=MODEL_WORK, concurrency_limit=MODEL_CONCURRENCY, preprocess=False)
-    gr.on(
+    compare_event = gr.on(
         [generate.click, prompt.submit],
-        compare,
+        compare_handler,
         compare_inputs,
         compare_outputs,
         api_name="compare",
         validator=validate_compare,
         **model_work,
     )
-    distilled_btn.click(
-        compare_distilled,
+    # Stop: `cancels` takes a waiting job off the queue and cancels a running one (its worker stops at the next
+    # step before the queue slot is freed: app_jobs.py); the handler says what was kept.
+    distilled_event = distilled_btn.click(
+        compare_distilled_handler,
         [prompt, negative, seed, steps, guidance, distilled, height, width, history_state],
         compare_outputs,
         api_name="compare_distilled",
         validator=validate_distilled,
         **model_work,
+    )
+    stop_compare_btn.click(
+        stop_compare, None, status, cancels=[compare_event, distilled_event], queue=False, api_visibility="private"
     )
     quant.change(on_quant_change, quant, bits, queue=False, api_visibility="private")
     model.change(on_model_change, model, [steps, guidance, height, width], queue=False, api_visibility="private")
@@ -967,14 +1224,16 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         sw_guidance,
         sw_latency,
     ]
-    run_sweep_btn.click(
-        sweep,
+    sweep_event = run_sweep_btn.click(
+        sweep_handler,
         sweep_inputs,
         [sw_status, sw_table, sw_csv, sw_report, *sw_plots],
         api_name="sweep",
         validator=validate_sweep,
         **model_work,
     )
+    stop_sweep_btn.click(stop_sweep, None, sw_status, cancels=[sweep_event], queue=False, api_visibility="private")
+    demo.unload(on_session_closed)
     plan_inputs = [sw_percents, sw_methods, sw_quant, sw_study, sw_prompts]
     gr.on(
         [demo.load, *(comp.change for comp in plan_inputs)],
@@ -989,7 +1248,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     # export and shared links
     share_inputs = [prompt, seed, steps, guidance, model, prune, method, scope, quant, bits]
     export_btn.click(
-        export_unet,
+        export_handler,
         compare_inputs[:-1],
         [export_file, take_note],
         api_name="export",

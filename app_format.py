@@ -457,6 +457,31 @@ def sweep_plan_text(req) -> str:
     )
 
 
+def job_start_text(what: str, cost: int, estimate: str) -> str:
+    """The progress line when a model job starts: its price in image-steps and, once the server has measured
+    its pace, how long that should take (the queue's own ETA is a per-endpoint mean, blind to the price)."""
+    return f"{what}: {cost:,} image-steps" + (f", {estimate} at this server's recent pace" if estimate else "")
+
+
+def sweep_stopped(stop) -> str:
+    """The status line of a stopped sweep (`compression.sweep.SweepStopped`): what was kept, what was not."""
+    kept = ", ".join(html.escape(x) for x in stop.finished) or "none"
+    lost = ", ".join(html.escape(x) for x in stop.unfinished) or "none"
+    return (
+        f"**Sweep stopped** ({html.escape(stop.reason)}): {len(stop.finished)} of "
+        f"{len(stop.finished) + len(stop.unfinished)} settings finished and kept ({kept}); the next sweep with "
+        f"the same prompts and sampler settings reuses them. Not finished: {lost}."
+    )
+
+
+def job_stopped(job) -> str:
+    """The status line of a stopped model job (`app_jobs.Job`): the work's own note, else a generic one."""
+    if job.note:
+        return job.note
+    reason = html.escape(job.token.reason or "stopped")
+    return f"**Stopped** ({reason}) after {job.seconds:.1f} s; nothing of the unfinished {job.kind} was kept."
+
+
 # ------------------------------------------------------------------------------------------- page texts
 
 

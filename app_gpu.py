@@ -14,7 +14,10 @@ it changes (a cache filled in the worker) may not outlive the worker. So here:
   image-step, plus building the UNets), and a request over `GPU_MAX_S` is refused with the figures;
 - only JSON (dicts, lists, strings, numbers, None) goes in, and only PIL images and JSON come out: the GPU side
   returns a failure as data (`{"error": text}`, `guarded`) and the main process raises the `gr.Error` (`unwrap`),
-  so its message reaches the visitor whatever the decorator does to exceptions.
+  so its message reaches the visitor whatever the decorator does to exceptions; a stop comes back the same way;
+- a job's cancel token cannot cross into a forked worker: the GPU side looks it up by the job's reference in its
+  own process, which finds it wherever the GPU function runs in-process (everywhere but ZeroGPU). On ZeroGPU a
+  Stop takes effect when the GPU call returns.
 
 Where `spaces` is not importable (CI, a CPU or plain GPU Space) `gpu()` changes nothing and the same code runs
 in one process. tests/test_space.py runs the real app with a stand-in `spaces` module that records every call.
@@ -74,7 +77,7 @@ def _image_step_s(entry, height: int | None, width: int | None) -> float:
     return entry.gpu_image_step_s * max(1.0, ((height or entry.side) * (width or entry.side)) / native)
 
 
-def compare_seconds(fields: dict) -> int:
+def compare_seconds(fields: dict, job: str | None = None) -> int:
     """GPU seconds a comparison asks for: building (or loading) one UNet, then 2 images x steps."""
     from compression import CompressionSpec
 
@@ -85,7 +88,7 @@ def compare_seconds(fields: dict) -> int:
     return _clamp(GPU_OVERHEAD_S + build + steps)
 
 
-def sweep_seconds(fields: dict) -> int:
+def sweep_seconds(fields: dict, job: str | None = None) -> int:
     """GPU seconds a sweep asks for: each setting built, then (prompts + latency repeats) x steps images."""
     entry = _entry(fields["model"])
     n = len(fields["specs"])
@@ -93,7 +96,7 @@ def sweep_seconds(fields: dict) -> int:
     return _clamp(GPU_OVERHEAD_S + n * (entry.gpu_build_s + images * fields["steps"] * entry.gpu_image_step_s))
 
 
-def export_seconds(fields: dict) -> int:
+def export_seconds(fields: dict, job: str | None = None) -> int:
     """GPU seconds an export asks for: the comparison it draws, then writing the bundle."""
     return _clamp(compare_seconds(fields) + GPU_OVERHEAD_S)
 
@@ -132,11 +135,16 @@ def error_text(err: BaseException) -> str:
 
 
 def guarded(fn):
-    """Wrap a GPU-side function so that a failure comes back as `{"error": text}` instead of an exception."""
+    """Wrap a GPU-side function so that a failure comes back as `{"error": text}` instead of an exception, and a
+    stop (`compression.Cancelled`, a sweep's `SweepStopped` with what it kept) as `{"cancelled": {...}}`."""
+    from compression.cancel import Cancelled
 
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Cancelled as stop:
+            kept = {k: getattr(stop, k) for k in ("finished", "unfinished") if hasattr(stop, k)}
+            return {"cancelled": {"reason": stop.reason, **kept}}
         except Exception as err:  # noqa: BLE001 - every failure crosses the boundary as data
             return {"error": error_text(err)}
 
@@ -145,11 +153,19 @@ def guarded(fn):
 
 
 def unwrap(result):
-    """The GPU side's result, or the `gr.Error` it reported (raised here, in the main process)."""
+    """The GPU side's result, or the `gr.Error` (or the stop) it reported, raised here in the main process."""
     import gradio as gr
+
+    from compression.cancel import Cancelled
+    from compression.sweep import SweepStopped
 
     if isinstance(result, dict) and set(result) == {"error"}:
         raise gr.Error(result["error"], print_exception=False)
+    if isinstance(result, dict) and set(result) == {"cancelled"}:
+        stop = result["cancelled"]
+        if "finished" in stop:
+            raise SweepStopped(stop["reason"], stop["finished"], stop["unfinished"])
+        raise Cancelled(stop["reason"])
     return result
 
 

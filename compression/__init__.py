@@ -10,6 +10,7 @@ The library behind the app; it never imports gradio. Main entry points:
 - `Engine` (engine.py): baseline + cached compressed UNets -> `generate_pair(...)` -> `PairResult`;
 - `build_compressed` (build.py): a compressed copy of a UNet, layer by layer, from a UNet and a spec;
 - `save_compressed` / `load_compressed` (export.py): a bundle in safetensors, reloaded to the same pixels;
+- `CancelToken` / `Cancelled` (cancel.py): ask running work (engine calls, sweeps) to stop at its next step;
 - `count_macs` (cost.py), `structured_size` (pruning/): measured MACs, and what a structured amount means in
   parameters; `compression.bench` measures speed and memory (`load_results`/`results_frame` for charts).
 
@@ -22,6 +23,7 @@ Example:
 """
 
 from .build import CompressedUNet, build_compressed, state_dict_digest
+from .cancel import Cancelled, CancelToken
 from .cost import ModuleCost, count_macs, module_bytes, module_cost, param_count, weight_sparsity
 from .engine import Engine, PairResult
 from .models import CATALOG, ModelInfo, load_pipeline, resolve_model
@@ -44,6 +46,8 @@ __all__ = [
     "PRUNERS",
     "QUANT_MODES",
     "SCOPES",
+    "CancelToken",
+    "Cancelled",
     "CompressedUNet",
     "CompressionSpec",
     "Engine",

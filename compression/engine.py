@@ -15,6 +15,11 @@ size. How it keeps the comparison honest:
 - non-finite latents or pixels are reported (`compressed_nonfinite`) instead of silently becoming a black
   image.
 
+Stopping: `generate_pair` and `generate_batch` take a `CancelToken` (cancel.py), checked after every denoising
+step and between phases, so a cancelled call raises `Cancelled` within one step and frees its images and latents.
+`image_steps` counts the denoising image-steps the engine has run (one image through one step: the unit the app
+prices jobs in), as they finish, so a watcher can see work go on or stop.
+
 Caches: compressed UNets by (model, spec) in a `UNetCache` (unet_cache.py), bounded in bytes and shared by the
 engines of one model (an SD 1.5 UNet is 3.4 GB in fp32), each engine with its own count limit (`cache_size`);
 a setting whose UNet cannot fit the byte budget even alone is refused before any work (`budget.BudgetError`),
@@ -56,6 +61,7 @@ from .build import (  # noqa: F401 - re-exported
     layerwise_supported,
     state_dict_digest,
 )
+from .cancel import CancelToken, check
 from .cost import ModuleCost, module_cost
 from .pruning import PruneReport, apply_pruning_
 from .quantization import apply_quantization_
@@ -207,6 +213,17 @@ class Engine:
         self._lock = threading.RLock()
         self._estimate_lock = threading.Lock()
         self._baseline_cost: ModuleCost | None = None
+        self._steps_lock = threading.Lock()
+        self._image_steps = 0
+
+    @property
+    def image_steps(self) -> int:
+        """Denoising image-steps this engine has run so far (a batch of n images through one step counts n)."""
+        return self._image_steps
+
+    def _count_steps(self, n: int) -> None:
+        with self._steps_lock:
+            self._image_steps += n
 
     # ------------------------------------------------------------------------------------------- state
 
@@ -367,27 +384,53 @@ class Engine:
         progress: Progress | None,
         span: tuple[float, float],
         what: str,
+        cancel: CancelToken | None = None,
     ) -> _Drawn:
         pipe = self._variant(unet)
         prompt_embeds = embeds[0]
         lo, hi = span
 
-        def on_step(p, i, t, kwargs):
+        def on_step(i: int) -> None:
             if progress:
                 progress(lo + (hi - lo) * (i + 1) / steps, f"{what}: step {i + 1}/{steps}")
-            return {}
 
         latents, seconds = self._denoise(
-            pipe, embeds, torch.Generator("cpu").manual_seed(seed), steps, guidance, height, width, on_step
+            pipe, embeds, torch.Generator("cpu").manual_seed(seed), steps, guidance, height, width, on_step, cancel
         )
+        check(cancel)
         images, nonfinite, nsfw = self._decode(pipe, latents, prompt_embeds.dtype)
         return _Drawn(Image.fromarray(images[0]), seconds, bool(nonfinite[0]), bool(nsfw[0]))
 
     def _denoise(
-        self, pipe, embeds, generator, steps: int, guidance: float, height: int, width: int, on_step=None
+        self,
+        pipe,
+        embeds,
+        generator,
+        steps: int,
+        guidance: float,
+        height: int,
+        width: int,
+        on_step: Callable[[int], None] | None = None,
+        cancel: CancelToken | None = None,
     ) -> tuple[torch.Tensor, float]:
-        """Run the denoising loop alone (prompts already encoded, no VAE decode) and time it."""
+        """Run the denoising loop alone (prompts already encoded, no VAE decode) and time it.
+
+        After every step: count it, report it (`on_step(i)`), and raise `Cancelled` if `cancel` was cancelled.
+        Raising from diffusers' `callback_on_step_end` leaves the loop at once; setting `pipe._interrupt` would
+        only skip the remaining steps' work one by one. The variant pipeline, its scheduler copy and the latents
+        belong to this call alone, so nothing shared is left half-updated.
+        """
         prompt_embeds, negative_embeds = embeds
+        images = len(prompt_embeds)
+
+        def step_end(p, i, t, kwargs):
+            self._count_steps(images)
+            if on_step is not None:
+                on_step(i)
+            check(cancel)
+            return {}
+
+        check(cancel)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -400,7 +443,7 @@ class Engine:
             width=width,
             generator=generator,
             output_type="latent",
-            callback_on_step_end=on_step,
+            callback_on_step_end=step_end,
         ).images
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -465,6 +508,7 @@ class Engine:
         width: int | None = None,
         progress: Progress | None = None,
         entry: CompressedUNet | None = None,
+        cancel: CancelToken | None = None,
     ) -> PairResult:
         """Draw the baseline and the compressed model with the same prompt, seed and settings.
 
@@ -479,17 +523,22 @@ class Engine:
             progress (`Callable[[float, str], None]`, *optional*): called with (fraction, description).
             entry (`CompressedUNet`, *optional*): draw this prepared UNet (`prepared`: a distilled model's) on
                 the second side instead of compressing for `spec`; the result reports it as cached.
+            cancel (`CancelToken`, *optional*): checked after every denoising step and between phases.
 
         Returns:
             `PairResult`.
 
         Raises:
             ValueError: an argument out of range (the message names the range).
+            Cancelled: `cancel` was cancelled (within one denoising step of it; nothing is cached from the
+                unfinished drawing).
         """
         height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
         seed, steps, guidance = int(seed), int(steps), float(guidance)
 
+        check(cancel)
         entry, compression_cached = (entry, True) if entry is not None else self.compress(spec, progress)
+        check(cancel)
         base_key = (self.model_name, prompt, negative_prompt, seed, steps, guidance, height, width)
         with self._lock:
             baseline = self._baselines.get(base_key)
@@ -502,7 +551,7 @@ class Engine:
         baseline_cached = baseline is not None
         if baseline is None:
             baseline = self._draw(
-                pipe.unet, embeds, seed, steps, guidance, height, width, progress, (0.0, 0.5), "baseline"
+                pipe.unet, embeds, seed, steps, guidance, height, width, progress, (0.0, 0.5), "baseline", cancel
             )
             with self._lock:
                 if self.baseline_cache_size > 0:
@@ -520,6 +569,7 @@ class Engine:
             progress,
             (0.5 if not baseline_cached else 0.0, 1.0),
             spec.label,
+            cancel,
         )
         return PairResult(
             baseline_image=baseline.image.copy(),  # callers may draw on images; the cached one stays clean
@@ -557,6 +607,7 @@ class Engine:
         negative_prompt: str = "",
         height: int | None = None,
         width: int | None = None,
+        cancel: CancelToken | None = None,
     ) -> BatchResult:
         """Draw one setting for many prompts in one batched denoising loop (sweeps: ~2x faster per image
         than one at a time on a CPU for the tiny model).
@@ -570,13 +621,14 @@ class Engine:
         Args:
             prompts (`list[str]`): n prompts (n >= 1).
             seeds (`list[int]`): n seeds, 0 to 2**32-1.
-            steps, guidance, spec, negative_prompt, height, width: as in `generate_pair`.
+            steps, guidance, spec, negative_prompt, height, width, cancel: as in `generate_pair`.
 
         Returns:
             `BatchResult`.
 
         Raises:
             ValueError: an argument out of range, or prompts and seeds of different lengths.
+            Cancelled: `cancel` was cancelled (within one denoising step of it).
         """
         if not isinstance(prompts, (list, tuple)) or not isinstance(seeds, (list, tuple)) or not prompts:
             raise ValueError("prompts and seeds must be non-empty lists")
@@ -585,6 +637,7 @@ class Engine:
         for prompt, seed in zip(prompts, seeds):
             height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
         steps, guidance = int(steps), float(guidance)
+        check(cancel)
         entry, cached = self.compress(spec)
         pipe = self._variant(entry.unet)
         cfg = guidance > 1.0
@@ -593,8 +646,9 @@ class Engine:
             prompt_embeds, negative_embeds = pipe.encode_prompt(list(prompts), self.device, 1, cfg, negatives)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latents, seconds = self._denoise(
-            pipe, (prompt_embeds, negative_embeds), generators, steps, guidance, height, width
+            pipe, (prompt_embeds, negative_embeds), generators, steps, guidance, height, width, cancel=cancel
         )
+        check(cancel)
         images, nonfinite, nsfw = self._decode(pipe, latents, prompt_embeds.dtype)
         return BatchResult(
             images, nonfinite, nsfw, seconds, spec, entry.cost, entry.prune_report, 0.0 if cached else entry.seconds

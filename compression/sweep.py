@@ -20,6 +20,11 @@ What a sweep does, in order:
    stopped: a cell whose key (model, prompts, seeds, sampler, spec, metric set) is on disk is not recomputed;
 5. writes `results.csv` (one row per setting x metric), `summary.json` and `report.html` (Plotly).
 
+A `CancelToken` (`cancel=`) stops a sweep within one denoising step, or after the batch being scored: it raises
+`SweepStopped` naming the settings that are finished (on disk, reused by a rerun) and those that are not. The
+setting that was running is dropped (unless all its images were drawn and only its write-up remained), and so is
+the baseline if it was not finished.
+
 Image i of seed s uses `torch.Generator("cpu").manual_seed(s * 100_003 + i)`: every image its own noise,
 identical between the baseline and every setting (same-seed pairs).
 
@@ -46,6 +51,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import charts, latency, metrics, world
+from .cancel import Cancelled, CancelToken, check
 from .report import (  # noqa: F401 - re-exported: the report moved out of this module, its names stay here
     _quality_metrics,  # noqa: F401
     first_clear_drop,
@@ -265,6 +271,21 @@ def default_metric_set(model_name: str, allow_download: bool = False, log: Calla
 
 
 # -------------------------------------------------------------------------------------------- results
+
+
+class SweepStopped(Cancelled):
+    """Raised by `run_sweep` when its `CancelToken` is cancelled.
+
+    Args:
+        reason (`str`): the token's reason.
+        finished (`list[str]`): labels of the settings finished (in this call or before): their cells are on disk
+            and a rerun with the same prompts, sampler and metrics reuses them.
+        unfinished (`list[str]`): labels of the settings not finished (the one that was running included).
+    """
+
+    def __init__(self, reason: str, finished: list[str], unfinished: list[str]):
+        super().__init__(reason)
+        self.finished, self.unfinished = list(finished), list(unfinished)
 
 
 @dataclass(frozen=True)
@@ -575,6 +596,7 @@ class _Plan:
     keys: dict[CompressionSpec, str]
     out: Path | None
     cache: Path | None
+    cancel: CancelToken | None = None  # checked before every batch and inside every drawing (per denoising step)
 
     @property
     def n(self) -> int:
@@ -599,6 +621,7 @@ class _Plan:
             c.negative_prompt,
             self.height,
             self.width,
+            cancel=self.cancel,
         )
 
     def attrs_of(self, sl: slice):
@@ -645,6 +668,7 @@ def run_sweep(
     max_cells: int = MAX_CELLS,
     plotlyjs: str = "inline",
     samples_per_cell: int = 8,
+    cancel: CancelToken | None = None,
 ) -> SweepResult:
     """Run a grid of settings over a prompt set and measure each against the baseline (and real data).
 
@@ -663,6 +687,7 @@ def run_sweep(
         out_dir (`str` or `Path`, *optional*): where cells, caches, results.csv, summary.json, report.html go.
             Without it nothing is written and nothing can be resumed.
         progress (`Callable[[float, str], None]`, *optional*): called after every batch with (fraction, text).
+        cancel (`CancelToken`, *optional*): stops the sweep within one denoising step or one batch's scoring.
 
     Returns:
         `SweepResult`.
@@ -670,6 +695,7 @@ def run_sweep(
     Raises:
         ValueError: no prompts, no seeds, too many settings or images (the message names the limit), bad
             sampler settings.
+        SweepStopped: `cancel` was cancelled; finished settings stay on disk for a rerun.
 
     Example:
         >>> pipe, info = load_pipeline("tiny-shapes")
@@ -694,7 +720,7 @@ def run_sweep(
         samples_per_cell=samples_per_cell,
     )
     return run_sweep_with(
-        engine, specs, prompts, seeds, config, metric_set=metric_set, out_dir=out_dir, progress=progress
+        engine, specs, prompts, seeds, config, metric_set=metric_set, out_dir=out_dir, progress=progress, cancel=cancel
     )
 
 
@@ -708,9 +734,11 @@ def run_sweep_with(
     metric_set: MetricSet | None = None,
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
+    cancel: CancelToken | None = None,
 ) -> SweepResult:
     """`run_sweep` with its settings as one `SweepConfig`: baseline, real data, each setting, outputs."""
     plan = _plan(engine, specs, prompts, seeds, config, metric_set, out_dir)
+    plan.cancel = cancel
     done = {spec: plan.finished(spec) for spec in plan.specs}
     todo = [s for s in plan.specs if done[s] is None]
     batches = len(plan.slices())
@@ -719,13 +747,21 @@ def run_sweep_with(
     work = _Work(batches * len(todo) + (0 if not todo or base_ready else batches), progress, config.show_bar)
     skipped = [s.label for s in plan.specs if done[s] is not None]
 
-    refs = _baseline_phase(plan, work) if todo else _Refs()
-    real_rows = _real_phase(plan, refs, bool(todo))
-    computed = []
-    for spec in todo:
-        done[spec] = _setting_phase(plan, spec, refs, work)
-        computed.append(spec.label)
-    work.close()
+    try:
+        check(cancel)
+        refs = _baseline_phase(plan, work) if todo else _Refs()
+        real_rows = _real_phase(plan, refs, bool(todo))
+        computed = []
+        for spec in todo:
+            check(cancel)
+            done[spec] = _setting_phase(plan, spec, refs, work)
+            computed.append(spec.label)
+    except Cancelled as stop:
+        finished = [s.label for s in plan.specs if done[s] is not None]
+        unfinished = [s.label for s in plan.specs if done[s] is None]
+        raise SweepStopped(stop.reason, finished, unfinished) from None
+    finally:
+        work.close()
     return _outputs(plan, done, real_rows, computed, skipped)
 
 
@@ -817,6 +853,7 @@ def _baseline_phase(plan: _Plan, work: _Work) -> _Refs:
     else:
         parts = []
         for sl in plan.slices():
+            check(plan.cancel)
             if not images_ready:
                 r = plan.draw(CompressionSpec(), sl)
                 refs.images[sl], refs.nonfinite[sl] = r.images, r.nonfinite
@@ -898,6 +935,7 @@ def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work)
     comp_seconds = 0.0
     samples = []
     for sl in plan.slices():
+        check(plan.cancel)  # a setting whose images are all drawn is finished (its latency draws check again)
         if spec.is_identity:  # the baseline itself: reuse its images, draw nothing
             images, nf = np.asarray(refs.images[sl]), refs.nonfinite[sl]
             cost, report = plan.engine.baseline_cost, None
