@@ -25,6 +25,7 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import html  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -221,9 +222,11 @@ def draw_pair(fields: dict, job_ref: str | None = None):
 
 @gpu(duration=zgpu.sweep_seconds)
 @zgpu.guarded
-def run_sweep_on_gpu(fields: dict, job_ref: str | None = None) -> dict:
-    """The GPU part of /sweep: run the grid, write its files; the tidy table comes back as JSON."""
+def run_sweep_on_gpu(fields: dict, job_ref: str | None = None, track: bool = False) -> dict:
+    """The GPU part of /sweep: run the grid, write its files (and log to trackio when asked); the tidy table comes
+    back as JSON."""
     from compression.sweep import run_sweep
+    from compression.tracking import SweepTracker
 
     req = svc.SweepRequest.from_fields(fields)
     loaded = LAB.get(req.model)
@@ -242,6 +245,7 @@ def run_sweep_on_gpu(fields: dict, job_ref: str | None = None) -> dict:
         max_cells=svc.MAX_SWEEP_SETTINGS,
         n_boot=svc.SWEEP_BOOTSTRAP,
         cancel=_token(job_ref),
+        tracker=SweepTracker("trackio", run_name=f"app-{loaded.name}") if track else None,
     )
     table = json.loads(res.table.to_json(orient="split", index=False))  # NaN -> null: plain JSON
     return {"table": table, "out_dir": str(res.out_dir), "computed": res.computed, "skipped": res.skipped}
@@ -494,12 +498,24 @@ async def sweep_handler(
     steps,
     guidance,
     latency_repeats,
+    track,
     request: gr.Request,
     progress=gr.Progress(track_tqdm=True),
 ):
     """What /sweep runs: `sweep` on a model worker that stops within a denoising step or a batch when the job is
     cancelled, stopped or left by its client; finished settings stay on disk, the status line says which."""
-    args = (model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats)
+    args = (
+        model,
+        prune_percents,
+        prune_methods,
+        quant_modes,
+        study,
+        n_prompts,
+        steps,
+        guidance,
+        latency_repeats,
+        track,
+    )
     job = JOBS.start("sweep", _session(request))
     try:
         return await JOBS.run(job, lambda token: sweep(*args, progress=progress, job=job), _client_gone())
@@ -517,6 +533,7 @@ def sweep(
     steps,
     guidance,
     latency_repeats,
+    track=False,
     progress=gr.Progress(track_tqdm=True),
     job: app_jobs.Job | None = None,
 ):
@@ -535,11 +552,23 @@ def sweep(
             latency_repeats,
             progress,
             job,
+            track is True,
         )
 
 
 def _sweep(
-    model, prune_percents, prune_methods, quant_modes, study, n_prompts, steps, guidance, latency_repeats, progress, job
+    model,
+    prune_percents,
+    prune_methods,
+    quant_modes,
+    study,
+    n_prompts,
+    steps,
+    guidance,
+    latency_repeats,
+    progress,
+    job,
+    track=False,
 ):
     from compression.sweep import SweepStopped
 
@@ -562,7 +591,7 @@ def _sweep(
         cost = svc.sweep_cost(len(req.specs), len(req.prompts), req.steps, req.latency_repeats)
         _price(job, cost, f"{len(req.specs)} settings x {len(req.prompts)} prompts", progress)
         with _counted(job, loaded.sweep_engine):  # (in-process runs: a ZeroGPU worker counts its own)
-            res = zgpu.unwrap(run_sweep_on_gpu(fields, job.ref if job is not None else None))
+            res = zgpu.unwrap(run_sweep_on_gpu(fields, job.ref if job is not None else None, track))
         report = svc.download_path("sweep-report", ".html")
         shutil.copyfile(Path(res["out_dir"]) / "report.html", report)
     except SweepStopped as stop:
@@ -1107,6 +1136,12 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         info="median of this many timed runs per setting (0: skip)",
                         elem_id="sweep-latency",
                     )
+                    sw_track = gr.Checkbox(
+                        False,
+                        label="Also log to trackio",
+                        info="local and offline (TRACKIO_DIR); the CSV stays the record",
+                        visible=importlib.util.find_spec("trackio") is not None,
+                    )
                     sw_plan = gr.Markdown(elem_classes="caption")
                     with gr.Row():
                         run_sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep", scale=3)
@@ -1223,6 +1258,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
         sw_steps,
         sw_guidance,
         sw_latency,
+        sw_track,
     ]
     sweep_event = run_sweep_btn.click(
         sweep_handler,

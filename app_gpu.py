@@ -77,8 +77,9 @@ def _image_step_s(entry, height: int | None, width: int | None) -> float:
     return entry.gpu_image_step_s * max(1.0, ((height or entry.side) * (width or entry.side)) / native)
 
 
-def compare_seconds(fields: dict, job: str | None = None) -> int:
-    """GPU seconds a comparison asks for: building (or loading) one UNet, then 2 images x steps."""
+def compare_seconds(fields: dict, *rest) -> int:
+    """GPU seconds a comparison asks for: building (or loading) one UNet, then 2 images x steps. (`rest`: the GPU
+    function's other arguments, which ZeroGPU passes here too.)"""
     from compression import CompressionSpec
 
     entry = _entry(fields["model"])
@@ -88,7 +89,7 @@ def compare_seconds(fields: dict, job: str | None = None) -> int:
     return _clamp(GPU_OVERHEAD_S + build + steps)
 
 
-def sweep_seconds(fields: dict, job: str | None = None) -> int:
+def sweep_seconds(fields: dict, *rest) -> int:
     """GPU seconds a sweep asks for: each setting built, then (prompts + latency repeats) x steps images."""
     entry = _entry(fields["model"])
     n = len(fields["specs"])
@@ -96,7 +97,7 @@ def sweep_seconds(fields: dict, job: str | None = None) -> int:
     return _clamp(GPU_OVERHEAD_S + n * (entry.gpu_build_s + images * fields["steps"] * entry.gpu_image_step_s))
 
 
-def export_seconds(fields: dict, job: str | None = None) -> int:
+def export_seconds(fields: dict, *rest) -> int:
     """GPU seconds an export asks for: the comparison it draws, then writing the bundle."""
     return _clamp(compare_seconds(fields) + GPU_OVERHEAD_S)
 

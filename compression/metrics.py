@@ -442,7 +442,9 @@ def fd_min_n(num_features: int) -> int:
 def _fd_metric(d: int):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    return FrechetInceptionDistance(feature=_Precomputed(d))
+    # sync_on_compute=False: in a multi-process sweep only process 0 computes aggregates, from features it
+    # already gathered; torchmetrics' default all-gather on compute() would wait forever for the others.
+    return FrechetInceptionDistance(feature=_Precomputed(d), sync_on_compute=False)
 
 
 def frechet_distance_features(reference: np.ndarray, generated: np.ndarray) -> float:
@@ -582,7 +584,7 @@ def kernel_inception_distance(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         kid = KernelInceptionDistance(
-            feature=_Precomputed(ref.shape[1]), subsets=subsets, subset_size=min(1000, n // 2)
+            feature=_Precomputed(ref.shape[1]), subsets=subsets, subset_size=min(1000, n // 2), sync_on_compute=False
         )
     kid.update(torch.from_numpy(ref), real=True)
     kid.update(torch.from_numpy(gen), real=False)

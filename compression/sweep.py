@@ -39,6 +39,7 @@ import json
 import math
 import os
 import sys
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,8 +51,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import charts, latency, metrics, world
+from . import charts, latency, metrics, paper, scaling, world
 from .cancel import Cancelled, CancelToken, check
+from .distributed import ShardStore, World, check_shared_folder, concat, current_world, run_shards, total_over
 from .report import (  # noqa: F401 - re-exported: the report moved out of this module, its names stay here
     _quality_metrics,  # noqa: F401
     first_clear_drop,
@@ -70,8 +72,11 @@ PROMPT_DIR = REPO_ROOT / "assets" / "prompts"
 
 # Limits that keep a mistyped grid from occupying a CPU for days (the app may pass tighter ones).
 MAX_CELLS = 64
-MAX_IMAGES_PER_CELL = 5000
-MAX_TOTAL_IMAGES = 100_000
+MAX_IMAGES_PER_CELL = 30_000  # BK-SDM's MS-COCO protocol: 30k images per setting (launch several processes)
+MAX_TOTAL_IMAGES = 500_000
+# KID against the baseline builds four n x n float64 kernels (4 x 0.8 GB at 10k, 4 x 7.2 GB at 30k): above this
+# its rows say they were skipped instead of exhausting memory. A real reference's statistics need no kernel.
+PAIRED_DISTANCE_MAX_N = 10_000
 SEED_STRIDE = 100_003  # > MAX_IMAGES_PER_CELL: image seeds of different seed values never collide
 METRICS_VERSION = 2  # bump when a metric's definition changes: finished cells are then recomputed
 REAL_SETTING = charts.REAL_SETTING  # rows measuring real images (the ceiling / floor a perfect model would reach)
@@ -104,6 +109,8 @@ PRESETS: dict[str, dict] = {
         scope="all",
         quant="fp32,bf16,int8-weight,bf16+int8-weight,int8-dynamic,int4-weight,simulated-int:8,simulated-int:4",
     ),
+    # BK-SDM's MS-COCO protocol (25 PNDM steps, 512 -> 256 px; see compression/paper.py and docs/scaling.md).
+    "paper": scaling.PAPER_PRESET,
 }
 
 
@@ -216,11 +223,17 @@ class MetricSet:
         judge (`metrics.MetricClip`, *optional*): CLIP model for CLIP scores (None: no CLIP score).
         features (`list[nn.Module]`): torchmetrics-style extractors with `.name`/`.num_features` for FD/KID.
         real_reference (`bool`): measure against real images of the shapes world (needs world prompts).
+        reference (`reference.RealReference`, *optional*): your real images or statistics (replaces the shapes
+            world's real images as the "real" reference).
+        protocol (`str`, defaults to "native"): how images are prepared before CLIP scores and features (a key
+            of `paper.IMAGE_PROTOCOLS`; "bk-sdm-256" for the paper preset).
     """
 
     judge: metrics.MetricClip | None = None
     features: list = field(default_factory=list)
     real_reference: bool = False
+    reference: object = None
+    protocol: str = "native"
 
     def signature(self) -> dict:
         """Names and weight digests: a retrained judge with the same name must not reuse old scores."""
@@ -228,7 +241,15 @@ class MetricSet:
         if self.judge is not None:
             judge = [self.judge.name, _weights_digest(self.judge.model)]
         feats = [[f.name, _weights_digest(_extractor_model(f))] for f in self.features]
-        return {"judge": judge, "features": feats, "real": self.real_reference}
+        sig = {"judge": judge, "features": feats, "real": self.real_reference}
+        if self.reference is not None or self.protocol != "native":  # older cells keep their keys
+            sig.update(reference=self.reference.signature() if self.reference else None, protocol=self.protocol)
+        return sig
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """The images CLIP scores and features see (the protocol's preparation; PSNR/SSIM see the drawn ones)."""
+        prepare = paper.IMAGE_PROTOCOLS[self.protocol]
+        return prepare(images) if prepare is not None else images
 
 
 def _extractor_model(extractor: torch.nn.Module) -> torch.nn.Module:
@@ -451,7 +472,7 @@ def _score_batch(images, nonfinite, ms: MetricSet, prompts, attrs, baseline_imag
     """Per-image numbers of one batch; images with NaN/inf get NaN (they are never scored)."""
     n = len(images)
     ok = ~nonfinite
-    good = images[ok]
+    good = ms.prepare(images[ok]) if ok.any() else images[ok]
     out: dict[str, np.ndarray] = {}
     embeds = None
     if ms.judge is not None:
@@ -483,10 +504,6 @@ def _score_batch(images, nonfinite, ms: MetricSet, prompts, attrs, baseline_imag
     if embeds is not None:
         out["embeds"] = embeds
     return out
-
-
-def _concat(parts: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
 def _quality_estimates(
@@ -522,8 +539,16 @@ def _quality_estimates(
         for ext in ms.features:
             key = f"feat:{ext.name}"
             keep = ~nonfinite & ~ref_nonfinite[ref_name]
-            if keep.sum() >= 2:
+            if keep.sum() > PAIRED_DISTANCE_MAX_N:
+                why = f"skipped: N > {PAIRED_DISTANCE_MAX_N:,} (KID's n x n kernels would not fit in memory)"
+                est += [
+                    metrics.Estimate(f"{m}-{ext.name}", math.nan, math.nan, math.nan, 0, ref_name, "", False, why)
+                    for m in ("FD", "KID")
+                ]
+            elif keep.sum() >= 2:
                 est += metrics.distance_estimates(ref[key][keep], per[key][keep], ext.name, ref_name, n_boot=n_boot)
+    if ms.reference is not None:
+        est += ms.reference.estimates(per, nonfinite, n_boot)
     est.append(
         metrics.Estimate(
             "non-finite images",
@@ -597,6 +622,9 @@ class _Plan:
     out: Path | None
     cache: Path | None
     cancel: CancelToken | None = None  # checked before every batch and inside every drawing (per denoising step)
+    world: World = field(default_factory=World)  # which shards (batches) this process draws
+    drawn: int = 0  # images this process drew with the denoiser (throughput)
+    measure_seconds: float = 0.0  # time this process spent measuring cells (throughput breakdown)
 
     @property
     def n(self) -> int:
@@ -669,6 +697,8 @@ def run_sweep(
     plotlyjs: str = "inline",
     samples_per_cell: int = 8,
     cancel: CancelToken | None = None,
+    world: World | None = None,
+    tracker=None,
 ) -> SweepResult:
     """Run a grid of settings over a prompt set and measure each against the baseline (and real data).
 
@@ -688,6 +718,8 @@ def run_sweep(
             Without it nothing is written and nothing can be resumed.
         progress (`Callable[[float, str], None]`, *optional*): called after every batch with (fraction, text).
         cancel (`CancelToken`, *optional*): stops the sweep within one denoising step or one batch's scoring.
+        world (`distributed.World`, *optional*): this process's share of the work (defaults to the launcher's).
+        tracker (`tracking.SweepTracker`, *optional*): also log to trackio / W&B / MLflow.
 
     Returns:
         `SweepResult`.
@@ -720,7 +752,17 @@ def run_sweep(
         samples_per_cell=samples_per_cell,
     )
     return run_sweep_with(
-        engine, specs, prompts, seeds, config, metric_set=metric_set, out_dir=out_dir, progress=progress, cancel=cancel
+        engine,
+        specs,
+        prompts,
+        seeds,
+        config,
+        metric_set=metric_set,
+        out_dir=out_dir,
+        progress=progress,
+        cancel=cancel,
+        world=world,
+        tracker=tracker,
     )
 
 
@@ -735,34 +777,129 @@ def run_sweep_with(
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
+    world: World | None = None,
+    tracker=None,
 ) -> SweepResult:
-    """`run_sweep` with its settings as one `SweepConfig`: baseline, real data, each setting, outputs."""
-    plan = _plan(engine, specs, prompts, seeds, config, metric_set, out_dir)
-    plan.cancel = cancel
-    done = {spec: plan.finished(spec) for spec in plan.specs}
-    todo = [s for s in plan.specs if done[s] is None]
-    batches = len(plan.slices())
-    # Baseline images depend on the sampler only; their scores also on the metric set (own file each).
-    base_ready = bool(plan.cache and (plan.cache / "baseline.done").is_file() and _baseline_scores_path(plan).is_file())
-    work = _Work(batches * len(todo) + (0 if not todo or base_ready else batches), progress, config.show_bar)
-    skipped = [s.label for s in plan.specs if done[s] is not None]
+    """`run_sweep` with its settings as one `SweepConfig`: baseline, real data, each setting, outputs.
 
+    Under torchrun / accelerate launch every process calls this with the same arguments; each draws its share
+    of every setting's batches (`compression.distributed`), and process 0 returns the results and writes
+    the files (the others return an empty table). `world` defaults to the launcher's (one process without one).
+    `tracker` (`tracking.SweepTracker`, *optional*) gets the configuration, each setting as it is finished (or
+    found on disk) and the report. A cancelled `cancel` token raises `SweepStopped` within one denoising step
+    or one batch's scoring; the settings already written stay on disk for a rerun.
+    """
+    start, load_before = time.perf_counter(), _loadavg()
+    plan = _plan(engine, specs, prompts, seeds, config, metric_set, out_dir)
+    plan.world = world = world if world is not None else current_world()
+    plan.cancel = cancel
+    if plan.out:
+        check_shared_folder(world, plan.out)
+    # Process 0 decides what is finished, so that every process works on the same cells.
+    todo_keys = world.share(lambda: [plan.keys[s] for s in plan.specs if plan.finished(s) is None])
+    todo = [s for s in plan.specs if plan.keys[s] in todo_keys]
+    done = {s: (None if s in todo else plan.finished(s) if world.is_main else {}) for s in plan.specs}
+    batches = len(world.shards(len(plan.slices())))
+    # Baseline images depend on the sampler only; their scores also on the metric set (own file each).
+    base_ready = world.share(
+        lambda: bool(plan.cache and (plan.cache / "baseline.done").is_file() and _baseline_scores_path(plan).is_file())
+    )
+    work = _Work(
+        batches * len(todo) + (0 if not todo or base_ready else batches),
+        progress if world.is_main else None,
+        config.show_bar and world.is_main,
+    )
+    skipped = [s.label for s in plan.specs if s not in todo]
+
+    if tracker is not None:
+        tracker.start(_tracked_config(plan))
+    measured = []
     try:
         check(cancel)
         refs = _baseline_phase(plan, work) if todo else _Refs()
-        real_rows = _real_phase(plan, refs, bool(todo))
-        computed = []
+        if todo:
+            _real_phase(plan, refs, True, floor=False)  # the real reference's features, on every process
+        # Drawing is split by shards; measuring (bootstraps, latency) by cells, each cell on one process, so that
+        # no process waits while another bootstraps. Process 0 gets the fewest: it also writes the report.
+        tasks = [*todo, REAL_SETTING] if todo and plan.use_real else list(todo)
+        mine = {t for j, t in enumerate(tasks) if (world.size - 1 - j) % world.size == world.rank}
+        per_of = {}
         for spec in todo:
             check(cancel)
-            done[spec] = _setting_phase(plan, spec, refs, work)
-            computed.append(spec.label)
+            per = _draw_phase(plan, spec, refs, work)
+            if spec in mine:
+                per_of[spec] = per  # the others' numbers are dropped: memory holds only this process's cells
+            if world.size == 1:  # nobody to wait for: measure at once (each cell on disk as soon as it is done)
+                measured.append(_timed(plan, (plan.keys[spec], _measure_phase), spec, per_of.pop(spec), refs))
+        for t in tasks:
+            check(cancel)
+            if t in mine and t == REAL_SETTING:
+                measured.append(_timed(plan, ("real", _real_phase), refs, True))
+            elif t in per_of:
+                measured.append(_timed(plan, (plan.keys[t], _measure_phase), t, per_of.pop(t), refs))
     except Cancelled as stop:
-        finished = [s.label for s in plan.specs if done[s] is not None]
-        unfinished = [s.label for s in plan.specs if done[s] is None]
+        written = {name for name, _ in measured}
+        finished = [s.label for s in plan.specs if s not in todo or plan.keys[s] in written]
+        unfinished = [s.label for s in plan.specs if s in todo and plan.keys[s] not in written]
+        if tracker is not None:
+            tracker.finish(None)  # close the tracked run; a stopped sweep has no report to attach
         raise SweepStopped(stop.reason, finished, unfinished) from None
     finally:
         work.close()
-    return _outputs(plan, done, real_rows, computed, skipped)
+    measured = dict(world.gather(measured))
+    seconds, drawn = time.perf_counter() - start, total_over(world, plan.drawn)
+    computed = [s.label for s in todo]
+    if not world.is_main:
+        return SweepResult(pd.DataFrame(columns=COLUMNS), {}, plan.out, computed, skipped)
+    done.update({s: measured[plan.keys[s]] for s in todo})
+    real_rows = measured["real"] if "real" in measured else _real_phase(plan, refs, bool(todo))
+    if tracker is not None:
+        for i, spec in enumerate(plan.specs):
+            tracker.log_cell(i, done[spec], plan.out / "samples" / f"{plan.keys[spec]}.png" if plan.out else None)
+    run = dict(
+        processes=world.size,
+        threads=torch.get_num_threads(),
+        seconds=seconds,
+        measure_seconds=plan.measure_seconds,  # process 0's: aggregates, bootstraps, latency, cost, cells written
+        images_drawn=int(drawn),
+        images_per_second=drawn / seconds if seconds > 0 else None,
+        load_average=[load_before, _loadavg()],  # the machine's 1-minute load at start and end: was it shared?
+        note="wall time of drawing and scoring (process start, model loading and the report excluded)",
+    )
+    result = _outputs(plan, done, real_rows, computed, skipped, run)
+    if tracker is not None:
+        tracker.finish(plan.out)
+    return result
+
+
+def _timed(plan: _Plan, named: tuple, *args) -> tuple:
+    """(name, fn(plan, *args)), the time it took added to `plan.measure_seconds`."""
+    name, fn = named
+    t = time.perf_counter()
+    out = fn(plan, *args)
+    plan.measure_seconds += time.perf_counter() - t
+    return name, out
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not on every platform
+        return None
+
+
+def _tracked_config(plan: _Plan) -> dict:
+    """What a tracker stores as the run's configuration: model, digests, sampler, grid, metric set."""
+    sampler = dict(plan.sampler)
+    digest = sampler.pop("prompts")
+    return {
+        **sampler,
+        "prompts_digest": digest,
+        "n_images": plan.n,
+        "grid": [s.label for s in plan.specs],
+        "processes": plan.world.size,
+        "metrics": plan.measure,
+    }
 
 
 def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) -> _Plan:
@@ -775,7 +912,7 @@ def _plan(engine, specs, prompts, seeds, cfg: SweepConfig, metric_set, out_dir) 
     model = engine.model_name
     parsed = [world.parse_caption(p) for p in prompts]
     attrs = [a for _ in seeds for a in parsed] if all(a is not None for a in parsed) else None
-    use_real = ms.real_reference and attrs is not None
+    use_real = ms.real_reference and attrs is not None and ms.reference is None
 
     sampler = dict(
         model=model,
@@ -831,54 +968,80 @@ def _baseline_scores_path(plan: _Plan) -> Path | None:
 
 def _baseline_phase(plan: _Plan, work: _Work) -> _Refs:
     """The baseline: images (memory-mapped on disk when there is an out_dir), per-image scores and features,
-    drawn and scored once and reused by later sweeps with the same sampler and metric set."""
-    cache, n = plan.cache, plan.n
-    images_ready = bool(cache and (cache / "baseline.done").is_file())
+    drawn and scored once and reused by later sweeps with the same sampler and metric set.
+
+    Each process draws its shards into the one shared file; a shard is marked done as soon as it is on disk,
+    so a killed run redraws only the shards that are not."""
+    cache, n, world = plan.cache, plan.n, plan.world
+    images_ready = world.share(lambda: bool(cache and (cache / "baseline.done").is_file()))
     scores_path = _baseline_scores_path(plan)
     refs = _Refs()
     if images_ready:
         refs.images = np.load(cache / "baseline.npy", mmap_mode="r")
         refs.nonfinite = np.load(cache / "baseline-nonfinite.npy")
     else:
-        shape = (n, plan.height, plan.width, 3)
-        refs.images = (
-            np.lib.format.open_memmap(cache / "baseline.npy", mode="w+", dtype=np.uint8, shape=shape)
-            if cache
-            else np.zeros(shape, np.uint8)
-        )
+        refs.images = _baseline_images(plan)
         refs.nonfinite = np.zeros(n, dtype=bool)
-    if scores_path and scores_path.is_file():
+    if world.share(lambda: bool(scores_path and scores_path.is_file())):
         loaded = np.load(scores_path)
         refs.per = {k: loaded[k] for k in loaded.files}
     else:
-        parts = []
-        for sl in plan.slices():
+        slices = plan.slices()
+        marks = ShardStore(cache / "baseline.shards" if cache and not images_ready else None)
+
+        def compute(b: int) -> dict[str, np.ndarray]:
             check(plan.cancel)
-            if not images_ready:
+            sl = slices[b]
+            mark = None if images_ready else marks.load(b)
+            if images_ready:
+                nonfinite = refs.nonfinite[sl]
+            elif mark is not None:
+                nonfinite = mark["nonfinite"]
+            else:
                 r = plan.draw(CompressionSpec(), sl)
-                refs.images[sl], refs.nonfinite[sl] = r.images, r.nonfinite
-            parts.append(
-                _score_batch(
-                    np.asarray(refs.images[sl]),
-                    refs.nonfinite[sl],
-                    plan.ms,
-                    plan.prompts[sl],
-                    plan.attrs_of(sl),
-                    None,
-                    None,
-                )
+                plan.drawn += len(r.images)
+                refs.images[sl], nonfinite = r.images, r.nonfinite
+                if cache:
+                    refs.images.flush()
+                marks.save(b, {"nonfinite": nonfinite})
+            per = _score_batch(
+                np.asarray(refs.images[sl]), nonfinite, plan.ms, plan.prompts[sl], plan.attrs_of(sl), None, None
             )
-            work.step(f"baseline {sl.stop}/{n}")
-        refs.per = _concat(parts)
-        if cache:
+            return {"nonfinite": nonfinite, **per}
+
+        store = ShardStore(scores_path.with_suffix(".shards") if scores_path else None)
+        parts = run_shards(world, len(slices), compute, store, lambda b, _: work.step(f"baseline {slices[b].stop}/{n}"))
+        refs.per = concat(parts)
+        nonfinite = refs.per.pop("nonfinite")
+        if not images_ready:
+            refs.nonfinite = nonfinite
+        if cache and world.is_main:
             if not images_ready:
-                refs.images.flush()
                 np.save(cache / "baseline-nonfinite.npy", refs.nonfinite)
                 (cache / "baseline.done").write_text("ok\n")
+                marks.remove()
             np.savez(scores_path, **refs.per)
+            store.remove()
+        world.barrier()
     refs.features["baseline"] = {k: v for k, v in refs.per.items() if k.startswith("feat:")}
     refs.feature_nonfinite["baseline"] = refs.nonfinite
     return refs
+
+
+def _baseline_images(plan: _Plan) -> np.ndarray:
+    """Where the baseline images go: the shared memory-mapped file (created by process 0, kept when a killed
+    run left it behind), or memory without an out_dir."""
+    shape = (plan.n, plan.height, plan.width, 3)
+    if not plan.cache:
+        return np.zeros(shape, np.uint8)
+    path = plan.cache / "baseline.npy"
+    if plan.world.is_main:
+        fresh = not path.is_file() or np.load(path, mmap_mode="r").shape != shape
+        if fresh:
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()
+            ShardStore(plan.cache / "baseline.shards").remove()  # marks of another file mean nothing
+    plan.world.barrier()
+    return np.load(path, mmap_mode="r+")
 
 
 def _real_path(plan: _Plan) -> Path | None:
@@ -887,21 +1050,25 @@ def _real_path(plan: _Plan) -> Path | None:
     return plan.out / "cells" / f"real-{_digest(dict(base=_digest(plan.sampler), measure=plan.measure))}.json"
 
 
-def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool) -> list[dict]:
+def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool, floor: bool = True) -> list[dict]:
     """Real images of the same prompts (shapes world): the reference distribution, added to `refs`, and its
-    floor (a second, independent real set measured like a setting). Rows from disk where nothing is redrawn."""
+    floor (a second, independent real set measured like a setting; skipped with `floor=False`). Rows from disk
+    where nothing is redrawn."""
     path = _real_path(plan)
     if not plan.use_real:
         return []
     if not settings_to_do and path and path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["rows"]
     n, ms = plan.n, plan.ms
-    real_a = np.stack([np.asarray(world.render(a, s)) for a, s in zip(plan.attrs, plan.seeds)])
+    if "real" not in refs.features:
+        real_a = np.stack([np.asarray(world.render(a, s)) for a, s in zip(plan.attrs, plan.seeds)])
+        per_a = _score_batch(real_a, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
+        refs.features["real"] = {k: v for k, v in per_a.items() if k.startswith("feat:")}
+        refs.feature_nonfinite["real"] = np.zeros(n, dtype=bool)
+    if not floor:
+        return []
     real_b = np.stack([np.asarray(world.render(a, s + 2**32)) for a, s in zip(plan.attrs, plan.seeds)])
-    per_a = _score_batch(real_a, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
     per_b = _score_batch(real_b, np.zeros(n, bool), ms, plan.prompts, plan.attrs, None, None)
-    refs.features["real"] = {k: v for k, v in per_a.items() if k.startswith("feat:")}
-    refs.feature_nonfinite["real"] = np.zeros(n, dtype=bool)
     floor = _quality_estimates(
         per_b, ms, {"real": refs.features["real"]}, plan.cfg.n_boot, np.zeros(n, bool), refs.feature_nonfinite
     )
@@ -926,48 +1093,59 @@ def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool) -> list[dict]:
     return rows
 
 
-def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict:
-    """One setting: draw and score its images batch by batch, time it, count its cost; the finished cell is
-    written to disk at once (so an interrupted sweep resumes after it)."""
+def _draw_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict[str, np.ndarray]:
+    """One setting's images, drawn and scored shard by shard (each process its own; finished shards on disk),
+    then every shard's per-image numbers, gathered in image order on every process."""
     cfg, n, key = plan.cfg, plan.n, plan.keys[spec]
-    parts, nonfinite = [], np.zeros(n, dtype=bool)
-    cost = report = None
-    comp_seconds = 0.0
-    samples = []
-    for sl in plan.slices():
+    slices = plan.slices()
+
+    def compute(b: int) -> dict[str, np.ndarray]:
         check(plan.cancel)  # a setting whose images are all drawn is finished (its latency draws check again)
+        sl = slices[b]
         if spec.is_identity:  # the baseline itself: reuse its images, draw nothing
-            images, nf = np.asarray(refs.images[sl]), refs.nonfinite[sl]
-            cost, report = plan.engine.baseline_cost, None
+            images, nonfinite = np.asarray(refs.images[sl]), refs.nonfinite[sl]
         else:
             r = plan.draw(spec, sl)
-            images, nf = r.images, r.nonfinite
-            cost, report = r.cost, r.prune_report
-            comp_seconds += r.compression_seconds
-        nonfinite[sl] = nf
-        parts.append(
-            _score_batch(
-                images,
-                nf,
-                plan.ms,
-                plan.prompts[sl],
-                plan.attrs_of(sl),
-                np.asarray(refs.images[sl]),
-                refs.nonfinite[sl],
-            )
+            plan.drawn += len(r.images)
+            images, nonfinite = r.images, r.nonfinite
+        per = _score_batch(
+            images,
+            nonfinite,
+            plan.ms,
+            plan.prompts[sl],
+            plan.attrs_of(sl),
+            np.asarray(refs.images[sl]),
+            refs.nonfinite[sl],
         )
-        if len(samples) < cfg.samples_per_cell:
-            samples.extend(images[: cfg.samples_per_cell - len(samples)])
-        work.step(f"{spec.label} {sl.stop}/{n}")
-    per = _concat(parts)
+        keep = max(0, min(sl.stop, cfg.samples_per_cell) - sl.start)  # the first images of the setting
+        return {"nonfinite": nonfinite, **per, "samples": images[:keep]}
+
+    store = ShardStore(plan.out / "cells" / f"{key}.shards" if plan.out else None)
+    parts = run_shards(
+        plan.world, len(slices), compute, store, lambda b, _: work.step(f"{spec.label} {slices[b].stop}/{n}")
+    )
+    return concat(parts)
+
+
+def _measure_phase(plan: _Plan, spec: CompressionSpec, per: dict[str, np.ndarray], refs: _Refs) -> dict:
+    """One setting's aggregates from its per-image numbers, its latency and cost; the finished cell is written to
+    disk at once (so an interrupted sweep resumes after it) and its shards dropped."""
+    cfg, n, key = plan.cfg, plan.n, plan.keys[spec]
+    per = dict(per)
+    nonfinite, samples = per.pop("nonfinite"), per.pop("samples")
     est = _quality_estimates(per, plan.ms, refs.features, cfg.n_boot, nonfinite, refs.feature_nonfinite)
     if cfg.latency_repeats > 0:
         est += _latency_estimates(plan, spec)
+    if spec.is_identity:
+        cost, report, comp_seconds = plan.engine.baseline_cost, None, 0.0
+    else:
+        entry, _ = plan.engine.compress(spec)
+        cost, report, comp_seconds = entry.cost, entry.prune_report, entry.seconds
     est += _cost_estimates(plan, spec, cost, report, comp_seconds)
     cell = {"key": key, "label": spec.label, "spec": spec.to_dict(), "n": n, "rows": _rows(spec, est, plan.model, key)}
     if plan.out:
-        if samples:
-            _save_strip(samples, plan.out / "samples" / f"{key}.png")
+        if len(samples):
+            _save_strip(list(samples), plan.out / "samples" / f"{key}.png")
         per_image = pd.DataFrame(
             {
                 "prompt": plan.prompts,
@@ -978,6 +1156,7 @@ def _setting_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work)
         )
         per_image.to_csv(plan.out / "cells" / f"{key}.images.csv", index=False)
         _write_json(plan.out / "cells" / f"{key}.json", cell)
+        ShardStore(plan.out / "cells" / f"{key}.shards").remove()
     return cell
 
 
@@ -1036,9 +1215,11 @@ def _cost_estimates(plan: _Plan, spec: CompressionSpec, cost, report, comp_secon
     return est
 
 
-def _outputs(plan: _Plan, done: dict, real_rows: list[dict], computed: list[str], skipped: list[str]) -> SweepResult:
-    """The tidy table of every cell (and the real rows), the summary, and on disk results.csv, summary.json and
-    report.html."""
+def _outputs(
+    plan: _Plan, done: dict, real_rows: list[dict], computed: list[str], skipped: list[str], run: dict
+) -> SweepResult:
+    """The tidy table of every cell (and the real rows), the summary (with `run`: processes, threads, wall time,
+    images drawn per second), and on disk results.csv, summary.json and report.html."""
     rows = [r for spec in plan.specs for r in done[spec]["rows"]] + real_rows
     table = pd.DataFrame(rows, columns=COLUMNS)
     sampler = dict(plan.sampler)
@@ -1053,6 +1234,7 @@ def _outputs(plan: _Plan, done: dict, real_rows: list[dict], computed: list[str]
         }
         for s in plan.specs
     ]
+    summary["run"] = run
     if plan.out:
         table.to_csv(plan.out / "results.csv", index=False)
         _write_json(plan.out / "summary.json", summary)
@@ -1110,10 +1292,10 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         default=None,
         help="name under assets/prompts/ or a .txt path (default: tiny-shapes for the embedded model, else general)",
     )
-    p.add_argument("--prompts", type=int, default=200, help="how many prompts of the set (the first N)")
+    p.add_argument("--prompts", type=int, help="how many prompts of the set (the first N; default 200, a file: all)")
     p.add_argument("--seeds", default="0", help="seed values, comma-separated; each prompt is drawn once per seed")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--steps", type=int, help="denoising steps (default 20; the paper preset: 25)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default 4.0; the paper preset: 7.5)")
     p.add_argument("--batch", type=int, default=25, help="images per denoising batch")
     p.add_argument("--latency-repeats", type=int, default=5)
     p.add_argument("--boot", type=int, default=metrics.N_BOOT, help="bootstrap resamples per interval")
@@ -1130,12 +1312,15 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     )
     p.add_argument("--png", action="store_true", help="also save every report figure as DIR/png/*.png (needs Chromium)")
     p.add_argument("--out", required=True, type=Path, help="output folder (resumes what is finished there)")
+    scaling.add_arguments(p)
     args = p.parse_args(argv)
+    world = current_world()  # under torchrun / accelerate launch: checks the world size the launcher asked for
+    say = print if world.is_main else _quiet  # one process speaks for the sweep
 
     if args.report_only:
         table = pd.read_csv(args.out / "results.csv")
         summary = json.loads((args.out / "summary.json").read_text())
-        print(write_report(table, summary, args.out, args.plotlyjs))
+        say(write_report(table, summary, args.out, args.plotlyjs))
         if args.png:
             write_pngs(table, args.out / "png")
         return None
@@ -1143,6 +1328,7 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         torch.set_num_threads(args.threads)
 
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
+    steps, guidance = args.steps or preset.get("steps", 20), args.guidance or preset.get("guidance", 4.0)
     prune = args.prune or preset.get("prune", "0,30")
     method = args.method or preset.get("method", "l1-unstructured")
     quant = args.quant or preset.get("quant", "fp32")
@@ -1155,7 +1341,8 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
             [s.strip() for s in scope.split(",") if s.strip()],
         )
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError as err:
+        scaling.check_arguments(args)
+    except (ValueError, ImportError) as err:
         p.error(str(err))
 
     from .engine import Engine
@@ -1164,13 +1351,21 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     entry = resolve_model(args.model)
     prompt_set = args.prompt_set or entry.prompt_set
     try:
-        prompts = load_prompts(prompt_set, args.prompts)
+        if args.prompts_file:
+            prompts = scaling.load_prompts_file(args)
+        else:
+            prompts = load_prompts(prompt_set, args.prompts or 200)
     except ValueError as err:
         p.error(str(err))
     pipe, info = load_pipeline(args.model)
     engine = Engine(pipe, info.name, cache_size=1)
-    ms = default_metric_set(info.name, args.allow_download, log=lambda m: print(m, file=sys.stderr))
-    print(
+    ms = default_metric_set(info.name, args.allow_download, log=lambda m: say(m, file=sys.stderr))
+    protocol, n_images = preset.get("protocol", "native"), len(prompts) * len(seeds)
+    try:
+        scaling.apply_metric_options(args, ms, engine, world, protocol, n_images, steps, guidance)
+    except ValueError as err:
+        p.error(str(err))
+    say(
         f"{len(specs)} settings x {len(prompts) * len(seeds)} images on {info.name} ({info.device}); "
         f"{torch.get_num_threads()} threads -> {args.out}",
         file=sys.stderr,
@@ -1180,23 +1375,29 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         specs,
         prompts,
         seeds,
-        steps=args.steps,
-        guidance=args.guidance,
+        steps=steps,
+        guidance=guidance,
         metric_set=ms,
         out_dir=args.out,
         batch_size=args.batch,
         latency_repeats=args.latency_repeats,
         n_boot=args.boot,
         plotlyjs=args.plotlyjs,
+        world=world,
+        tracker=scaling.make_tracker(args),
     )
-    print(
+    say(
         f"computed {len(res.computed)}, reused {len(res.skipped)}: {args.out / 'results.csv'}, "
         f"{args.out / 'summary.json'}, {args.out / 'report.html'}",
         file=sys.stderr,
     )
-    if args.png:
+    if args.png and world.is_main:
         write_pngs(res.table, args.out / "png")
     return res
+
+
+def _quiet(*args, **kwargs) -> None:
+    """`print` for processes other than 0."""
 
 
 if __name__ == "__main__":

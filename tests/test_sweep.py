@@ -231,7 +231,7 @@ def test_non_finite_images_are_counted_and_not_scored(engine, metric_set, nan_mo
         (dict(prompts=[]), "at least 1 prompt"),
         (dict(seeds=[]), "at least 1 seed"),
         (dict(max_cells=1), "limit of 1 per sweep"),
-        (dict(prompts=["a red circle on the left on a white background"] * 5001), "limit of 5000"),
+        (dict(prompts=["a red circle on the left on a white background"] * 30_001), "limit of 30000"),
         (dict(seeds=[-1]), "seeds must be integers"),
     ],
 )
