@@ -167,6 +167,43 @@ def status_markdown(req, result, stats: dict, warnings: list[str]) -> str:
     return "\n\n".join(lines)
 
 
+def distilled_status(req, result, row: dict) -> str:
+    """The line above a distilled pair: both models, their measured UNet sizes and latencies, what was cached."""
+    from compression.models import CATALOG
+
+    entry = CATALOG[req.against]
+    base, comp = result.baseline_cost, result.compressed_cost
+    ratio = result.compressed_seconds / result.baseline_seconds if result.baseline_seconds else math.nan
+    return "\n\n".join(
+        [
+            f"**{html.escape(req.against)}** (distilled) vs **{html.escape(req.model)}** · seed {req.seed} · "
+            f"{req.steps} steps · guidance {req.guidance:g} · {req.width}×{req.height} px · same VAE and text encoder",
+            f"UNet parameters {comp.params / 1e6:,.1f} M vs {base.params / 1e6:,.1f} M "
+            f"({comp.params / base.params:.2f}×) "
+            f"· {comp.bytes / 2**20:,.0f} MB vs {base.bytes / 2**20:,.0f} MB · denoising {ratio:.2f}× the baseline's "
+            f"time (N=1) · "
+            + (
+                "distilled UNet from cache"
+                if row.get("compression_s") == 0
+                else f"loaded in {row['compression_s']:.1f} s"
+            )
+            + (" · baseline from cache" if result.baseline_cached else ""),
+            f"{html.escape(entry.description)} Licence: {html.escape(entry.licence)}.",
+        ]
+    )
+
+
+def distilled_note() -> str:
+    """Under the distilled-model picker: what the models are and where their weights come from."""
+    from compression.models import CATALOG, DISTILLED
+
+    names = ", ".join(f"`{n}` ({CATALOG[n].source})" for n in DISTILLED)
+    return (
+        f"{names}. Only the distilled UNet is loaded (safetensors from the hub: needs network); SD 1.5 is loaded "
+        "as the baseline. Steps, guidance, seed and size are the ones above (0: 512 px)."
+    )
+
+
 HISTORY_COLUMNS = {
     "setting": "setting",
     "prompt": "prompt",
@@ -380,14 +417,16 @@ def difference_caption(stats: dict | None) -> str:
     )
 
 
-def pair_captions(result) -> tuple[str, str]:
-    """Under the baseline and the compressed image: setting and latency per denoising step (compressed: as a
-    multiple of the baseline's, with its interval when both were timed warm in alternating rounds)."""
+def pair_captions(result, label: str | None = None) -> tuple[str, str]:
+    """Under the baseline and the compressed image: setting (or `label`) and latency per denoising step
+    (compressed: as a multiple of the baseline's, with its interval when both were timed warm in alternating
+    rounds)."""
     lat = pair_row_latency(result)
     low, high = lat["latency_ratio_low"], lat["latency_ratio_high"]
     ratio = f"{lat['latency_ratio']:.2f}× baseline" if math.isfinite(lat["latency_ratio"]) else "-"
     base = f"**Baseline** · fp32 · {lat['latency_baseline_ms']:,.1f} ms/step"
-    comp = f"**{html.escape(result.spec.label)}** · {lat['latency_ms']:,.1f} ms/step ({ratio}"
+    label = result.spec.label if label is None else label
+    comp = f"**{html.escape(label)}** · {lat['latency_ms']:,.1f} ms/step ({ratio}"
     if lat["latency_rounds"]:
         comp += f" [{low:.2f}, {high:.2f}])" if math.isfinite(low) and math.isfinite(high) else ")"
     else:  # from the drawings themselves: a cached baseline was timed earlier, and no run was warm-paired
@@ -498,13 +537,14 @@ def model_line(lab) -> str:
         return f"Model `{lab.default_model}` loads on the first request (device: {lab.device})."
     cost = loaded.engine.baseline_cost
     side = f"{loaded.native[1]}×{loaded.native[0]} px"
+    kept = f" · compressed UNets kept up to {html.escape(loaded.budget_note)}" if loaded.budget_note else ""
     return (
-        f"Model **{loaded.name}** on **{loaded.device}** · draws {side} · UNet {cost.bytes / 2**20:.1f} MB, "
-        f"{cost.params / 1e6:.2f} M parameters"
+        f"Model **{html.escape(loaded.name)}** on **{loaded.device}** · draws {side} · UNet "
+        f"{cost.bytes / 2**20:.1f} MB, {cost.params / 1e6:.2f} M parameters{kept}"
     )
 
 
-def about(device, cache_size: int) -> str:
+def about(device, cache_size: int, budget_note: str = "") -> str:
     """The About tab: every method, mode and scope this device offers, and how to read the numbers."""
     lines = ["### What the controls do", "", "| kind | name | available here | what it does |", "|---|---|---|---|"]
     for kind, registry in (("pruning", PRUNERS), ("quantization", QUANT_MODES)):
@@ -537,6 +577,8 @@ def about(device, cache_size: int) -> str:
         "unless stored sparse. Simulated N-bit weights are stored as float: no gain at all. int8/int4 weights shrink "
         "the UNet but are dequantized on the fly, so they are rarely faster on a CPU.",
         "- **Caches**: the baseline image is reused while prompt, seed and sampler settings stay the same; the last "
-        f"{cache_size} compressed UNets are kept, so returning to a setting does not recompress.",
+        f"{cache_size} compressed UNets are kept, so returning to a setting does not recompress, within a byte budget "
+        f"shared with the sweeps ({budget_note or 'APP_CACHE_MB'}), least recently used first out; a setting "
+        "whose UNet alone is larger is refused, with its size.",
     ]
     return "\n".join(lines)

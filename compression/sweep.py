@@ -1121,7 +1121,8 @@ def _draw_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) ->
             refs.nonfinite[sl],
         )
         keep = max(0, min(sl.stop, cfg.samples_per_cell) - sl.start)  # the first images of the setting
-        return {"nonfinite": nonfinite, **per, "samples": images[:keep]}
+        # a copy: a slice (even an empty one) is a view that would keep the whole batch alive until the gather
+        return {"nonfinite": nonfinite, **per, "samples": images[:keep].copy()}
 
     store = ShardStore(plan.out / "cells" / f"{key}.shards" if plan.out else None)
     parts = run_shards(

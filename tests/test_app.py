@@ -72,6 +72,7 @@ def plotly_json(plot) -> dict:
 def test_api_has_named_endpoints_only(client):
     assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {
         "/compare",
+        "/compare_distilled",
         "/sweep",
         "/export",
     }
