@@ -9,8 +9,9 @@ Layout and event wiring only: the work lives in `compression/`, the loaded model
 request so that it can be stopped (Stop buttons, the API's cancel, clients that leave) in `app_jobs.py`.
 
 Run: `python app.py [--model NAME]` (env: MODEL_ID, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, APP_OUTPUT_DIR,
-APP_CACHE_SIZE, APP_MAX_MODELS, APP_QUEUE_SIZE, APP_MODEL_CONCURRENCY). API endpoints: /compare, /sweep
-(see README "API").
+APP_CACHE_MB, APP_CACHE_SIZE, APP_MIN_SIDE, APP_MAX_MODELS, APP_QUEUE_SIZE, APP_MODEL_CONCURRENCY, APP_GPU_MAX_S).
+API endpoints: /compare, /compare_distilled, /sweep, /export (see docs/app-and-api.md). On ZeroGPU (`spaces`
+importable) each user action calls exactly one GPU function (app_gpu.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls out
 
+import app_gpu as zgpu  # noqa: E402, I001 - first: imports `spaces` (ZeroGPU) before anything imports torch
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
@@ -29,8 +31,9 @@ import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -59,15 +62,7 @@ from compression.metrics import pair_row  # noqa: E402
 
 log = logging.getLogger("dcl.app")
 
-try:  # ZeroGPU Spaces: a GPU is attached only while a @spaces.GPU function runs. Elsewhere: nothing changes.
-    import spaces  # type: ignore
-
-    def gpu(duration: int):
-        return spaces.GPU(duration=duration)
-except ImportError:  # pragma: no cover - the usual case off Spaces
-
-    def gpu(duration: int):
-        return lambda fn: fn
+gpu = zgpu.gpu  # ZeroGPU Spaces: a GPU is attached only while a @spaces.GPU function runs (see app_gpu.py)
 
 
 def _cli_model() -> str | None:
@@ -81,7 +76,11 @@ def _cli_model() -> str | None:
     return parser.parse_args().model
 
 
+if __name__ == "__main__":  # before the model may load at import (ZeroGPU), so that its log lines show
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 LAB = svc.Lab(default_model=_cli_model())
+if zgpu.ZEROGPU:  # ZeroGPU: models are loaded and moved to CUDA at import time; every GPU worker inherits them.
+    LAB.startup(warm=False)  # no GPU is attached at import: the first request warms it
 DEFAULTS = svc.model_defaults(LAB.default_model)
 MODEL_CONCURRENCY = int(os.environ.get("APP_MODEL_CONCURRENCY", 1))  # 1: latencies are measured without a
 # second request competing for the same cores; raise it on a multi-GPU machine.
@@ -131,21 +130,8 @@ def plain_errors():
         yield
     except (gr.Error, Cancelled):
         raise
-    except ValueError as err:  # RequestError, or a library check that our checks did not anticipate
-        raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
-    except MemoryError:
-        log.exception("out of memory")
-        raise gr.Error(
-            "The server ran out of memory for this request: choose a smaller image size, fewer steps or fewer prompts.",
-            print_exception=False,
-        ) from None
-    except Exception:  # noqa: BLE001
-        ref = uuid.uuid4().hex[:8]
-        log.exception("request failed (ref %s)", ref)
-        raise gr.Error(
-            f"The server hit an unexpected error (reference {ref}, logged). Try again or change a setting.",
-            print_exception=False,
-        ) from None
+    except Exception as err:  # noqa: BLE001 - RequestError, a library check, or the unexpected (app_gpu.error_text)
+        raise gr.Error(zgpu.error_text(err), print_exception=False) from None
 
 
 # ----------------------------------------------------------------------------------- running model jobs
@@ -198,6 +184,95 @@ COMPARE_STATUS, COMPARE_OUTPUTS = 8, 16  # the status line's place in _compare's
 SWEEP_STATUS, SWEEP_OUTPUTS = 0, 4 + len(SWEEP_PLOTS)
 
 
+# --------------------------------------------------------------------------------- the GPU side (app_gpu.py)
+# One function per user action holds the GPU: JSON in, PIL images and JSON out, failures and stops returned as
+# data. The job's cancel token is found by its reference (a string crosses, a token does not).
+
+
+def _token(job_ref: str | None):
+    """The cancel token of this process's running job `job_ref` (None in a ZeroGPU worker forked before it)."""
+    return next((j.token for j in JOBS.running() if j.ref == job_ref), None) if job_ref else None
+
+
+@gpu(duration=zgpu.compare_seconds)
+@zgpu.guarded
+def draw_pair(fields: dict, job_ref: str | None = None):
+    """The GPU part of /compare and /compare_distilled: draw the pair and score it."""
+    req = svc.CompareRequest.from_fields(fields)
+    loaded = LAB.get(req.model)
+    entry, cached = svc.distilled_unet(loaded, req.against) if req.against else (None, True)
+    result = loaded.engine.generate_pair(
+        req.prompt,
+        req.seed,
+        req.steps,
+        req.guidance,
+        req.spec,
+        req.negative_prompt,
+        req.height,
+        req.width,
+        progress=svc.progress_adapter(gr.Progress()),
+        entry=entry,
+        cancel=_token(job_ref),
+        latency_rounds=svc.COMPARE_LATENCY_ROUNDS,
+    )
+    row = pair_row(result, req.prompt, loaded.judge)
+    if req.against:
+        row.update(setting=f"{req.against} (distilled)", compression_s=0.0 if cached else entry.seconds)
+    return result.baseline_image, result.compressed_image, {"pair": zgpu.pair_record(result), "row": row}
+
+
+@gpu(duration=zgpu.sweep_seconds)
+@zgpu.guarded
+def run_sweep_on_gpu(fields: dict, job_ref: str | None = None, track: bool = False) -> dict:
+    """The GPU part of /sweep: run the grid, write its files (and log to trackio when asked); the tidy table comes
+    back as JSON."""
+    from compression.sweep import run_sweep
+    from compression.tracking import SweepTracker
+
+    req = svc.SweepRequest.from_fields(fields)
+    loaded = LAB.get(req.model)
+    res = run_sweep(
+        loaded.sweep_engine,
+        req.specs,
+        req.prompts,
+        (0,),
+        steps=req.steps,
+        guidance=req.guidance,
+        metric_set=loaded.metric_set,
+        out_dir=svc.sweep_dir(loaded.name, loaded.fingerprint),
+        latency_repeats=req.latency_repeats,
+        progress=svc.progress_adapter(gr.Progress()),
+        show_bar=False,
+        max_cells=svc.MAX_SWEEP_SETTINGS,
+        n_boot=svc.SWEEP_BOOTSTRAP,
+        cancel=_token(job_ref),
+        tracker=SweepTracker("trackio", run_name=f"app-{loaded.name}") if track else None,
+    )
+    table = json.loads(res.table.to_json(orient="split", index=False))  # NaN -> null: plain JSON
+    return {"table": table, "out_dir": str(res.out_dir), "computed": res.computed, "skipped": res.skipped}
+
+
+@gpu(duration=zgpu.export_seconds)
+@zgpu.guarded
+def export_on_gpu(fields: dict) -> dict:
+    """The GPU part of /export: build the compressed UNet (and its sample pair) and zip the bundle."""
+    path, size = svc.export_bundle(LAB, svc.CompareRequest.from_fields(fields))
+    return {"path": str(path), "bytes": size}
+
+
+@gpu(duration=zgpu.export_seconds)
+@zgpu.guarded
+def bundle_on_gpu(fields: dict) -> dict:
+    """The GPU part of /push_to_hub: build the bundle folder (the upload runs in the main process, GPU-free)."""
+    return {"folder": str(svc.build_bundle(LAB, svc.CompareRequest.from_fields(fields)))}
+
+
+def _bundle_via_gpu(req: svc.CompareRequest) -> Path:
+    fields = req.to_fields()
+    zgpu.check_seconds(zgpu.export_seconds(fields), "push")
+    return Path(zgpu.unwrap(bundle_on_gpu(fields))["folder"])
+
+
 async def compare_handler(
     prompt,
     negative_prompt,
@@ -243,7 +318,6 @@ async def compare_handler(
         return _stopped_outputs(COMPARE_OUTPUTS, COMPARE_STATUS, fmt.job_stopped(job))
 
 
-@gpu(duration=60)
 def compare(
     prompt,
     negative_prompt,
@@ -323,23 +397,20 @@ def _compare(
         width,
         recover_steps,
     )
-    loaded = LAB.get(req.model)
+    return _show_pair(req, history, progress, job)
+
+
+def _show_pair(req: svc.CompareRequest, history, progress, job: app_jobs.Job | None):
+    """Draw `req` on the GPU side (one call) and lay the pair out: images, captions, numbers, history."""
+    loaded = LAB.get(req.model)  # in the main process: ZeroGPU workers inherit what it loaded
+    fields = req.to_fields()
+    zgpu.check_seconds(zgpu.compare_seconds(fields), "comparison")
     _price(job, svc.compare_cost(req.steps, req.spec.recover_steps), "comparing", progress)
-    with _counted(job, loaded.engine):
-        result = loaded.engine.generate_pair(
-            req.prompt,
-            req.seed,
-            req.steps,
-            req.guidance,
-            req.spec,
-            req.negative_prompt,
-            req.height,
-            req.width,
-            progress=svc.progress_adapter(progress),
-            cancel=job.token if job is not None else None,
-        )
-    progress(1.0, desc="scoring")
-    row = pair_row(result, req.prompt, loaded.judge)
+    with _counted(job, loaded.engine):  # (in-process runs: a ZeroGPU worker counts its own)
+        base_img, comp_img, drawn = zgpu.unwrap(draw_pair(fields, job.ref if job is not None else None))
+    result = zgpu.pair_from_record(base_img, comp_img, drawn["pair"])
+    row = drawn["row"]
+    label = row["setting"] if req.against else None
     warnings = fmt.reading_warnings(req.reading) + fmt.pair_warnings(result)
     for w in warnings:
         gr.Warning(w)
@@ -353,7 +424,7 @@ def _compare(
     else:
         heat, stats = svc.difference_heatmap(result.baseline_image, result.compressed_image)
         heat_caption = fmt.difference_caption(stats)
-    base_caption, comp_caption = fmt.pair_captions(result)
+    base_caption, comp_caption = fmt.pair_captions(result, label)
 
     row = {"model": req.model, **row}
     history = [*(history or []), row][-svc.HISTORY_LIMIT :]
@@ -361,6 +432,8 @@ def _compare(
     csv = svc.write_download(hist_df, "history")
     hashes = (svc.image_sha256(result.baseline_image), svc.image_sha256(result.compressed_image))
     details = fmt.pair_details(req, result, row, stats, warnings, hashes)
+    if req.against:
+        details.update(setting=label, against=req.against)
     judge = loaded.judge.name if loaded.judge is not None else ""
     return (
         base_img,
@@ -371,13 +444,55 @@ def _compare(
         heat,
         heat_caption,
         numbers_table(row, result, judge),
-        status_markdown(req, result, stats, warnings),
+        status_markdown(req, result, stats, warnings) if not req.against else fmt.distilled_status(req, result, row),
         details,
         history_table(history),
         str(csv),
         *history_figures(hist_df),
         history,
     )
+
+
+async def compare_distilled_handler(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    distilled,
+    height,
+    width,
+    history,
+    request: gr.Request,
+    progress=gr.Progress(track_tqdm=True),
+):
+    """What /compare_distilled runs: `compare_distilled` on a model worker that stops like /compare's."""
+    args = (prompt, negative_prompt, seed, steps, guidance, distilled, height, width, history)
+    job = JOBS.start("compare", _session(request))
+    try:
+        return await JOBS.run(job, lambda token: compare_distilled(*args, progress=progress, job=job), _client_gone())
+    except Cancelled:
+        return _stopped_outputs(COMPARE_OUTPUTS, COMPARE_STATUS, fmt.job_stopped(job))
+
+
+def compare_distilled(
+    prompt,
+    negative_prompt,
+    seed,
+    steps,
+    guidance,
+    distilled,
+    height,
+    width,
+    history,
+    progress=gr.Progress(track_tqdm=True),
+    job: app_jobs.Job | None = None,
+):
+    """Draw a distilled SD 1.x UNet beside the model it was distilled against: same prompt, seed and sampler, over
+    that model's VAE and text encoder; its parameters and latency are measured like a compressed UNet's."""
+    with plain_errors():
+        req = svc.parse_distilled(LAB, prompt, negative_prompt, seed, steps, guidance, distilled, height, width)
+        return _show_pair(req, history, progress, job)
 
 
 async def sweep_handler(
@@ -417,7 +532,6 @@ async def sweep_handler(
         return _stopped_outputs(SWEEP_OUTPUTS, SWEEP_STATUS, fmt.job_stopped(job))
 
 
-@gpu(duration=120)  # ZeroGPU caps a call's duration (the lower, the sooner a visitor gets a GPU): small sweeps
 def sweep(
     model,
     prune_percents,
@@ -468,8 +582,7 @@ def _sweep(
     job,
     track=False,
 ):
-    from compression.sweep import SweepStopped, run_sweep
-    from compression.tracking import SweepTracker
+    from compression.sweep import SweepStopped
 
     token = job.token if job is not None else None
 
@@ -487,6 +600,9 @@ def _sweep(
         recover_steps,
     )
     loaded = LAB.get(req.model)
+    svc.check_sweep_fits(loaded, req)
+    fields = req.to_fields()
+    zgpu.check_seconds(zgpu.sweep_seconds(fields), "sweep")
     out_dir = svc.sweep_dir(loaded.name, loaded.fingerprint)
     lock = svc.sweep_lock(out_dir)
     if not lock.acquire(blocking=False):
@@ -497,38 +613,22 @@ def _sweep(
         cost = svc.sweep_cost(len(req.specs), len(req.prompts), req.steps, req.latency_repeats)
         cost += sum(svc.recovery_cost(s.recover_steps) for s in req.specs)  # recovered settings train first
         _price(job, cost, f"{len(req.specs)} settings x {len(req.prompts)} prompts", progress)
-        with _counted(job, loaded.sweep_engine):
-            res = run_sweep(
-                loaded.sweep_engine,
-                req.specs,
-                req.prompts,
-                (0,),
-                steps=req.steps,
-                guidance=req.guidance,
-                metric_set=loaded.metric_set,
-                out_dir=out_dir,
-                latency_repeats=req.latency_repeats,
-                progress=svc.progress_adapter(progress),
-                show_bar=False,
-                max_cells=svc.MAX_SWEEP_SETTINGS,
-                n_boot=svc.SWEEP_BOOTSTRAP,
-                cancel=token,
-                tracker=SweepTracker("trackio", run_name=f"app-{loaded.name}") if track else None,
-            )
+        with _counted(job, loaded.sweep_engine):  # (in-process runs: a ZeroGPU worker counts its own)
+            res = zgpu.unwrap(run_sweep_on_gpu(fields, job.ref if job is not None else None, track))
         report = svc.download_path("sweep-report", ".html")
-        shutil.copyfile(res.out_dir / "report.html", report)
+        shutil.copyfile(Path(res["out_dir"]) / "report.html", report)
     except SweepStopped as stop:
         if job is not None:
             job.note = fmt.sweep_stopped(stop)  # the status line, and what the Stop button reports
         raise
     finally:
         lock.release()
-    table = res.table
+    table = pd.DataFrame(res["table"]["data"], columns=res["table"]["columns"])
     csv = svc.write_download(table, "sweep")
     figures = sweep_figures(table, req.layer_study)
     for w in fmt.nonfinite_warnings(table):
         gr.Warning(w)
-    status = fmt.sweep_status(req, res, svc.SWEEP_BOOTSTRAP)
+    status = fmt.sweep_status(req, SimpleNamespace(**res), svc.SWEEP_BOOTSTRAP)
     return (status, sweep_summary(table), str(csv), str(report), *figures)
 
 
@@ -577,6 +677,7 @@ COMPARE_FIELDS = (
     "width",
     "recover_steps",
 )
+DISTILLED_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "distilled", "height", "width")
 SWEEP_FIELDS = (
     "model",
     "prune_percents",
@@ -606,6 +707,11 @@ def validate_compare(*args):
     """Runs before a /compare request joins the queue (Gradio's validator): bad input is refused at once, with
     the message on the input at fault, however long the queue is. The handler checks everything again."""
     return _verdicts(COMPARE_FIELDS, svc.compare_problems, args)
+
+
+def validate_distilled(*args):
+    """The same for /compare_distilled."""
+    return _verdicts(DISTILLED_FIELDS, svc.distilled_problems, args)
 
 
 def validate_sweep(*args):
@@ -695,7 +801,10 @@ def export_unet(
             width,
             recover_steps,
         )
-        path, size = svc.export_bundle(LAB, req)
+        fields = req.to_fields()
+        zgpu.check_seconds(zgpu.export_seconds(fields), "export")
+        made = zgpu.unwrap(export_on_gpu(fields))
+        path, size = made["path"], made["bytes"]
         recipe = html.escape(json.dumps(svc.recipe_of(req)), quote=False)
         return (
             str(path),  # a plain path: API clients download it
@@ -939,6 +1048,17 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
                         with gr.Row():
                             height = gr.Number(value=0, precision=0, label="Height (0: native)", min_width=100)
                             width = gr.Number(value=0, precision=0, label="Width (0: native)", min_width=100)
+                    with gr.Accordion("Compare with a distilled model", open=False, elem_id="distilled-box"):
+                        distilled = gr.Dropdown(
+                            svc.DISTILLED,
+                            value=svc.DISTILLED[0],
+                            label="Distilled model",
+                            info="drawn beside the model it was distilled against (SD 1.5), same prompt and seed, "
+                            "over that model's VAE and text encoder",
+                            elem_id="distilled",
+                        )
+                        distilled_btn = gr.Button("Draw SD 1.5 vs distilled", size="sm", elem_id="distilled-go")
+                        gr.Markdown(fmt.distilled_note(), elem_classes="note")
 
                 with gr.Column(scale=5, min_width=320):
                     status = gr.Markdown("Press **Generate** to draw the pair.", elem_id="status")
@@ -1150,7 +1270,17 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     )
     # Stop: `cancels` takes a waiting job off the queue and cancels a running one (its worker stops at the next
     # step before the queue slot is freed: app_jobs.py); the handler says what was kept.
-    stop_compare_btn.click(stop_compare, None, status, cancels=[compare_event], queue=False, api_visibility="private")
+    distilled_event = distilled_btn.click(
+        compare_distilled_handler,
+        [prompt, negative, seed, steps, guidance, distilled, height, width, history_state],
+        compare_outputs,
+        api_name="compare_distilled",
+        validator=validate_distilled,
+        **model_work,
+    )
+    stop_compare_btn.click(
+        stop_compare, None, status, cancels=[compare_event, distilled_event], queue=False, api_visibility="private"
+    )
     quant.change(on_quant_change, quant, bits, queue=False, api_visibility="private")
     model.change(on_model_change, model, [steps, guidance, height, width], queue=False, api_visibility="private")
     sw_model.change(
@@ -1211,7 +1341,7 @@ with gr.Blocks(title="Diffusion Compression Lab", delete_cache=(1800, 3600)) as 
     ).then(show_export, export_file, export_file, queue=False, api_visibility="private")
     copy_link.click(None, share_inputs, share_url, js=COPY_LINK_JS, api_visibility="private")
     if hub_push is not None:
-        app_hub.wire(hub_push, compare_inputs[:-1], model_work, LAB)
+        app_hub.wire(hub_push, compare_inputs[:-1], model_work, LAB, build=_bundle_via_gpu)
     demo.load(apply_link, share_inputs, [*share_inputs, take_note], queue=False, api_visibility="private")
 
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
@@ -1243,8 +1373,8 @@ def launch(**kwargs):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    LAB.startup()
+    if not zgpu.ZEROGPU:  # (on ZeroGPU the model was loaded at import)
+        LAB.startup()
     if LAB.warm_seconds is not None:
         log.info("warmed %s in %.1f s", LAB.default_model, LAB.warm_seconds)
     launch()

@@ -12,6 +12,9 @@ import math
 import pandas as pd
 
 from compression import PRUNERS, QUANT_MODES, SCOPES, charts
+from compression.intervals import order_statistic_interval
+from compression.latency import COMPARE_ROUNDS
+from compression.metrics import pair_row_latency
 from compression.report import headline_columns, headline_table, plain_number
 
 
@@ -41,7 +44,7 @@ def numbers_table(row: dict, result, judge_name: str) -> pd.DataFrame:
     def ratio(a, b):
         return f"{a / b:.2f}x" if b else "-"
 
-    clip_note = f"CLIP score ({judge_name}, 0-100)" if judge_name else "CLIP score (no judge loaded)"
+    clip_note = f"CLIP score ({judge_name}, 100 x max(cos, 0))" if judge_name else "CLIP score (no judge loaded)"
     rows = [
         [
             clip_note,
@@ -88,14 +91,43 @@ def numbers_table(row: dict, result, judge_name: str) -> pd.DataFrame:
             "cached" if result.compression_cached and not result.spec.is_identity else num(row["compression_s"], 2),
             "",
         ],
-        [
-            "denoising latency (ms, N=1)",
-            num(row["latency_baseline_ms"], 4) + (" (cached)" if result.baseline_cached else ""),
-            num(row["latency_ms"], 4),
-            ratio(row["latency_ms"], row["latency_baseline_ms"]),
-        ],
+        *latency_rows(row, result),
     ]
     return pd.DataFrame(rows, columns=["measure", "baseline", "compressed", "ratio"])
+
+
+def ratio_text(value: float, low: float, high: float) -> str:
+    """ "1.01x [0.97, 1.06]": a latency ratio with its interval (the ratio alone where there is none)."""
+    if not math.isfinite(value):
+        return "-"
+    if math.isfinite(low) and math.isfinite(high):
+        return f"{value:.2f}x [{low:.2f}, {high:.2f}]"
+    return f"{value:.2f}x"
+
+
+def latency_rows(row: dict, result) -> list[list[str]]:
+    """The numbers table's latency rows: the warm, paired step timing (with the ratio's interval), then the time
+    each image took to draw (no ratio: a cold or cached baseline against a warm compressed run)."""
+    rounds, nan = row.get("latency_rounds", 0), math.nan
+    if rounds:
+        label = (
+            f"denoising step, warm (ms; median of {rounds} alternating rounds, ratio with its "
+            f"{100 * row['latency_level']:.0f}% interval)"
+        )
+        if row.get("latency_cached"):
+            label += ", timed at an earlier comparison of this setting and size"
+    else:
+        label = "denoising step (ms; from the drawing, N=1: not timed warm)"
+    cached = " (cached)" if result.baseline_cached else ""
+    return [
+        [
+            label,
+            num(row["latency_baseline_ms"], 4),
+            num(row["latency_ms"], 4),
+            ratio_text(row["latency_ratio"], row.get("latency_ratio_low", nan), row.get("latency_ratio_high", nan)),
+        ],
+        ["drawing this image (ms, whole loop)", num(row["draw_baseline_ms"], 4) + cached, num(row["draw_ms"], 4), ""],
+    ]
 
 
 def status_markdown(req, result, stats: dict, warnings: list[str]) -> str:
@@ -113,6 +145,8 @@ def status_markdown(req, result, stats: dict, warnings: list[str]) -> str:
         cache.append("compressed UNet from cache (not recompressed)")
     else:
         cache.append(f"compressed UNet built now in {result.compression_seconds:.2f} s")
+    if getattr(result, "latency_cached", False):
+        cache.append("latency timed at an earlier comparison of this setting and size (not timed again)")
     lines = [
         f"**{html.escape(spec.label)}** vs **baseline** on `{html.escape(req.model)}` · seed {req.seed} · "
         f"{req.steps} steps · guidance {req.guidance:g} · {req.width}×{req.height} px",
@@ -133,6 +167,43 @@ def status_markdown(req, result, stats: dict, warnings: list[str]) -> str:
     return "\n\n".join(lines)
 
 
+def distilled_status(req, result, row: dict) -> str:
+    """The line above a distilled pair: both models, their measured UNet sizes and latencies, what was cached."""
+    from compression.models import CATALOG
+
+    entry = CATALOG[req.against]
+    base, comp = result.baseline_cost, result.compressed_cost
+    ratio = result.compressed_seconds / result.baseline_seconds if result.baseline_seconds else math.nan
+    return "\n\n".join(
+        [
+            f"**{html.escape(req.against)}** (distilled) vs **{html.escape(req.model)}** · seed {req.seed} · "
+            f"{req.steps} steps · guidance {req.guidance:g} · {req.width}×{req.height} px · same VAE and text encoder",
+            f"UNet parameters {comp.params / 1e6:,.1f} M vs {base.params / 1e6:,.1f} M "
+            f"({comp.params / base.params:.2f}×) "
+            f"· {comp.bytes / 2**20:,.0f} MB vs {base.bytes / 2**20:,.0f} MB · denoising {ratio:.2f}× the baseline's "
+            f"time (N=1) · "
+            + (
+                "distilled UNet from cache"
+                if row.get("compression_s") == 0
+                else f"loaded in {row['compression_s']:.1f} s"
+            )
+            + (" · baseline from cache" if result.baseline_cached else ""),
+            f"{html.escape(entry.description)} Licence: {html.escape(entry.licence)}.",
+        ]
+    )
+
+
+def distilled_note() -> str:
+    """Under the distilled-model picker: what the models are and where their weights come from."""
+    from compression.models import CATALOG, DISTILLED
+
+    names = ", ".join(f"`{n}` ({CATALOG[n].source})" for n in DISTILLED)
+    return (
+        f"{names}. Only the distilled UNet is loaded (safetensors from the hub: needs network); SD 1.5 is loaded "
+        "as the baseline. Steps, guidance, seed and size are the ones above (0: 512 px)."
+    )
+
+
 HISTORY_COLUMNS = {
     "setting": "setting",
     "prompt": "prompt",
@@ -144,9 +215,9 @@ HISTORY_COLUMNS = {
     "ssim": "SSIM",
     "unet_mb": "UNet MB",
     "sparsity_pct": "sparsity %",
-    "latency_baseline_ms": "base ms",
-    "latency_ms": "comp ms",
-    "speedup": "ms ratio",
+    "latency_baseline_ms": "base ms/step",
+    "latency_ms": "comp ms/step",
+    "latency_ratio": "ms ratio",
 }
 
 
@@ -159,10 +230,12 @@ def history_table(rows: list[dict]) -> pd.DataFrame:
     for col in ("CLIP base", "CLIP comp", "PSNR dB", "UNet MB", "sparsity %"):
         show[col] = show[col].map(lambda v: num(v, 3))
     show["SSIM"] = show["SSIM"].map(lambda v: num(v, 3))
-    for col in ("base ms", "comp ms"):
+    for col in ("base ms/step", "comp ms/step"):
         show[col] = show[col].map(lambda v: num(v, 4))
-    # compressed / baseline latency, as in the numbers table and the captions (below 1: faster)
-    show["ms ratio"] = show["ms ratio"].map(lambda v: "-" if not (math.isfinite(v) and v > 0) else f"{1 / v:.2f}x")
+    # compressed / baseline latency, as in the numbers table and the captions (below 1: faster), with its interval
+    lows = df["latency_ratio_low"] if "latency_ratio_low" in df else pd.Series(math.nan, index=df.index)
+    highs = df["latency_ratio_high"] if "latency_ratio_high" in df else pd.Series(math.nan, index=df.index)
+    show["ms ratio"] = [ratio_text(v, lo, hi) for v, lo, hi in zip(df["latency_ratio"], lows, highs)]
     show.loc[df["nonfinite"].astype(bool), "CLIP comp"] = "NaN/inf"
     show.insert(0, "#", range(1, len(show) + 1))
     return show.iloc[::-1].reset_index(drop=True)  # newest first
@@ -344,14 +417,21 @@ def difference_caption(stats: dict | None) -> str:
     )
 
 
-def pair_captions(result) -> tuple[str, str]:
-    """Under the baseline and the compressed image: setting and latency (compressed: as a multiple of the
-    baseline's)."""
-    base = f"**Baseline** · fp32 · {1000 * result.baseline_seconds:,.0f} ms" + (
-        " (cached)" if result.baseline_cached else ""
-    )
-    ratio = result.compressed_seconds / result.baseline_seconds if result.baseline_seconds else math.nan
-    comp = f"**{html.escape(result.spec.label)}** · {1000 * result.compressed_seconds:,.0f} ms ({ratio:.2f}× baseline)"
+def pair_captions(result, label: str | None = None) -> tuple[str, str]:
+    """Under the baseline and the compressed image: setting (or `label`) and latency per denoising step
+    (compressed: as a multiple of the baseline's, with its interval when both were timed warm in alternating
+    rounds)."""
+    lat = pair_row_latency(result)
+    low, high = lat["latency_ratio_low"], lat["latency_ratio_high"]
+    ratio = f"{lat['latency_ratio']:.2f}× baseline" if math.isfinite(lat["latency_ratio"]) else "-"
+    base = f"**Baseline** · fp32 · {lat['latency_baseline_ms']:,.1f} ms/step"
+    label = result.spec.label if label is None else label
+    comp = f"**{html.escape(label)}** · {lat['latency_ms']:,.1f} ms/step ({ratio}"
+    if lat["latency_rounds"]:
+        comp += f" [{low:.2f}, {high:.2f}])" if math.isfinite(low) and math.isfinite(high) else ")"
+    else:  # from the drawings themselves: a cached baseline was timed earlier, and no run was warm-paired
+        base += " (cached)" if result.baseline_cached else ""
+        comp += ", not timed warm)"
     if result.compressed_nonfinite:
         comp += " · NaN/inf"
     return base, comp
@@ -397,7 +477,8 @@ def sweep_status(req, res, bootstrap: int) -> str:
         f"**{len(req.specs)} settings × {len(req.prompts)} prompts** (N={len(req.prompts)} images per "
         f"setting, `{req.prompt_set}` prompt set) on `{html.escape(req.model)}` · {req.steps} steps · "
         f"guidance {req.guidance:g} · computed {len(res.computed)}, reused from earlier sweeps {len(res.skipped)} · "
-        f"intervals: bootstrap 95% ({bootstrap} resamples)."
+        f"95% intervals: Wilson for accuracies, jackknife for FD (from N = 5 x its feature width), bootstrap "
+        f"({bootstrap} resamples) for the rest."
     )
 
 
@@ -456,13 +537,14 @@ def model_line(lab) -> str:
         return f"Model `{lab.default_model}` loads on the first request (device: {lab.device})."
     cost = loaded.engine.baseline_cost
     side = f"{loaded.native[1]}×{loaded.native[0]} px"
+    kept = f" · compressed UNets kept up to {html.escape(loaded.budget_note)}" if loaded.budget_note else ""
     return (
-        f"Model **{loaded.name}** on **{loaded.device}** · draws {side} · UNet {cost.bytes / 2**20:.1f} MB, "
-        f"{cost.params / 1e6:.2f} M parameters"
+        f"Model **{html.escape(loaded.name)}** on **{loaded.device}** · draws {side} · UNet "
+        f"{cost.bytes / 2**20:.1f} MB, {cost.params / 1e6:.2f} M parameters{kept}"
     )
 
 
-def about(device, cache_size: int) -> str:
+def about(device, cache_size: int, budget_note: str = "") -> str:
     """The About tab: every method, mode and scope this device offers, and how to read the numbers."""
     lines = ["### What the controls do", "", "| kind | name | available here | what it does |", "|---|---|---|---|"]
     for kind, registry in (("pruning", PRUNERS), ("quantization", QUANT_MODES)):
@@ -481,14 +563,22 @@ def about(device, cache_size: int) -> str:
         "- **Same-seed pairs**: both images start from the same noise, so PSNR/SSIM against the baseline measure "
         "only what compression changed (N=1 per comparison: read trends, not decimals; sweeps give N and 95% "
         "intervals).",
-        "- **CLIP score**: 100 × cosine(image, prompt) with the tiny metric CLIP trained on the shapes world "
-        "(openai CLIP for hub models when cached). Higher is better.",
-        "- **Latency**: the denoising loop only, batch 1, one run (N=1) on a shared machine. Sweeps report the "
-        "median of several runs.",
+        "- **CLIP score**: 100 × max(cosine(image, prompt), 0) per image (Hessel et al.'s CLIP-S with weight 100) "
+        "with the tiny metric CLIP trained on the shapes world (openai CLIP for hub models when cached); a sweep "
+        "averages it over images. torchmetrics' CLIPScore clamps the mean instead: the same unless a cosine is "
+        "negative. Higher is better.",
+        "- **Latency**: one denoising step (batch 1, the comparison's size and guidance), both UNets timed warm "
+        f"after drawing, in {COMPARE_ROUNDS} rounds that alternate baseline and compressed (as the benchmark "
+        "does): the median per-round ratio with a distribution-free interval "
+        f"({100 * order_statistic_interval(COMPARE_ROUNDS)[1]:.0f}%: it contains 1.0 when both are equally fast, "
+        "as masked pruning and simulated quantization are). Each image's own drawing time is listed too, but a "
+        "cached or cold baseline against a warm compressed run is no speed comparison.",
         "- **Honest costs**: unstructured pruning writes zeros into dense weights: no speed-up and no smaller file "
         "unless stored sparse. Simulated N-bit weights are stored as float: no gain at all. int8/int4 weights shrink "
         "the UNet but are dequantized on the fly, so they are rarely faster on a CPU.",
         "- **Caches**: the baseline image is reused while prompt, seed and sampler settings stay the same; the last "
-        f"{cache_size} compressed UNets are kept, so returning to a setting does not recompress.",
+        f"{cache_size} compressed UNets are kept, so returning to a setting does not recompress, within a byte budget "
+        f"shared with the sweeps ({budget_note or 'APP_CACHE_MB'}), least recently used first out; a setting "
+        "whose UNet alone is larger is refused, with its size.",
     ]
     return "\n".join(lines)

@@ -47,15 +47,16 @@ def push_controls() -> PushControls:
     return PushControls(repo, button, note)
 
 
-def wire(controls: PushControls, compare_inputs: list, model_work: dict, lab: svc.Lab) -> None:
+def wire(controls: PushControls, compare_inputs: list, model_work: dict, lab: svc.Lab, build=None) -> None:
     """Push on click: the Compare inputs (the setting), then the repo name; Gradio adds the session's OAuth
-    profile and token (the handler's annotated parameters)."""
+    profile and token (the handler's annotated parameters). `build` makes the bundle folder (app.py passes its
+    one GPU function for this action, see app_gpu.py); the upload runs in the handler."""
     controls.button.click(
-        handler(lab), [*compare_inputs, controls.repo], controls.note, api_name="push_to_hub", **model_work
+        handler(lab, build), [*compare_inputs, controls.repo], controls.note, api_name="push_to_hub", **model_work
     )
 
 
-def handler(lab: svc.Lab):
+def handler(lab: svc.Lab, build=None):
     """The click handler over `lab`'s models."""
 
     def push_to_hub(
@@ -87,7 +88,10 @@ def handler(lab: svc.Lab):
                 repo_name,
                 profile.username if profile is not None else None,
                 oauth_token.token if oauth_token is not None else None,
+                build,
             )
+        except gr.Error:  # already plain (the GPU side's failure, returned as data and raised here)
+            raise
         except ValueError as err:  # RequestError and the library's checks: plain text, escaped
             raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
         except Exception:  # noqa: BLE001 - anything else: logged with a reference, never a trace to the client

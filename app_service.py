@@ -6,7 +6,9 @@ drawing, measuring, sweeping) lives in `compression/`. This module sits between 
 - `Lab`: the models this process serves. The startup model is loaded once and warmed; another catalog model is
   loaded on first use, and at most `max_models` stay loaded (the startup model is never dropped). Each model has
   two engines over ONE baseline pipeline: the Compare tab's (an LRU of compressed UNets) and the sweeps' (cache
-  of one), so a sweep of 20 settings does not flush the UNets a person is flipping between.
+  of one), so a sweep of 20 settings does not flush the UNets a person is flipping between. Both keep their
+  UNets in one `UNetCache` bounded in bytes (`APP_CACHE_MB`, default from the memory left once the model is
+  loaded: `compression.budget.cache_budget`); a setting that cannot fit it alone is refused at the checks.
 - `parse_compare` / `parse_sweep`: every argument is checked here, server-side, before any model work. Gradio's
   sliders check their range but not NaN, infinities or the step, and API callers skip the UI altogether. A bad
   value raises `RequestError` whose message names the valid range and never echoes the value (Gradio renders
@@ -50,14 +52,19 @@ from compression import (
     available_pruners,
     available_quant_modes,
 )
+from compression.budget import BudgetError, cache_budget
 from compression.engine import SIZE_MULTIPLE
+from compression.latency import COMPARE_ROUNDS, COMPARE_STEPS, COMPARE_WARMUP
 from compression.models import (
     DEFAULT_MODEL,
+    DISTILLED,
     CatalogEntry,
     UnsafeModelError,
     default_device,
     load_pipeline,
+    load_unet,
     resolve_model,
+    unet_config,
 )
 from compression.prompt_reader import PromptReading
 from compression.pruning import MAX_AMOUNT
@@ -65,6 +72,7 @@ from compression.quantization import MAX_BITS, MIN_BITS, QUANT_MODES
 from compression.recover import check_recoverable, recovery_cost
 from compression.spec import MAX_RECOVER_STEPS, MAX_SEED
 from compression.sweep import PRESETS
+from compression.unet_cache import UNetCache
 
 log = logging.getLogger("dcl.app")
 
@@ -84,14 +92,18 @@ MAX_SWEEP_SETTINGS = 24  # settings per sweep, the baseline included
 MAX_SWEEP_IMAGES = 1200  # settings x prompts per sweep: about 5 minutes of the tiny model on one CPU core
 MAX_SWEEP_PROMPTS = 200
 MAX_LATENCY_REPEATS = 10
-SWEEP_BOOTSTRAP = 200  # resamples per interval: each FD resample is a 128x128 eigendecomposition (~8 ms here),
-# and 1000 of them per setting and reference made a 2-setting sweep of 4 images take 50 s
+SWEEP_BOOTSTRAP = 200  # resamples per bootstrap interval (means, KID); FD's interval is a jackknife, not resampled
 # Admission by cost, in denoising image-steps (one image through one denoising step; a latency repeat counts as
 # one image). The embedded model on this CPU (one thread): a step at batch 25 (50 with guidance) takes ~0.22 s,
 # ~8.7 ms per image-step, so 30,000 image-steps is ~4.3 minutes of UNet plus decoding and scoring: about 5
 # minutes, the most one job may hold the only model worker on a public Space. A bigger model costs more per
 # step: lower the budget with the env var there.
 MAX_JOB_STEPS = int(os.environ.get("APP_MAX_JOB_STEPS", "30000"))
+COMPARE_LATENCY_ROUNDS = COMPARE_ROUNDS  # both UNets timed warm in alternating rounds after each comparison
+# Smallest image side the app accepts (0: half the model's native side). A CPU Space serving SD 1.5 may lower it
+# (64: 8x8 latents, ~0.3 s a step here) so that a comparison takes seconds, not minutes; the pictures of a model
+# drawn far from its native size are poor, and the page says which size was drawn.
+MIN_SIDE = int(os.environ.get("APP_MIN_SIDE", "0"))
 HISTORY_LIMIT = 100  # comparisons kept per session (the oldest go first)
 SWEEP_PERCENTS = (0, 10, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 95)
 SWEEP_RECOVER_STEPS = (0, 100, 300, 500, 1000)  # the Sweep tab's recovery choices (the CLI takes any)
@@ -235,6 +247,7 @@ class LoadedModel:
         native (`tuple[int, int]`): the size the model draws by default (height, width).
         device (`str`): where it runs.
         fingerprint (`str`): digest of the weight files (names the sweep folder).
+        budget_note (`str`): how the byte budget of its cached compressed UNets was chosen (for the page).
     """
 
     name: str
@@ -244,16 +257,23 @@ class LoadedModel:
     native: tuple[int, int]
     device: str
     fingerprint: str = ""
+    budget_note: str = ""
+
+    @property
+    def cache(self) -> UNetCache:
+        """The compressed UNets of both engines, bounded in bytes."""
+        return self.engine.cache
 
     @property
     def judge(self):
         return getattr(self.metric_set, "judge", None)
 
     def size_range(self) -> tuple[int, int]:
-        """Allowed image sides: half to twice the native size (a UNet trained at one size draws noise far from
-        it, and memory grows with the square of the side)."""
+        """Allowed image sides: half (or `APP_MIN_SIDE`) to twice the native size (a UNet trained at one size
+        draws noise far from it, and memory grows with the square of the side)."""
         side = min(self.native)
-        return max(8, side // 2), side * 2
+        lo = min(MIN_SIDE, side) if MIN_SIDE > 0 else side // 2
+        return max(8, lo - lo % SIZE_MULTIPLE), side * 2
 
 
 class Lab:
@@ -322,8 +342,10 @@ class Lab:
             except Exception as err:  # noqa: BLE001 - any loader failure becomes one plain message
                 log.exception("could not load model %s", name)
                 raise RequestError(_load_failure(name, err)) from None
-            engine = Engine(pipe, info.name, cache_size=self.cache_size)
-            sweep_engine = Engine(pipe, info.name, cache_size=1, baseline_cache_size=0)
+            budget, budget_note = cache_budget(info.device)  # read now: the baseline is in memory
+            cache = UNetCache(budget)  # Compare's and the sweeps' UNets together
+            engine = Engine(pipe, info.name, cache_size=self.cache_size, cache=cache)
+            sweep_engine = Engine(pipe, info.name, cache_size=1, baseline_cache_size=0, cache=cache, pool="sweep")
             loaded = LoadedModel(
                 info.name,
                 engine,
@@ -332,6 +354,7 @@ class Lab:
                 engine.default_size(),
                 info.device,
                 weight_files_digest(info.source),
+                budget_note,
             )
             self._models[name] = loaded
             while len(self._models) > self.max_models:
@@ -339,7 +362,13 @@ class Lab:
                 if victim is None:
                     break
                 self._models.pop(victim)  # freed once no running request holds it
-            log.info("loaded %s on %s in %.1f s", name, info.device, time.perf_counter() - started)
+            log.info(
+                "loaded %s on %s in %.1f s; compressed UNets: %s",
+                name,
+                info.device,
+                time.perf_counter() - started,
+                budget_note,
+            )
             return loaded
 
     def startup(self, warm: bool = True) -> None:
@@ -353,10 +382,17 @@ class Lab:
             return
         if warm:
             started = time.perf_counter()
-            # Two steps, a seed no one uses by default: warms every module on both paths without putting the
-            # default comparison's baseline into the cache (the first real comparison is measured honestly).
+            # Two steps at a small size the app accepts, a seed no one uses by default: warms every module on
+            # both paths without putting the default comparison's baseline into the cache (the first real
+            # comparison is measured honestly). A 1% pruned copy exercises the compression path, if it fits.
+            spec = CompressionSpec(prune_amount=0.01)
+            try:
+                model.engine.check_fits(spec)
+            except BudgetError:
+                spec = CompressionSpec()
+            side = min(model.native[0], max(model.size_range()[0], 64))  # 64 px: the tiny model's native size
             model.engine.generate_pair(
-                "warm up", seed=MAX_SEED, steps=2, guidance=4.0, spec=CompressionSpec(prune_amount=0.01)
+                "warm up", seed=MAX_SEED, steps=2, guidance=4.0, spec=spec, height=side, width=side
             )
             if model.judge is not None:
                 model.judge.clip_score(np.zeros((1, *model.native, 3), np.uint8), ["warm up"])
@@ -383,7 +419,9 @@ def _load_failure(name: str, err: Exception) -> str:
 
 @dataclass(frozen=True)
 class CompareRequest:
-    """One checked comparison request; `prompt` is what the model reads (`reading` says how it was read)."""
+    """One checked comparison request; `prompt` is what the model reads (`reading` says how it was read).
+    `against`: "" draws the compressed copy for `spec`; a distilled catalog model's name draws that model's UNet
+    instead (over `model`'s VAE and text encoder; `spec` is the identity)."""
 
     model: str
     prompt: str
@@ -395,6 +433,16 @@ class CompareRequest:
     width: int
     spec: CompressionSpec
     reading: PromptReading | None = None
+    against: str = ""
+
+    def to_fields(self) -> dict:
+        """As JSON (what crosses the ZeroGPU boundary); `reading` stays on this side (the page's warnings)."""
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("spec", "reading")}
+        return {**fields, "spec": self.spec.to_dict()}
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> CompareRequest:
+        return cls(**{**fields, "spec": CompressionSpec.from_dict(fields["spec"])})
 
 
 def _size(name: str, value, lo: int, hi: int, default: int, model: str) -> int:
@@ -448,7 +496,7 @@ def _compare_values(
     if "steps" in values and compare_cost(values["steps"]) > MAX_JOB_STEPS:
         problems["steps"] = (
             f"this comparison costs {compare_cost(values['steps']):,} denoising image-steps (2 images "
-            f"x {values['steps']} steps); the app runs at most {MAX_JOB_STEPS:,} per job "
+            f"x {values['steps']} steps, and the latency timing); the app runs at most {MAX_JOB_STEPS:,} per job "
             "(APP_MAX_JOB_STEPS). Lower the steps."
         )
     values.update(_recovery_values(lab, values, problems, recover_steps))
@@ -480,6 +528,7 @@ def _compare_values(
             )
             values.update(more)
             problems.update(bad)
+            problems.update(_budget_problem(loaded, values, problems))
     return values, problems
 
 
@@ -510,6 +559,31 @@ def _recovery_values(lab: Lab, values: dict, problems: dict[str, str], recover_s
             "`python -m compression.recover`."
         )
     return {"recover_steps": steps, "recover_data": data}
+
+
+def _spec_of(values: dict) -> CompressionSpec:
+    return CompressionSpec(
+        prune_amount=values["prune_percent"],
+        prune_method=values["prune_method"],
+        prune_scope=values["prune_scope"],
+        quant_mode=values["quant_mode"],
+        bits=values["bits"],
+        recover_steps=values.get("recover_steps", 0),
+        recover_data=values.get("recover_data", "real"),
+    )
+
+
+def _budget_problem(loaded: LoadedModel, values: dict, problems: dict) -> dict[str, str]:
+    """{"quant_mode": why} when the setting's compressed UNet cannot fit the model's byte budget alone."""
+    if problems or any(k not in values for k in ("prune_percent", "prune_method", "prune_scope", "quant_mode")):
+        return {}
+    try:
+        loaded.engine.check_fits(_spec_of(values))
+    except BudgetError as err:
+        return {"quant_mode": str(err)}
+    except ValueError:
+        return {}  # the spec's own check (e.g. 2:4 takes 50% only) speaks when the request is parsed
+    return {}
 
 
 def compare_problems(
@@ -593,15 +667,7 @@ def parse_compare(
         recover_steps=recover_steps,
     )
     _raise_first(problems)
-    spec = CompressionSpec(
-        prune_amount=v["prune_percent"],
-        prune_method=v["prune_method"],
-        prune_scope=v["prune_scope"],
-        quant_mode=v["quant_mode"],
-        bits=v["bits"],
-        recover_steps=v["recover_steps"],
-        recover_data=v["recover_data"],
-    )
+    spec = _spec_of(v)
     reading = read_prompt(v["model"], v["prompt"])
     return CompareRequest(
         v["model"],
@@ -627,6 +693,93 @@ def read_prompt(model: str, prompt: str) -> PromptReading:
     return entry.read_prompt(prompt)
 
 
+# ------------------------------------------------------------------------------------- distilled comparisons
+# A distilled SD 1.x UNet (BK-SDM, Segmind SD-Small/Tiny) drawn beside the model it was trained against, over
+# that model's VAE and text encoder, with the same prompt and seed: its own endpoint, /compare_distilled.
+
+
+def distilled_base(name: str) -> str:
+    """The catalog model a distilled UNet draws against (its VAE, text encoder and baseline UNet)."""
+    return CATALOG[name].compare_with
+
+
+def _distilled_values(lab, prompt, negative_prompt, seed, steps, guidance, distilled, height, width, load):
+    picked, problems = _checked([("distilled", lambda: choice("distilled model", distilled, DISTILLED))])
+    if problems:
+        return {}, problems
+    base = distilled_base(picked["distilled"])
+    values, problems = _compare_values(
+        lab,
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance,
+        base,
+        0,
+        "l1-unstructured",
+        "all",
+        "fp32",
+        None,
+        height,
+        width,
+        load,
+    )
+    problems = {("distilled" if k == "model" else k): v for k, v in problems.items()}
+    return {**values, **picked}, problems
+
+
+def distilled_problems(lab: Lab, prompt, negative_prompt, seed, steps, guidance, distilled, height, width):
+    """What is wrong with a distilled comparison, by parameter name; cheap and never loads a model."""
+    return _distilled_values(lab, prompt, negative_prompt, seed, steps, guidance, distilled, height, width, False)[1]
+
+
+def parse_distilled(lab: Lab, prompt, negative_prompt, seed, steps, guidance, distilled, height, width):
+    """Check a distilled comparison and load its base model: a `CompareRequest` with `against` set.
+
+    Raises:
+        RequestError: the first bad argument, with its valid range and its parameter name in `.field`.
+    """
+    v, problems = _distilled_values(lab, prompt, negative_prompt, seed, steps, guidance, distilled, height, width, True)
+    _raise_first(problems)
+    return CompareRequest(
+        v["model"],
+        v["prompt"],
+        v["negative_prompt"],
+        v["seed"],
+        v["steps"],
+        v["guidance"],
+        v["height"],
+        v["width"],
+        CompressionSpec(),
+        against=v["distilled"],
+    )
+
+
+def distilled_unet(loaded: LoadedModel, name: str):
+    """The distilled model's UNet, loaded once (only its UNet: `models.load_unet`, safetensors only) on the base
+    model's device and dtype and kept in the base model's cache of UNets, under its byte budget.
+
+    Returns:
+        `(CompressedUNet, cached)`.
+
+    Raises:
+        BudgetError: the UNet alone is over the budget (worked out from its config before loading).
+    """
+    import torch
+
+    dtype = next(loaded.engine.pipeline.unet.parameters()).dtype
+
+    def estimate() -> int:  # from its config on the meta device: no weights read
+        from diffusers import UNet2DConditionModel
+
+        with torch.device("meta"):
+            skeleton = UNet2DConditionModel.from_config(unet_config(name))
+        return sum(p.numel() for p in skeleton.parameters()) * dtype.itemsize
+
+    return loaded.engine.prepared(name, lambda: load_unet(name, loaded.device, dtype)[0], estimate)
+
+
 @dataclass(frozen=True)
 class SweepRequest:
     """One checked sweep request."""
@@ -639,6 +792,16 @@ class SweepRequest:
     guidance: float
     latency_repeats: int
     layer_study: bool
+
+    def to_fields(self) -> dict:
+        """As JSON (what crosses the ZeroGPU boundary)."""
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return {**fields, "specs": [s.to_dict() for s in self.specs], "prompts": list(self.prompts)}
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> SweepRequest:
+        specs = tuple(CompressionSpec.from_dict(s) for s in fields["specs"])
+        return cls(**{**fields, "specs": specs, "prompts": tuple(fields["prompts"])})
 
 
 def sweep_quant_choices(lab: Lab) -> list[str]:
@@ -746,6 +909,12 @@ def _sweep_values(
                 "repeats, recovery steps or settings, or use `python -m compression.sweep`."
             )
         }
+    loaded = lab.loaded(values["model"])  # a check alone never loads a model; the handler checks again
+    for spec in specs if loaded is not None else ():
+        try:
+            loaded.sweep_engine.check_fits(spec)
+        except BudgetError as err:
+            return values, {"quant_modes" if values["study"] == "grid" else "prune_percents": str(err)}
     prompt_set = model_defaults(values["model"]).prompt_set
     available = load_prompts(prompt_set)
     if n > len(available):
@@ -767,6 +936,20 @@ def _recover_choices(values) -> list[int]:
     return sorted({whole_number("each number of recovery steps", v, 0, max(SWEEP_RECOVER_STEPS)) for v in values})
 
 
+def check_sweep_fits(loaded: LoadedModel, req: SweepRequest) -> None:
+    """Refuse a sweep with a setting whose compressed UNet cannot fit the model's byte budget alone (the checks
+    before the queue do this only for a model already loaded).
+
+    Raises:
+        RequestError: naming the setting, its size and the budget.
+    """
+    for spec in req.specs:
+        try:
+            loaded.sweep_engine.check_fits(spec)
+        except BudgetError as err:
+            raise RequestError(str(err), "quant_modes") from None
+
+
 def sweep_cost(n_settings: int, n_prompts: int, steps: int, latency_repeats: int) -> int:
     """A sweep's price in denoising image-steps: every setting draws every prompt, then times its latency
     repeats (one image each), all at `steps` steps."""
@@ -782,9 +965,10 @@ def max_recover_steps(steps: int = 20, step: int = 50) -> int:
 
 
 def compare_cost(steps: int, recover_steps: int = 0) -> int:
-    """A comparison's price in denoising image-steps: the baseline and the compressed image, and the recovery's
-    training steps at their measured price (`compression.recover.recovery_cost`)."""
-    return 2 * steps + recovery_cost(recover_steps)
+    """A comparison's price in denoising image-steps: the baseline and the compressed image, both UNets' warm
+    timing rounds (`latency.COMPARE_*`: 2 x (1 + 8) one-step runs), and the recovery's training steps at their
+    measured price (`compression.recover.recovery_cost`)."""
+    return 2 * steps + 2 * (COMPARE_WARMUP + COMPARE_LATENCY_ROUNDS) * COMPARE_STEPS + recovery_cost(recover_steps)
 
 
 def sweep_problems(
@@ -1040,8 +1224,23 @@ def export_bundle(lab: Lab, req: CompareRequest) -> tuple[Path, int]:
 
 
 @contextlib.contextmanager
-def _bundle(lab: Lab, req: CompareRequest):
-    """The bundle of `req` in a temporary folder under DOWNLOAD_DIR, deleted on leaving the block."""
+def _bundle(lab: Lab, req: CompareRequest, build: Callable[[CompareRequest], Path] | None = None):
+    """The bundle of `req` in a temporary folder under DOWNLOAD_DIR, deleted on leaving the block.
+
+    `build` makes the folder (default `build_bundle`; the app passes its ZeroGPU function, which runs it on the
+    GPU side)."""
+    import shutil
+
+    folder = build(req) if build is not None else build_bundle(lab, req)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def build_bundle(lab: Lab, req: CompareRequest) -> Path:
+    """Build `req`'s bundle (compressed UNet, its sample pair, card, recipe) into a new temporary folder under
+    DOWNLOAD_DIR; returns `<temporary>/bundle` (the caller deletes its parent)."""
     import shutil
     import tempfile
 
@@ -1066,13 +1265,14 @@ def _bundle(lab: Lab, req: CompareRequest):
     DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=DOWNLOAD_DIR))
     try:
-        try:
-            save_compressed(work / "bundle", req.spec, engine=engine, sample=sample)
-        except ExportError as err:
-            raise RequestError(str(err)) from None
-        yield work / "bundle"
-    finally:
+        save_compressed(work / "bundle", req.spec, engine=engine, sample=sample)
+    except ExportError as err:
         shutil.rmtree(work, ignore_errors=True)
+        raise RequestError(str(err)) from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work / "bundle"
 
 
 # Pushing a bundle to the Hub with the visitor's own OAuth token: off unless a Space sets APP_HUB_PUSH=1 (and
@@ -1088,13 +1288,22 @@ def hub_push_missing() -> str:
     return f"Hub push needs gradio[oauth] ({', '.join(missing)} missing)" if missing else ""
 
 
-def push_to_hub(lab: Lab, req: CompareRequest, repo_name, username: str | None, token: str | None) -> str:
+def push_to_hub(
+    lab: Lab,
+    req: CompareRequest,
+    repo_name,
+    username: str | None,
+    token: str | None,
+    build: Callable[[CompareRequest], Path] | None = None,
+) -> str:
     """Build `req`'s bundle and push it to the visitor's Hub repo with their token; returns the repo URL.
 
     Args:
         repo_name: "name" (under `username`) or "namespace/name".
         username (`str`, *optional*): the logged-in visitor (the default namespace).
         token (`str`, *optional*): the visitor's OAuth token (never this server's own).
+        build (`Callable[[CompareRequest], Path]`, *optional*): builds the bundle folder (see `_bundle`); the
+            upload then runs here, not on the GPU side.
 
     Raises:
         RequestError: not logged in, a bad repo name, or the Hub refused (plain text, no token).
@@ -1107,7 +1316,7 @@ def push_to_hub(lab: Lab, req: CompareRequest, repo_name, username: str | None, 
     repo_id = name if "/" in name else f"{username}/{name}"
     try:
         check_repo_id(repo_id)
-        with _bundle(lab, req) as folder:
+        with _bundle(lab, req, build) as folder:
             published = push_bundle(folder, repo_id, token, private=True)
     except PublishError as err:
         raise RequestError(str(err), "repo_name") from None

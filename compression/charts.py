@@ -272,7 +272,7 @@ def quality_vs_pruning(
             annotation_position="bottom right",
         )
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
-    title = title or f"{metric}{ref_text} against pruning ({_n_text(rows['n'])}, bands: bootstrap 95% CI)"
+    title = title or f"{metric}{ref_text} against pruning ({_n_text(rows['n'])}, bands: 95% CI)"
     fig.update_xaxes(ticksuffix="%", rangemode="tozero")
     return _layout(
         fig,
@@ -331,7 +331,7 @@ def quality_by_mode(df: pd.DataFrame, metric: str, reference: str | None = None,
         )
     fig.update_layout(barmode="group")
     ref_text = f" vs {reference}" if reference and reference != "prompt" else ""
-    title = title or f"{metric}{ref_text} per quantization mode ({_n_text(rows['n'])}, error bars: bootstrap 95% CI)"
+    title = title or f"{metric}{ref_text} per quantization mode ({_n_text(rows['n'])}, error bars: 95% CI)"
     notes = _notes(rows)
     if (rows["quant_mode"] == "simulated-int").any():
         notes.append(
@@ -624,11 +624,18 @@ def history_cost(history: pd.DataFrame) -> go.Figure:
     fig.update_layout(
         barmode="group", yaxis2=dict(title="UNet size (MB)", overlaying="y", side="right", rangemode="tozero")
     )
-    notes = ["Each latency is one run of the denoising loop (batch 1), so it carries the machine's noise (N=1)."]
+    timed = "latency_rounds" in h and (h["latency_rounds"] > 0).all()
+    notes = [
+        "Latency: one denoising step (batch 1), both UNets timed warm in alternating rounds after drawing; "
+        "the medians of the rounds."
+        if timed
+        else "Latency per denoising step from the drawing itself (N=1): a cold or cached baseline against a warm "
+        "compressed run."
+    ]
     if (h["prune_amount"] > 0).any() and h["prune_method"].map(_is_masked).any():
         notes.append(MASKED_NOTE)
     fig = _layout(
-        fig, f"Latency and size per comparison (N={len(h)} comparisons)", "comparison", "denoising latency (ms)", notes
+        fig, f"Latency and size per comparison (N={len(h)} comparisons)", "comparison", "ms per denoising step", notes
     )
     fig.update_layout(margin=dict(r=70))
     return fig

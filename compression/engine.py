@@ -13,17 +13,22 @@ size. How it keeps the comparison honest:
 - the prompt is encoded once and handed to both sides, and the denoising loop is timed alone (text encoding
   and VAE decoding are the same work on both sides and would dilute the difference);
 - non-finite latents or pixels are reported (`compressed_nonfinite`) instead of silently becoming a black
-  image.
+  image;
+- speed is compared warm and paired (`latency_rounds`): after both images are drawn, both UNets run a short
+  denoising loop in alternating rounds, as the benchmark does (`latency.py`); the images' own drawing times are
+  kept but compare a cold (or cached) baseline with a warm compressed run.
 
 Stopping: `generate_pair` and `generate_batch` take a `CancelToken` (cancel.py), checked after every denoising
 step and between phases, so a cancelled call raises `Cancelled` within one step and frees its images and latents.
 `image_steps` counts the denoising image-steps the engine has run (one image through one step: the unit the app
 prices jobs in), as they finish, so a watcher can see work go on or stop.
 
-Caches: compressed UNets by (model, spec), at most `cache_size` (an SD 1.5 UNet is 3.4 GB in fp32), and
-baseline images by (model, prompt, negative prompt, seed, steps, guidance, height, width), so moving a
-compression slider never redraws the baseline. Both are LRU and guarded by one lock; generation itself runs
-outside the lock (modules are only read, schedulers and generators are per call).
+Caches: compressed UNets by (model, spec) in a `UNetCache` (unet_cache.py), bounded in bytes and shared by the
+engines of one model (an SD 1.5 UNet is 3.4 GB in fp32), each engine with its own count limit (`cache_size`);
+a setting whose UNet cannot fit the byte budget even alone is refused before any work (`budget.BudgetError`),
+its size worked out from shapes (`budget.estimate_bytes`). Baseline images by (model, prompt, negative prompt,
+seed, steps, guidance, height, width), so moving a compression slider never redraws the baseline. Both are LRU;
+generation itself runs outside the locks (modules are only read, schedulers and generators are per call).
 
 Example:
     >>> pipe, info = load_pipeline("tiny-shapes")
@@ -51,6 +56,7 @@ from PIL import Image
 from torch import nn
 
 from ._text import short_repr as _short
+from .budget import check_fits, estimate_bytes
 from .build import (  # noqa: F401 - re-exported
     CompressedUNet,
     _storage,
@@ -60,9 +66,11 @@ from .build import (  # noqa: F401 - re-exported
 )
 from .cancel import CancelToken, check
 from .cost import ModuleCost, module_cost
+from .latency import COMPARE_STEPS, COMPARE_WARMUP, PairedLatency, paired_latency
 from .pruning import PruneReport, apply_pruning_
 from .quantization import apply_quantization_
 from .spec import MAX_SEED, CompressionSpec
+from .unet_cache import UNetCache
 
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
@@ -100,8 +108,9 @@ class PairResult:
         compression_seconds (`float`): time to build the compressed UNet; 0.0 when it came from the cache.
         compression_cached (`bool`): no compression work was done: the UNet came from the cache, or the spec
             is the identity (0% pruning, fp32) and the baseline's own UNet drew the image.
-        baseline_seconds, compressed_seconds (`float`): denoising-loop latency of each side. A cached
-            baseline reports the latency measured when it was drawn.
+        baseline_seconds, compressed_seconds (`float`): how long each image's denoising loop took to draw. Not a
+            speed comparison: the baseline may be cold or cached (then it reports the time measured when it was
+            drawn) and the compressed side runs warm after it; see `latency`.
         baseline_cached (`bool`): the baseline image came from the cache (not redrawn).
         baseline_cost, compressed_cost (`ModuleCost`): UNet bytes, parameters, measured sparsity.
         prune_report (`PruneReport`, *optional*): measured sparsity over the pruning scope.
@@ -111,6 +120,11 @@ class PairResult:
         baseline_nonfinite (`bool`): same for the baseline.
         baseline_nsfw, compressed_nsfw (`bool`): the pipeline's safety checker blanked the image.
         steps, guidance, seed, height, width: the settings used (height/width resolved from the model).
+        latency (`PairedLatency`, *optional*): both UNets timed warm in alternating rounds of a
+            `latency.COMPARE_STEPS`-step loop (`latency_rounds` of `generate_pair`); None when not asked for.
+            `latency.round_ratio()` gives compressed / baseline with its interval.
+        latency_cached (`bool`): `latency` was measured at an earlier comparison of this setting at this size and
+            guidance (a step's latency depends on nothing else), not now.
     """
 
     baseline_image: Image.Image
@@ -135,6 +149,8 @@ class PairResult:
     seed: int
     height: int
     width: int
+    latency: PairedLatency | None = None
+    latency_cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,21 +194,37 @@ class Engine:
             mutates it either.
         model_name (`str`): part of every cache key (one engine per model; the name keeps keys distinct in
             logs and shared caches).
-        cache_size (`int`, defaults to 3): compressed UNets kept (0 keeps none).
+        cache_size (`int`, *optional*, defaults to 3): compressed UNets this engine keeps (0 keeps none, None
+            no count limit: the byte budget alone bounds them).
         baseline_cache_size (`int`, defaults to 64): baseline images kept.
+        cache (`UNetCache`, *optional*): the cache of compressed UNets, shared with the model's other engines so
+            that one byte budget bounds them all; default a cache of this engine's own without a byte bound.
+        pool (`str`, defaults to `"compare"`): this engine's part of a shared cache (its count limit applies there).
     """
 
-    def __init__(self, pipeline, model_name: str, cache_size: int = 3, baseline_cache_size: int = BASELINE_CACHE_SIZE):
+    def __init__(
+        self,
+        pipeline,
+        model_name: str,
+        cache_size: int | None = 3,
+        baseline_cache_size: int = BASELINE_CACHE_SIZE,
+        cache: UNetCache | None = None,
+        pool: str = "compare",
+    ):
         for arg, value in (("cache_size", cache_size), ("baseline_cache_size", baseline_cache_size)):
-            if not _is_int(value) or value < 0:
+            if not (value is None and arg == "cache_size") and (not _is_int(value) or value < 0):
                 raise ValueError(f"{arg} must be an integer >= 0, got {_short(value)}")
         self.pipeline = pipeline
         self.model_name = model_name
         self.cache_size = cache_size
         self.baseline_cache_size = baseline_cache_size
-        self._unets: OrderedDict[tuple[str, CompressionSpec], CompressedUNet] = OrderedDict()
+        self.cache = cache if cache is not None else UNetCache()
+        self.pool = pool
+        self._estimates: OrderedDict[CompressionSpec, int] = OrderedDict()
         self._baselines: OrderedDict[tuple, _Drawn] = OrderedDict()
+        self._timings: OrderedDict[tuple, PairedLatency] = OrderedDict()  # (model, spec, size, CFG, rounds)
         self._lock = threading.RLock()
+        self._estimate_lock = threading.Lock()
         self._baseline_cost: ModuleCost | None = None
         self._steps_lock = threading.Lock()
         self._image_steps = 0
@@ -222,15 +254,37 @@ class Engine:
             return self._baseline_cost
 
     def cached_specs(self) -> list[CompressionSpec]:
-        """Specs whose compressed UNet is cached, least recently used first."""
-        with self._lock:
-            return [spec for _, spec in self._unets]
+        """Specs whose compressed UNet this engine holds in the cache, least recently used first."""
+        keys = self.cache.keys(self.pool)
+        return [k[1] for k in keys if k[0] == self.model_name and isinstance(k[1], CompressionSpec)]
 
     def clear_cache(self) -> None:
-        """Drop every cached UNet and baseline image."""
+        """Drop this engine's cached UNets and every baseline image."""
         with self._lock:
-            self._unets.clear()
+            self.cache.clear(self.pool)
             self._baselines.clear()
+            self._timings.clear()
+
+    def estimate_bytes(self, spec: CompressionSpec) -> int:
+        """Bytes the compressed UNet for `spec` will hold, from shapes alone (`budget.estimate_bytes`); remembered
+        per spec (the meta skeleton of an SD 1.5 UNet takes ~0.3 s)."""
+        with self._estimate_lock:  # not the engine's lock: a check must not wait for a build (seconds on SD 1.5)
+            if spec in self._estimates:
+                return self._estimates[spec]
+        nbytes = estimate_bytes(self.pipeline.unet, spec)  # shapes only: the baseline is only read
+        with self._estimate_lock:
+            self._estimates[spec] = nbytes
+            while len(self._estimates) > 256:
+                self._estimates.popitem(last=False)
+        return nbytes
+
+    def check_fits(self, spec: CompressionSpec) -> None:
+        """Refuse `spec` if its compressed UNet alone is over the cache's byte budget.
+
+        Raises:
+            BudgetError: naming the setting, its estimated size and the budget.
+        """
+        check_fits(self.estimate_bytes(spec), self.cache.max_bytes, spec.label)
 
     def default_size(self) -> tuple[int, int]:
         """(height, width) the pipeline draws when none is given: UNet sample size x VAE scale factor."""
@@ -249,17 +303,22 @@ class Engine:
 
         Returns:
             `(entry, cached)`: cached is True when no compression work was done.
+
+        Raises:
+            BudgetError: the UNet alone would be over the cache's byte budget (checked before any work).
         """
         if not isinstance(spec, CompressionSpec):
             raise ValueError(f"spec must be a CompressionSpec, got {type(spec).__name__}")
         key = (self.model_name, spec)
         with self._lock:
-            if key in self._unets:
-                self._unets.move_to_end(key)
-                return self._unets[key], True
+            hit = self.cache.get(key, self.pool)
+            if hit is not None:
+                return hit, True
             if spec.is_identity:
                 # Nothing to change: use the baseline's own UNet (read-only), no 3.4 GB copy for SD 1.5.
                 return CompressedUNet(self.pipeline.unet, spec, None, 0.0, self.baseline_cost, "baseline"), True
+            self.check_fits(spec)  # before any work: a setting that cannot fit alone is refused
+            self.cache.reserve(self.estimate_bytes(spec), self.pool, self.cache_size)  # evict to make room first
             if progress:
                 progress(0.0, f"compressing: {spec.label}")
             start = time.perf_counter()
@@ -283,10 +342,38 @@ class Engine:
             seconds = time.perf_counter() - start
             cost = module_cost(unet)
             entry = CompressedUNet(unet, spec, report, seconds, cost, built, time.perf_counter() - start - seconds)
-            if self.cache_size > 0:
-                self._unets[key] = entry
-                while len(self._unets) > self.cache_size:
-                    self._unets.popitem(last=False)  # the evicted UNet is freed once no result holds it
+            self.cache.put(key, entry, self.pool, self.cache_size)  # evicted UNets are freed once no result holds them
+            return entry, False
+
+    def prepared(
+        self, name: str, load: Callable[[], nn.Module], estimate: Callable[[], int]
+    ) -> tuple[CompressedUNet, bool]:
+        """A UNet made elsewhere that draws over this baseline's VAE and text encoder (a distilled model's), kept in
+        the cache under `name` like a compressed one: the same byte budget bounds it, the same LRU evicts it.
+
+        Args:
+            name (`str`): its cache name (a catalog name).
+            load (`Callable[[], nn.Module]`): makes the UNet (on the baseline's device and dtype).
+            estimate (`Callable[[], int]`): its bytes, worked out before loading (checked against the budget
+                first; called only when the UNet is not cached).
+
+        Returns:
+            `(entry, cached)`: the entry's spec is the identity (nothing of the baseline was changed), `seconds`
+            the load time.
+        """
+        key = (self.model_name, name)
+        with self._lock:
+            hit = self.cache.get(key, self.pool)
+            if hit is not None:
+                return hit, True
+            nbytes = estimate()
+            check_fits(nbytes, self.cache.max_bytes, name, "UNet", "Choose a smaller model, or raise APP_CACHE_MB.")
+            self.cache.reserve(nbytes, self.pool, self.cache_size)
+            start = time.perf_counter()
+            unet = load()
+            seconds = time.perf_counter() - start
+            entry = CompressedUNet(unet, CompressionSpec(), None, seconds, module_cost(unet), "loaded")
+            self.cache.put(key, entry, self.pool, self.cache_size)
             return entry, False
 
     # --------------------------------------------------------------------------------------- drawing
@@ -442,7 +529,9 @@ class Engine:
         height: int | None = None,
         width: int | None = None,
         progress: Progress | None = None,
+        entry: CompressedUNet | None = None,
         cancel: CancelToken | None = None,
+        latency_rounds: int = 0,
     ) -> PairResult:
         """Draw the baseline and the compressed model with the same prompt, seed and settings.
 
@@ -455,7 +544,13 @@ class Engine:
             negative_prompt (`str`, defaults to `""`): used only when guidance > 1.
             height, width (`int`, *optional*): multiples of 8 from 8 to 1024; default the model's native size.
             progress (`Callable[[float, str], None]`, *optional*): called with (fraction, description).
+            entry (`CompressedUNet`, *optional*): draw this prepared UNet (`prepared`: a distilled model's) on
+                the second side instead of compressing for `spec`; the result reports it as cached.
             cancel (`CancelToken`, *optional*): checked after every denoising step and between phases.
+            latency_rounds (`int`, defaults to 0): after drawing, time both UNets warm in this many alternating
+                rounds (`latency.COMPARE_ROUNDS` = 8 in the app: 18 one-step runs, +0.55-0.75 s on the embedded
+                model's 1.25 s pair), once per setting, size and guidance on/off (later comparisons reuse it:
+                `latency_cached`); 0 skips it. The images do not depend on it.
 
         Returns:
             `PairResult`.
@@ -467,9 +562,12 @@ class Engine:
         """
         height, width = self.validate(prompt, seed, steps, guidance, negative_prompt, height, width)
         seed, steps, guidance = int(seed), int(steps), float(guidance)
+        if not _is_int(latency_rounds) or latency_rounds < 0:
+            raise ValueError(f"latency_rounds must be an integer >= 0, got {_short(latency_rounds)}")
 
         check(cancel)
-        entry, compression_cached = self.compress(spec, progress, cancel)
+        prepared = None if entry is None else id(entry.unet)  # a distilled UNet: its own latency, not the spec's
+        entry, compression_cached = (entry, True) if entry is not None else self.compress(spec, progress, cancel)
         check(cancel)
         base_key = (self.model_name, prompt, negative_prompt, seed, steps, guidance, height, width)
         with self._lock:
@@ -503,6 +601,26 @@ class Engine:
             spec.label,
             cancel,
         )
+        timing, timing_cached = None, False
+        if latency_rounds:
+            # A step's latency depends on the UNets, the size and whether guidance doubles the batch: not on the
+            # prompt, seed or steps. Timed once per setting and size, like a compressed UNet is built once.
+            key = (self.model_name, spec, prepared, height, width, guidance > 1.0, latency_rounds)
+            with self._lock:
+                timing = self._timings.get(key)
+                if timing is not None:
+                    self._timings.move_to_end(key)
+            timing_cached = timing is not None
+            if timing is None:
+                if progress:
+                    progress(1.0, f"timing both UNets warm: {latency_rounds} alternating rounds")
+                timing = self._time_pair(
+                    pipe.unet, entry.unet, embeds, seed, guidance, height, width, latency_rounds, cancel
+                )
+                with self._lock:
+                    self._timings[key] = timing
+                    while len(self._timings) > BASELINE_CACHE_SIZE:
+                        self._timings.popitem(last=False)
         return PairResult(
             baseline_image=baseline.image.copy(),  # callers may draw on images; the cached one stays clean
             compressed_image=compressed.image,
@@ -526,7 +644,36 @@ class Engine:
             seed=seed,
             height=height,
             width=width,
+            latency=timing,
+            latency_cached=timing_cached,
         )
+
+    @torch.no_grad()
+    def _time_pair(
+        self,
+        base: nn.Module,
+        unet: nn.Module,
+        embeds,
+        seed: int,
+        guidance: float,
+        height: int,
+        width: int,
+        rounds: int,
+        cancel: CancelToken | None = None,
+    ) -> PairedLatency:
+        """Both UNets, warm, in alternating rounds of a short denoising loop (same prompt, size and guidance as the
+        pair; own scheduler copies and generators, so nothing the images depend on is touched). Its steps count
+        in `image_steps` and `cancel` stops it like any drawing."""
+
+        def timer(module: nn.Module):
+            def run() -> float:
+                pipe = self._variant(module)  # a fresh scheduler copy per run; built outside the timed loop
+                generator = torch.Generator("cpu").manual_seed(seed)
+                return self._denoise(pipe, embeds, generator, COMPARE_STEPS, guidance, height, width, None, cancel)[1]
+
+            return run
+
+        return paired_latency(timer(base), timer(unet), COMPARE_WARMUP, rounds, self.device)
 
     @torch.no_grad()
     def generate_batch(

@@ -1,34 +1,40 @@
-"""Quality and cost metrics, each aggregate with its N and a bootstrap 95% interval.
+"""Quality and cost metrics, each aggregate with its N and a 95% interval whose coverage is what it says.
 
 Images enter every function as uint8 arrays (n, H, W, 3) or lists of PIL images. What is here:
 
-- **CLIP score** (`MetricClip.clip_score`): 100 * max(cos(image, text), 0), torchmetrics' definition, with a
-  transformers CLIPModel: the embedded tiny metric CLIP for the embedded model, openai CLIP for hub models.
-- **Frechet distance and KID** through torchmetrics' `FrechetInceptionDistance` / `KernelInceptionDistance`
-  with a pluggable feature extractor. Each distance is named by its extractor ("FD-tinyCLIP", "KID-DINOv2"):
-  a Frechet distance on tiny-CLIP features is not Inception FID, and numbers from different extractors must
-  never share an axis. Inception FID exists only when torch-fidelity is installed (it is not by default).
-- **Same-seed paired metrics**: PSNR and SSIM of a compressed image against the baseline image drawn with the
-  same prompt and seed (torchmetrics functional).
+- **CLIP score** (`MetricClip.clip_score`): per image 100 * max(cos(image, text), 0), then the mean over images:
+  Hessel et al.'s CLIP-S (EMNLP 2021) with weight 100 instead of their 2.5, with a transformers CLIPModel (the
+  embedded tiny metric CLIP for the embedded model, openai CLIP for hub models). torchmetrics' `CLIPScore`
+  clamps once, after the mean: max(mean(100 * cos), 0). The two agree whenever no image's cosine is negative;
+  otherwise the lab's is higher (200 real shapes-world images with shuffled captions, tiny CLIP: 8.2 by the
+  lab's rule, 0.0 by torchmetrics', as 59% of the cosines are negative; true captions: 96.7 by both).
+- **Frechet distance and KID** on features of a pluggable extractor. Each distance is named by its extractor
+  ("FD-tinyCLIP", "KID-DINOv2"): a Frechet distance on tiny-CLIP features is not Inception FID, and numbers from
+  different extractors must never share an axis. Inception FID exists only when torch-fidelity is installed
+  (it is not by default).
+- **Same-seed paired metrics**: PSNR (torchmetrics functional) and SSIM (Wang et al.'s, border cropped, as
+  scikit-image computes it) of a compressed image against the baseline image drawn with the same prompt and seed.
 - **Prompt following** on the embedded world: per attribute, whether the pixel judge (`world.judge_image`) reads
   back what the caption asked for. No learned model involved, so it cannot share a blind spot with the model.
 - **Latency statistics**: warm-up, median of repeats, CUDA synchronised.
 
 Honesty rules, enforced here rather than left to callers:
 
-- every aggregate is an `Estimate` carrying N and a percentile-bootstrap 95% interval;
+- every aggregate is an `Estimate` carrying N and a 95% interval: means (CLIP score, PSNR, SSIM): percentile
+  bootstrap over images; rates (accuracies): Wilson score interval (`proportion_estimate`; a bootstrap
+  collapses near 100%); KID: bootstrap of its U-statistic; FD: bias-corrected, with a jackknife interval
+  (`frechet.fd_jackknife`; FD at N is biased upward by far more than its spread);
 - a Frechet distance is trusted only from `fd_min_n(d)` = 5 x d images per set (d = feature width): below
-  that its covariance estimate is rank-deficient or dominated by O(d/N) bias, so results say so and the
-  charts lead with KID (unbiased at any N). 5 x d reproduces the usual "at least 10k images" advice for
-  2048-wide Inception features and asks 640 images for the 128-wide tiny CLIP;
+  that its covariance estimate is rank-deficient or dominated by O(d/N) bias, so results say so, carry no
+  interval, and the charts lead with KID (unbiased at any N). 5 x d reproduces the usual "at least 10k images"
+  advice for 2048-wide Inception features and asks 640 images for the 128-wide tiny CLIP;
 - images with non-finite values (NaN/inf) are never scored: `as_uint8` refuses them, `finite_mask` finds
   them, and callers report their count and leave them out of every aggregate.
 
 Why an own CLIP score: torchmetrics' `CLIPScore` (1.9) refuses any `model_name_or_path` that does not contain
 "openai" (so not our local tiny model), and with transformers 5 it crashes even on the openai checkpoints,
 because `get_image_features` now returns a `BaseModelOutputWithPooling`, not a tensor (`AttributeError:
-'BaseModelOutputWithPooling' object has no attribute 'norm'`; both checked on the pinned versions). The
-definition is the same, so numbers are comparable.
+'BaseModelOutputWithPooling' object has no attribute 'norm'`; both checked on the pinned versions).
 
 Example:
     >>> judge = MetricClip("assets/tiny-shapes-clip")
@@ -54,6 +60,8 @@ import torch
 from PIL import Image
 
 from .cost import ModuleCost, module_bytes, module_cost, param_count, weight_sparsity  # noqa: F401 (re-export)
+from .frechet import fd_from_moments, fd_jackknife
+from .intervals import wilson_interval
 
 Images = np.ndarray | list[Image.Image]
 
@@ -116,7 +124,8 @@ class Estimate:
     Args:
         metric (`str`): e.g. "CLIP score (tinyCLIP)", "FD-tinyCLIP", "PSNR", "accuracy: colour".
         value (`float`): the point estimate on all N samples.
-        ci_low, ci_high (`float`): percentile-bootstrap 95% interval (equal to `value` when exact, e.g. bytes).
+        ci_low, ci_high (`float`): 95% interval, of the kind the metric needs (see the module docstring); equal
+            to `value` when exact (bytes), NaN where none is computed (FD below `fd_min_n`).
         n (`int`): samples behind the value (images, image pairs or timing repeats).
         reference (`str`, defaults to ""): what it is measured against: "baseline" (the uncompressed model's
             images, same prompts and seeds), "real" (the data generator), "prompt" (the text), "" for none.
@@ -203,6 +212,39 @@ def mean_estimate(
     return Estimate(metric, value, lo, hi, n, reference, unit, higher_is_better, note)
 
 
+def proportion_estimate(
+    metric: str,
+    hits: Sequence[float],
+    reference: str = "",
+    higher_is_better: bool | None = True,
+    note: str = "",
+    level: float = CI_LEVEL,
+) -> Estimate:
+    """An `Estimate` of a rate in % (e.g. accuracy) from per-sample outcomes, with a Wilson score interval.
+
+    Why not the bootstrap of `mean_estimate`: near 0% and 100% it collapses (an all-right set resamples only to
+    all-right sets: zero width; 64% coverage at p = 0.99, N = 100). See `intervals.wilson_interval`.
+
+    Args:
+        metric (`str`): e.g. "accuracy: colour".
+        hits: per sample 1/True (right) or 0/False (wrong); NaN for samples left out (non-finite images).
+        reference, higher_is_better, note: as in `Estimate`.
+        level (`float`, defaults to 0.95): nominal coverage.
+
+    Raises:
+        ValueError: a value that is neither 0, 1 nor NaN.
+    """
+    x = np.asarray(hits, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if not np.isin(x, (0.0, 1.0)).all():
+        raise ValueError(f"{metric}: outcomes must be 0 or 1 (NaN to leave one out), got {sorted(set(x.tolist()))[:5]}")
+    n = int(x.size)
+    if n == 0:
+        return Estimate(metric, math.nan, math.nan, math.nan, 0, reference, "%", higher_is_better, note)
+    lo, hi = wilson_interval(int(x.sum()), n, level)
+    return Estimate(metric, 100 * float(x.mean()), 100 * lo, 100 * hi, n, reference, "%", higher_is_better, note)
+
+
 def exact_estimate(
     metric: str, value: float, unit: str = "", higher_is_better: bool | None = None, note: str = ""
 ) -> Estimate:
@@ -264,17 +306,29 @@ class MetricClip:
         return torch.cat(out) if out else torch.zeros(0, self.num_features)
 
     def clip_score(self, images: Images, texts: list[str]) -> np.ndarray:
-        """Per-image CLIP score, 100 * max(cos(image_i, text_i), 0), as torchmetrics defines it."""
+        """Per-image CLIP score, 100 * max(cos(image_i, text_i), 0): Hessel et al.'s CLIP-S with weight 100.
+
+        Averaging these gives the lab's CLIP score. torchmetrics' `CLIPScore` instead clamps the mean of the raw
+        100 * cos (see the module docstring); `cosines` gives the raw values for that or any other form.
+        """
         if len(as_uint8(images)) != len(texts):
             raise ValueError("clip_score needs one text per image")
         return self.clip_score_from_embeds(self.image_embeds(images), texts)
 
     def clip_score_from_embeds(self, image_embeds: torch.Tensor | np.ndarray, texts: list[str]) -> np.ndarray:
         """CLIP score from image embeddings already computed (the sweep embeds each image once)."""
+        return 100 * np.maximum(self.cosines_from_embeds(image_embeds, texts), 0.0)
+
+    def cosines(self, images: Images, texts: list[str]) -> np.ndarray:
+        """Per-image cosine similarity of image_i and text_i, in [-1, 1], before any clamp or scale."""
+        if len(as_uint8(images)) != len(texts):
+            raise ValueError("cosines needs one text per image")
+        return self.cosines_from_embeds(self.image_embeds(images), texts)
+
+    def cosines_from_embeds(self, image_embeds: torch.Tensor | np.ndarray, texts: list[str]) -> np.ndarray:
         img = torch.as_tensor(np.asarray(image_embeds), dtype=torch.float32)
         img = torch.nn.functional.normalize(img, dim=-1)
-        cos = (img * self.text_embeds(texts)).sum(-1)
-        return (100 * cos.clamp(min=0)).numpy()
+        return (img * self.text_embeds(texts)).sum(-1).numpy()
 
     def choose(self, images: Images, candidates: list[list[str]]) -> np.ndarray:
         """Zero-shot: for image i, the index of the best-matching text among candidates[i]."""
@@ -504,27 +558,26 @@ def distance_estimates(
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> list[Estimate]:
-    """FD and KID between two index-matched feature sets, each with N and a bootstrap 95% interval.
+    """FD and KID between two index-matched feature sets, each with N and a 95% interval where it means something.
 
-    Pairs are resampled together (one index for both sets), so the interval reflects which prompts and seeds
-    were drawn, as a rerun with other prompts would.
+    KID: the unbiased U-statistic, with the percentile interval of its bootstrap (pairs resampled together, so
+    the interval reflects which prompts and seeds were drawn; see `_kid_bootstrap`).
 
-    KID's interval is the percentile interval of the resampled KIDs (its estimator stays unbiased on a
-    resample, see `_kid_bootstrap`). FD's bootstrap distribution sits above the estimate (a resample holds ~63%
-    distinct images, and FD's bias grows like 1/N), so FD's interval is the bootstrap spread placed around the
-    estimate: it shows the sampling noise at this N; the bias is what `fd_min_n` and a real-vs-real floor are
-    for.
+    FD: from `fd_min_n(d)` pairs on, the bias-corrected estimate of the distance between the two distributions,
+    with an interval that covers it (`frechet.fd_jackknife`: delete-a-group jackknife, the 1/N extrapolation of
+    FD-infinity); the note gives FD as computed at N and the bias removed. Below that N, FD as computed at N,
+    with no interval (NaN) and a note: at such N it is mostly bias, and no time is spent resampling it.
 
     Args:
         reference, generated (`np.ndarray`): (n, d) features, index-matched: row i of both comes from the same
             prompt (and seed, for the baseline reference).
         feature_name (`str`): the extractor's name: metrics are called "FD-{name}" and "KID-{name}".
         reference_name (`str`): "baseline", "real", ... (the Estimate's `reference`).
-        n_boot (`int`, defaults to 1000): bootstrap resamples.
-        seed (`int`, defaults to 0): bootstrap seed.
+        n_boot (`int`, defaults to 1000): bootstrap resamples for KID's interval.
+        seed (`int`, defaults to 0): resampling seed (and the jackknife's grouping).
 
     Returns:
-        `[Estimate FD, Estimate KID]`; FD carries a note when n < `fd_min_n(d)`.
+        `[Estimate FD, Estimate KID]`.
 
     Raises:
         ValueError: fewer than 2 samples, or sets of different sizes.
@@ -536,30 +589,81 @@ def distance_estimates(
         raise ValueError(f"reference and generated sets must be index-matched (same size), got {n} and {len(gen)}")
     if n < 2:
         raise ValueError(f"distances need at least 2 samples per set, got {n}")
-    fd = frechet_distance_features(ref, gen)
     kid = kid_features(ref, gen)
-
     idx = bootstrap_indices(n, n_boot, seed)
-    metric = _fd_metric(d)
-    fd_boot = np.empty(n_boot)
-    for b in range(n_boot):
-        metric.reset()
-        metric.update(ref[idx[b]], real=True)
-        metric.update(gen[idx[b]], real=False)
-        fd_boot[b] = float(metric.compute())
-    q_lo, q_hi = _percentile_interval(fd_boot)
-    centre = float(np.median(fd_boot))
-    fd_lo, fd_hi = max(0.0, fd - (centre - q_lo)), fd + (q_hi - centre)
-
     weights = torch.from_numpy(np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64))
     kid_lo, kid_hi = _percentile_interval(_kid_bootstrap(ref, gen, weights))
 
+    fd = fd_estimate(ref, gen, feature_name, reference_name, seed=seed)
+    return [fd, Estimate(f"KID-{feature_name}", kid, kid_lo, kid_hi, n, reference_name, "", False, "")]
+
+
+def fd_estimate(
+    reference: np.ndarray | torch.Tensor | tuple,
+    generated: np.ndarray | torch.Tensor,
+    feature_name: str,
+    reference_name: str,
+    paired: bool = True,
+    seed: int = 0,
+    note: str = "",
+) -> Estimate:
+    """The FD row of a results table, by the lab's rule for N (every FD the lab reports comes from here).
+
+    From `fd_min_n(d)` generated images on (and as many reference images, for reference features), the
+    bias-corrected FD with its jackknife interval (`frechet.fd_jackknife`); its note gives FD as computed at N and
+    the bias removed. Below, FD as computed at N, with no interval (NaN) and a note saying to read KID: at such N
+    it is mostly bias, and no time is spent resampling it.
+
+    Args:
+        reference: (m, d) features, or a `(mu, sigma)` tuple of fixed statistics.
+        generated: (n, d) features.
+        feature_name (`str`): the extractor's name (the row is "FD-{name}").
+        reference_name (`str`): the row's `reference` ("baseline", "real").
+        paired (`bool`, defaults to True): reference features index-matched with the generated ones.
+        seed (`int`, defaults to 0): the jackknife's grouping.
+        note (`str`, defaults to ""): appended to the row's note (e.g. where the reference came from).
+    """
+    gen = torch.as_tensor(generated, dtype=torch.float64)
+    n, d = gen.shape
+    stats = isinstance(reference, tuple)
+    m = n if stats else len(reference)
     need = fd_min_n(d)
-    fd_note = f"N={n} < {need} (5 x {d} features): FD is biased and noisy at this N; read KID" if n < need else ""
-    return [
-        Estimate(f"FD-{feature_name}", fd, fd_lo, fd_hi, n, reference_name, "", False, fd_note),
-        Estimate(f"KID-{feature_name}", kid, kid_lo, kid_hi, n, reference_name, "", False, ""),
-    ]
+    extra = f"; {note}" if note else ""
+    if min(n, m) >= need:
+        est = fd_jackknife(reference, gen, seed=seed, paired=paired)
+        return Estimate(
+            f"FD-{feature_name}",
+            est.value,
+            est.ci_low,
+            est.ci_high,
+            n,
+            reference_name,
+            "",
+            False,
+            f"bias-corrected (jackknife over {est.groups} groups); FD as computed at N={n}: {est.at_n:.4g}, "
+            f"of which {est.bias:.4g} is finite-N bias{extra}",
+        )
+    # Moments as a statistics file stores them (numpy's mean and unbiased covariance), so that a reference given as
+    # images and the same reference given as statistics give the same FD to the last bit.
+    ref_moments = reference if stats else _moments(np.asarray(reference, dtype=np.float64))
+    moments = [torch.as_tensor(x, dtype=torch.float64) for x in (*ref_moments, *_moments(gen.numpy()))]
+    value = max(0.0, float(fd_from_moments(*moments)))
+    return Estimate(
+        f"FD-{feature_name}",
+        value,
+        math.nan,
+        math.nan,
+        n,
+        reference_name,
+        "",
+        False,
+        f"N={min(n, m)} < {need} (5 x {d} features): FD as computed at this N, biased upward and noisy, no "
+        f"interval; read KID{extra}",
+    )
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.mean(0), np.cov(x, rowvar=False)
 
 
 def frechet_distance(features: torch.nn.Module, reference: Images, generated: Images) -> float:
@@ -623,18 +727,65 @@ def psnr(reference: Images, images: Images) -> np.ndarray:
     return np.minimum(values, psnr_cap_db(ref.shape[2], ref.shape[3]))
 
 
-def ssim(reference: Images, images: Images) -> np.ndarray:
-    """Per-pair SSIM (Gaussian window 11, sigma 1.5; data range 1) of `images` against `reference`."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+SSIM_WINDOW = 11  # Wang et al.'s Gaussian window: 11 taps, sigma 1.5
+SSIM_SIGMA = 1.5
 
+
+def ssim_window(height: int, width: int) -> tuple[int, float]:
+    """The SSIM window for an image size: (taps, sigma).
+
+    11 taps with sigma 1.5 (Wang et al. 2004) wherever the image has 11 pixels a side; a smaller image gets the
+    largest odd window that fits (8x8: 7 taps, 5x5: 5, down to 3), with sigma scaled alike (1.5 x taps / 11), so
+    the window keeps its shape and scikit-image derives the same taps from that sigma (2 int(3.5 sigma + 0.5) + 1).
+    A smaller window compares finer structure: values at different window sizes are not comparable.
+
+    Raises:
+        ValueError: an image under 3 pixels a side.
+    """
+    side = min(int(height), int(width))
+    if side < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {height}x{width}")
+    taps = min(SSIM_WINDOW, side if side % 2 else side - 1)
+    return taps, SSIM_SIGMA * taps / SSIM_WINDOW
+
+
+def _gaussian_taps(taps: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(taps, dtype=torch.float64) - (taps - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(reference: Images, images: Images) -> np.ndarray:
+    """Per-pair SSIM of `images` against `reference`, as published (Wang et al. 2004) and as scikit-image computes
+    it with Wang's settings (`gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1`).
+
+    Gaussian window (`ssim_window`: 11 taps, sigma 1.5), K1 = 0.01, K2 = 0.03, data range 1, the SSIM map over
+    the positions where the whole window lies inside the image (a border of (taps - 1) / 2 pixels is cropped,
+    as Wang's reference code and scikit-image do), averaged over those positions and the three channels.
+    Matches `skimage.metrics.structural_similarity(..., channel_axis=-1)` to float precision (tests check 1e-3).
+    Unlike torchmetrics' `structural_similarity_index_measure`, which also averages the border computed on
+    reflect-padded pixels (29% of a 64x64 map; up to 0.027 apart) and ignores `kernel_size` with a Gaussian
+    window. Wang's MATLAB code also downsamples images over 256 px a side first; this does not (neither does
+    scikit-image).
+    """
     ref, img = _float01(reference), _float01(images)
     if ref.shape != img.shape:
         raise ValueError(f"ssim needs pairs of the same shape, got {tuple(ref.shape)} and {tuple(img.shape)}")
     if len(ref) == 0:
         return np.zeros(0)
-    # An 11-px window needs images of at least 11 px; smaller ones (test pipelines) use a 3-px window.
-    kernel = 11 if min(ref.shape[2:]) >= 11 else 3
-    return structural_similarity_index_measure(img, ref, data_range=1.0, reduction="none", kernel_size=kernel).numpy()
+    n, c, h, w = ref.shape
+    taps, sigma = ssim_window(h, w)
+    g = _gaussian_taps(taps, sigma)
+    rows, cols = g.view(1, 1, taps, 1).repeat(c, 1, 1, 1), g.view(1, 1, 1, taps).repeat(c, 1, 1, 1)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:  # separable, no padding: only positions with the whole window in
+        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, rows, groups=c), cols, groups=c)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(ref), blur(img)
+    sxx, syy, sxy = blur(ref * ref) - mx * mx, blur(img * img) - my * my, blur(ref * img) - mx * my
+    smap = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return smap.mean(dim=(1, 2, 3)).numpy()
 
 
 # ------------------------------------------------------------------------------------ prompt following
@@ -806,6 +957,10 @@ def pair_row(result, prompt: str, judge: MetricClip | None = None) -> dict:
     compressed image against the baseline. A side whose image held NaN/inf is not scored (NaN in its
     columns, `nonfinite` True). Single images: N = 1, no interval; sweeps give intervals.
 
+    Latency, in ms per denoising step: with `result.latency` (the pair timed warm in alternating rounds), the
+    medians of the rounds, and `latency_ratio` (compressed / baseline) with its distribution-free interval;
+    without it, the images' own drawing times per step (`latency_rounds` 0, no interval: cold against warm).
+
     Args:
         result (`PairResult`): what `Engine.generate_pair` returned.
         prompt (`str`): the prompt both images were drawn from.
@@ -814,8 +969,10 @@ def pair_row(result, prompt: str, judge: MetricClip | None = None) -> dict:
     Returns:
         `dict` with keys setting, prune_amount, prune_method, prune_scope, quant_mode, bits, prompt, seed,
         steps, guidance, clip_baseline, clip_compressed, clip_judge, psnr_db, ssim, unet_mb_baseline, unet_mb,
-        params_baseline, params, sparsity_pct, compression_s, latency_baseline_ms, latency_ms, speedup,
-        nonfinite: what `charts.history_cost` and `charts.history_quality` draw.
+        params_baseline, params, sparsity_pct, compression_s, latency_baseline_ms, latency_ms, latency_ratio,
+        latency_ratio_low, latency_ratio_high, latency_level, latency_rounds, latency_cached, speedup,
+        draw_baseline_ms,
+        draw_ms, nonfinite: what `charts.history_cost` and `charts.history_quality` draw.
     """
     spec = result.spec
     base = np.asarray(result.baseline_image.convert("RGB"))[None]
@@ -852,8 +1009,36 @@ def pair_row(result, prompt: str, judge: MetricClip | None = None) -> dict:
         "params": result.compressed_cost.params,
         "sparsity_pct": 100 * result.compressed_cost.sparsity,
         "compression_s": result.compression_seconds,
-        "latency_baseline_ms": 1000 * result.baseline_seconds,
-        "latency_ms": 1000 * result.compressed_seconds,
-        "speedup": result.baseline_seconds / result.compressed_seconds if result.compressed_seconds > 0 else math.nan,
+        **pair_row_latency(result),
         "nonfinite": bool(result.baseline_nonfinite or result.compressed_nonfinite),
+    }
+
+
+def pair_row_latency(result) -> dict:
+    """The latency columns of `pair_row` (ms per denoising step)."""
+    from .intervals import order_statistic_interval
+    from .latency import COMPARE_STEPS
+
+    draw_b, draw_c = 1000 * result.baseline_seconds, 1000 * result.compressed_seconds
+    timed = getattr(result, "latency", None)
+    if timed is None:
+        base_ms, comp_ms = draw_b / result.steps, draw_c / result.steps
+        ratio = Estimate("latency ratio", comp_ms / base_ms if base_ms > 0 else math.nan, math.nan, math.nan, 1)
+        level, rounds = math.nan, 0
+    else:
+        base_ms, comp_ms = 1000 * timed.base.median_s / COMPARE_STEPS, 1000 * timed.this.median_s / COMPARE_STEPS
+        ratio = timed.round_ratio()
+        level, rounds = order_statistic_interval(ratio.n)[1], ratio.n
+    return {
+        "latency_baseline_ms": base_ms,
+        "latency_ms": comp_ms,
+        "latency_ratio": ratio.value,
+        "latency_ratio_low": ratio.ci_low,
+        "latency_ratio_high": ratio.ci_high,
+        "latency_level": level,
+        "latency_rounds": rounds,
+        "latency_cached": bool(getattr(result, "latency_cached", False)),
+        "speedup": 1 / ratio.value if ratio.value > 0 else math.nan,
+        "draw_baseline_ms": draw_b,
+        "draw_ms": draw_c,
     }

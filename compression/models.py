@@ -109,6 +109,13 @@ class CatalogEntry:
         grammar (`str`, defaults to `""`): a note on the only prompts the model understands (markdown).
         safety_checker (`bool`, defaults to True): load the pipeline's NSFW safety checker.
         metrics (`MetricModels`): the models that score its images.
+        licence (`str`, defaults to `""`): the weights' licence, as its model card states it.
+        compare_with (`str`, defaults to `""`): for a distilled UNet, the catalog model whose VAE, text encoder
+            and tokenizer it was trained against: the app's distilled comparison draws that model and this UNet
+            over them, same prompt and seed.
+        gpu_image_step_s (`float`, defaults to 0.05): GPU seconds of one image through one denoising step at the
+            native size (an SD 1.x UNet at 512 px in fp16, with a 2x margin); sizes the ZeroGPU duration.
+        gpu_build_s (`float`, defaults to 20.0): GPU seconds to compress (or load) one UNet, with a margin.
         prompt_reader (`Callable[[str], PromptReading]`, *optional*): reads a typed prompt into the model's
             grammar before the tokenizer (see prompt_reader.py); None (hub models): prompts go in as typed.
     """
@@ -125,11 +132,51 @@ class CatalogEntry:
     grammar: str = ""
     safety_checker: bool = True
     metrics: MetricModels = HUB_METRICS
+    licence: str = ""
+    compare_with: str = ""
+    gpu_image_step_s: float = 0.05
+    gpu_build_s: float = 20.0
     prompt_reader: Callable[[str], PromptReading] | None = None
 
     def read_prompt(self, text: str) -> PromptReading:
         """What this model reads from `text` (as typed, without a reader)."""
         return self.prompt_reader(text) if self.prompt_reader is not None else PromptReading(text, text, True)
+
+
+OPENRAIL = "CreativeML OpenRAIL-M"
+# The distilled SD 1.x UNets people compare against (BK-SDM: Kim et al., ECCV 2024, distilled from SD v1.4, whose
+# VAE and text encoder are SD 1.5's; Segmind's SD-Small / SD-Tiny follow BK-SDM's block removal, distilled from
+# Realistic Vision V4.0, an SD 1.5 fine-tune). UNet parameters as their model cards give them.
+_DISTILLED = (
+    (
+        "bk-sdm-base",
+        "nota-ai/bk-sdm-base",
+        "BK-SDM-Base: SD 1.4's UNet with one ResNet + attention pair removed per stage, distilled (0.58B UNet "
+        "parameters vs 0.86B).",
+    ),
+    (
+        "bk-sdm-small",
+        "nota-ai/bk-sdm-small",
+        "BK-SDM-Small: BK-SDM-Base without the mid-block (0.49B UNet parameters).",
+    ),
+    (
+        "bk-sdm-tiny",
+        "nota-ai/bk-sdm-tiny",
+        "BK-SDM-Tiny: BK-SDM-Small without the innermost down and up stages (0.33B UNet parameters).",
+    ),
+    (
+        "segmind-small-sd",
+        "segmind/small-sd",
+        "Segmind SD-Small: BK-SDM-Base's block layout distilled from Realistic Vision V4.0 (~35% fewer UNet "
+        "parameters).",
+    ),
+    (
+        "segmind-tiny-sd",
+        "segmind/tiny-sd",
+        "Segmind SD-Tiny: BK-SDM-Tiny's block layout distilled from Realistic Vision V4.0 (~55% fewer UNet "
+        "parameters).",
+    ),
+)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -150,6 +197,8 @@ CATALOG: dict[str, CatalogEntry] = {
             # it only draws coloured shapes: no NSFW filter to run (and none was trained for it)
             safety_checker=False,
             metrics=TINY_METRICS,
+            gpu_image_step_s=0.01,  # 2.8M parameters at 64 px: far under a GPU's launch overhead per step
+            gpu_build_s=5.0,
             # trained on one sentence only: what people type is read into it, visibly
             prompt_reader=read_shapes_prompt,
         ),
@@ -158,9 +207,16 @@ CATALOG: dict[str, CatalogEntry] = {
             "stable-diffusion-v1-5/stable-diffusion-v1-5",
             "Stable Diffusion 1.5 from the hub (needs network and a few GB; a GPU for interactive speed).",
             local=False,
+            licence=OPENRAIL,
+        ),
+        # 512 px, 25 steps, guidance 7.5: the setting of BK-SDM's own evaluation (PNDM, 25 steps).
+        *(
+            CatalogEntry(n, src, text, local=False, licence=OPENRAIL, compare_with="sd-1.5")
+            for n, src, text in _DISTILLED
         ),
     )
 }
+DISTILLED = [name for name, e in CATALOG.items() if e.compare_with]
 DEFAULT_MODEL = "tiny-shapes"
 
 
@@ -298,3 +354,39 @@ def load_pipeline(name: str | None = None, device: str | None = None, dtype: tor
         if isinstance(component, torch.nn.Module):
             component.eval().requires_grad_(False)
     return pipe, ModelInfo(entry.name, entry.source, device, dtype)
+
+
+def unet_config(name: str) -> dict:
+    """The UNet config of a catalog model (its `unet/config.json`; from the hub, only that small file is fetched).
+
+    Raises:
+        ValueError: unknown name. FileNotFoundError: a local model that has not been built.
+    """
+    from diffusers import UNet2DConditionModel
+
+    entry = resolve_model(name)
+    if entry.local:
+        check_local_folder(entry.source)
+    return dict(UNet2DConditionModel.load_config(entry.source, subfolder="unet"))
+
+
+def load_unet(name: str, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load only the UNet of a catalog model (a distilled UNet drawn over another model's VAE and text encoder),
+    with the same safety rules as `load_pipeline`: safetensors only, never remote code.
+
+    Returns:
+        `(unet, ModelInfo)`; the UNet is in eval mode without gradients.
+
+    Raises:
+        ValueError: unknown name. UnsafeModelError: pickle-only weights. FileNotFoundError: not built.
+    """
+    from diffusers import UNet2DConditionModel
+
+    entry = resolve_model(name)
+    if entry.local:
+        check_local_folder(entry.source)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    unet = UNet2DConditionModel.from_pretrained(entry.source, subfolder="unet", use_safetensors=True, dtype=dtype)
+    unet = unet.to(device).eval().requires_grad_(False)
+    return unet, ModelInfo(entry.name, entry.source, device, dtype)

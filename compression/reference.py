@@ -151,17 +151,6 @@ def write_stats(path: str | Path, features: np.ndarray) -> Path:
 # ------------------------------------------------------------------------------------- two-sample distances
 
 
-def _fd_from_moments(mu1, sigma1, mu2, sigma2) -> float:
-    from torchmetrics.image.fid import _compute_fid
-
-    t = [torch.as_tensor(x, dtype=torch.float64) for x in (mu1, sigma1, mu2, sigma2)]
-    return max(0.0, float(_compute_fid(*t)))  # eigenvalue round-off: -1e-6 for identical sets
-
-
-def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return x.mean(0), np.cov(x, rowvar=False)
-
-
 def _kid_two_sample(kxx, kyy, kxy, wx, wy) -> np.ndarray:
     """Unbiased MMD^2 (KID's kernel) of independent sets, for resampling counts wx (B, m) and wy (B, n)."""
 
@@ -177,19 +166,16 @@ def _kid_two_sample(kxx, kyy, kxy, wx, wy) -> np.ndarray:
 def independent_distance_estimates(
     reference: np.ndarray, generated: np.ndarray, feature_name: str, n_boot: int = metrics.N_BOOT, seed: int = 0
 ) -> list[metrics.Estimate]:
-    """FD and KID between two independent feature sets (m, d) and (n, d), each with a bootstrap 95% interval
-    (both sets resampled, each on its own). N is the generated count; the note gives the reference's.
+    """FD and KID between two independent feature sets (m, d) and (n, d). N is the generated count; the note
+    gives the reference's.
 
-    FD's interval is the bootstrap spread placed around the estimate, as in `metrics.distance_estimates`.
+    KID: bootstrap 95% interval, both sets resampled, each on its own. FD: `metrics.fd_estimate` with independent
+    sets (bias-corrected with a jackknife interval from 5 x d images in each set; below, no interval).
     """
     ref, gen = np.asarray(reference, np.float64), np.asarray(generated, np.float64)
-    (m, d), n = ref.shape, len(gen)
-    fd = _fd_from_moments(*_moments(ref), *_moments(gen))
+    m, n = len(ref), len(gen)
     rng = np.random.default_rng(seed)
     ir, ig = rng.integers(0, m, (n_boot, m)), rng.integers(0, n, (n_boot, n))
-    fd_boot = np.array([_fd_from_moments(*_moments(ref[a]), *_moments(gen[b])) for a, b in zip(ir, ig)])
-    lo, hi = metrics._percentile_interval(fd_boot)
-    centre = float(np.median(fd_boot))
     r, g = torch.from_numpy(ref), torch.from_numpy(gen)
     k = metrics._poly_kernel
     kxx, kyy, kxy = k(r, r), k(g, g), k(r, g)
@@ -198,21 +184,9 @@ def independent_distance_estimates(
     wx = torch.from_numpy(np.stack([np.bincount(row, minlength=m) for row in ir]).astype(np.float64))
     wy = torch.from_numpy(np.stack([np.bincount(row, minlength=n) for row in ig]).astype(np.float64))
     kid_lo, kid_hi = metrics._percentile_interval(_kid_two_sample(kxx, kyy, kxy, wx, wy))
-    need = metrics.fd_min_n(d)
-    fd_note = _join(f"N={n} < {need} (5 x {d} features): FD is biased and noisy at this N" if n < need else "")
     ref_note = f"{m} reference images"
     return [
-        metrics.Estimate(
-            f"FD-{feature_name}",
-            fd,
-            max(0.0, fd - (centre - lo)),
-            fd + (hi - centre),
-            n,
-            REFERENCE_NAME,
-            "",
-            False,
-            _join(fd_note, ref_note),
-        ),
+        metrics.fd_estimate(ref, gen, feature_name, REFERENCE_NAME, paired=False, seed=seed, note=ref_note),
         metrics.Estimate(
             f"KID-{feature_name}", kid, float(kid_lo), float(kid_hi), n, REFERENCE_NAME, "", False, ref_note
         ),
@@ -228,20 +202,8 @@ def stats_distance_estimate(
     n_boot: int = metrics.N_BOOT,
     seed: int = 0,
 ) -> metrics.Estimate:
-    """FD of generated features (n, d) against fixed statistics; the interval resamples the generated set only
-    (the statistics carry no sampling noise of their own here). No KID: it needs the reference's features."""
-    gen = np.asarray(generated, np.float64)
-    n, d = gen.shape
-    fd = _fd_from_moments(mu, sigma, *_moments(gen))
-    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
-    fd_boot = np.array([_fd_from_moments(mu, sigma, *_moments(gen[b])) for b in idx])
-    lo, hi = metrics._percentile_interval(fd_boot)
-    centre = float(np.median(fd_boot))
-    need = metrics.fd_min_n(d)
-    note = _join(
-        f"N={n} < {need} (5 x {d} features): FD is biased and noisy at this N" if n < need else "",
-        f"statistics of {n_ref} images" if n_ref else "statistics of an unstated number of images",
-    )
-    return metrics.Estimate(
-        f"FD-{feature_name}", fd, max(0.0, fd - (centre - lo)), fd + (hi - centre), n, REFERENCE_NAME, "", False, note
-    )
+    """FD of generated features (n, d) against fixed statistics (`metrics.fd_estimate`: the jackknife splits the
+    generated set only; the statistics' own sampling error is not in the interval). No KID: it needs the
+    reference's features. `n_boot` is unused (kept for the callers' signature)."""
+    note = f"statistics of {n_ref} images" if n_ref else "statistics of an unstated number of images"
+    return metrics.fd_estimate((mu, sigma), generated, feature_name, REFERENCE_NAME, seed=seed, note=note)

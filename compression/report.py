@@ -262,7 +262,8 @@ def _quality_metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
     """(metric, reference) pairs to chart, KID before FD when N is below the FD-meaningful N."""
     q = table[~table["metric"].isin(COST_METRICS) & (table["setting"] != REAL_SETTING)]
     pairs = list(dict.fromkeys(zip(q["metric"], q["reference"].fillna(""))))
-    fd_unreliable = q[q["metric"].str.startswith("FD-")]["note"].fillna("").str.len().gt(0).any()
+    # Below the N where FD is trusted its rows say "read KID" (and carry no interval): KID leads the charts then.
+    fd_unreliable = q[q["metric"].str.startswith("FD-")]["note"].fillna("").str.contains("read KID").any()
 
     def rank(p):
         m = p[0]
@@ -334,7 +335,9 @@ def write_report(table: pd.DataFrame, summary: dict, out: Path, plotlyjs: str = 
             f"N={need} images per set (5 x width); this sweep has N={n}, {verdict}.</p>"
         )
     intro += (
-        "<p>Every number is a mean (latency: median) over N with a bootstrap 95% interval. "
+        "<p>Every number is a mean (accuracy: a rate; latency: a median) over N with a 95% interval: Wilson "
+        "for accuracies, a jackknife for FD (bias-corrected from N = 5 x feature width; below that, no "
+        "interval), a bootstrap for the rest. "
         "References: <i>baseline</i> = the uncompressed model, same prompts and seeds; <i>real</i> = images "
         "of the data generator for the same prompts; <i>prompt</i> = the text.</p>"
     )
@@ -371,3 +374,70 @@ def write_pngs(table: pd.DataFrame, folder: Path) -> list[Path]:
         charts.save_png(fig, folder / f"{i:02d}-{charts.slug(title)}.png")
         for i, (title, fig) in enumerate(report_figures(table))
     ]
+
+
+# ------------------------------------------------------------------------------ older sweeps, newer intervals
+
+
+def recompute_rate_intervals(out_dir: str | Path, pngs: bool = True) -> pd.DataFrame:
+    """Give a finished sweep folder's accuracies Wilson intervals, from its tidy table alone (nothing redrawn).
+
+    An accuracy row holds the rate and its N, hence the count of right images, which is all a Wilson interval
+    needs (`metrics.proportion_estimate`). Rewrites results.csv, summary.json's headline and knees (the rest of
+    it, the "generated" time included, stays), report.html (its strip of sample images kept) and those of the
+    report's PNGs that are in the folder. Other metrics are left as they are: FD and SSIM would need the
+    features and images, which a sweep folder does not keep.
+
+    Returns:
+        The rewritten table.
+
+    Raises:
+        ValueError: an accuracy row whose rate is no whole count of its N.
+    """
+    from .intervals import wilson_interval
+
+    out = Path(out_dir)
+    table = pd.read_csv(out / "results.csv")
+    for col in ("reference", "unit", "note"):  # empty text reads back as NaN; the sweep wrote ""
+        table[col] = table[col].fillna("")
+    rates = table["metric"].astype(str).str.startswith("accuracy") & (table["n"] > 0)
+    for i in table.index[rates]:
+        n = int(table.at[i, "n"])
+        k = table.at[i, "value"] * n / 100
+        if abs(k - round(k)) > 1e-6:
+            raise ValueError(f"row {i}: {table.at[i, 'value']}% of {n} is no whole count")
+        lo, hi = wilson_interval(round(k), n)
+        table.at[i, "ci_low"], table.at[i, "ci_high"] = 100 * lo, 100 * hi
+    table.to_csv(out / "results.csv", index=False)
+
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    fresh = summarize(table, summary.get("config", {}), summary.get("fd_min_n", {}))
+    summary.update(headline=fresh["headline"], knees=fresh["knees"])
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False), encoding="utf-8")
+
+    page = out / "report.html"
+    old = page.read_text(encoding="utf-8") if page.is_file() else ""
+    strip = old[old.find("<h2>First images") : old.rfind("</body>")] if "<h2>First images" in old else ""
+    plotlyjs = "cdn" if "cdn.plot.ly" in old else "inline"
+    write_report(table, summary, out, plotlyjs)
+    if strip:
+        page.write_text(page.read_text(encoding="utf-8").replace("</body>", strip + "</body>"), encoding="utf-8")
+    if pngs:
+        for i, (title, fig) in enumerate(report_figures(table)):
+            path = out / f"{i:02d}-{charts.slug(title)}.png"
+            if path.is_file():
+                charts.save_png(fig, path)
+    return table
+
+
+def _json_safe(obj):
+    """NaN/inf -> None, numpy scalars -> Python (as sweeps write their JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -15,7 +15,7 @@ What a sweep does, in order:
    (nothing but one batch of images is held in memory): CLIP score against the prompt, pixel-judge prompt
    following per attribute (shapes world), PSNR/SSIM against the same-seed baseline image, features for FD and
    KID against the baseline and the real images; then latency (warm-up + median of repeats, batch 1), UNet
-   bytes, parameters and measured sparsity; every aggregate with N and a bootstrap 95% interval;
+   bytes, parameters and measured sparsity; every aggregate with N and a 95% interval (metrics.py says which);
 4. writes each finished cell to `DIR/cells/<key>.json` at once, so an interrupted sweep resumes where it
    stopped: a cell whose key (model, prompts, seeds, sampler, spec, metric set) is on disk is not recomputed;
 5. writes `results.csv` (one row per setting x metric), `summary.json` and `report.html` (Plotly).
@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import charts, latency, metrics, paper, scaling, world
+from . import charts, latency, metrics, overhead, paper, scaling, world
 from .cancel import Cancelled, CancelToken, check
 from .distributed import ShardStore, World, check_shared_folder, concat, current_world, run_shards, total_over
 from .report import (  # noqa: F401 - re-exported: the report moved out of this module, its names stay here
@@ -78,7 +78,7 @@ MAX_TOTAL_IMAGES = 500_000
 # its rows say they were skipped instead of exhausting memory. A real reference's statistics need no kernel.
 PAIRED_DISTANCE_MAX_N = 10_000
 SEED_STRIDE = 100_003  # > MAX_IMAGES_PER_CELL: image seeds of different seed values never collide
-METRICS_VERSION = 2  # bump when a metric's definition changes: finished cells are then recomputed
+METRICS_VERSION = 3  # bump when a metric's definition changes: finished cells are then recomputed
 REAL_SETTING = charts.REAL_SETTING  # rows measuring real images (the ceiling / floor a perfect model would reach)
 
 Progress = Callable[[float, str], None]
@@ -494,6 +494,7 @@ def _features_of(extractor, judge, embeds: np.ndarray | None, images: np.ndarray
     return metrics.extract_features(extractor, images)
 
 
+@overhead.timed("metrics")
 def _score_batch(images, nonfinite, ms: MetricSet, prompts, attrs, baseline_images, baseline_nonfinite) -> dict:
     """Per-image numbers of one batch; images with NaN/inf get NaN (they are never scored)."""
     n = len(images)
@@ -532,6 +533,7 @@ def _score_batch(images, nonfinite, ms: MetricSet, prompts, attrs, baseline_imag
     return out
 
 
+@overhead.timed("metrics")
 def _quality_estimates(
     per: dict[str, np.ndarray],
     ms: MetricSet,
@@ -548,14 +550,12 @@ def _quality_estimates(
     for k in (*world.ATTRIBUTES, "all"):
         if f"acc:{k}" in per:
             est.append(
-                metrics.mean_estimate(
+                metrics.proportion_estimate(
                     f"accuracy: {k}",
-                    per[f"acc:{k}"],
+                    per[f"acc:{k}"] / 100,
                     "prompt",
-                    "%",
                     True,
                     note="pixel judge reads the attribute back" if k == "all" else "",
-                    n_boot=n_boot,
                 )
             )
     if "psnr" in per:
@@ -651,6 +651,7 @@ class _Plan:
     world: World = field(default_factory=World)  # which shards (batches) this process draws
     drawn: int = 0  # images this process drew with the denoiser (throughput)
     measure_seconds: float = 0.0  # time this process spent measuring cells (throughput breakdown)
+    timing: dict = field(default_factory=dict)  # setting -> seconds per phase on this process (overhead.py)
 
     @property
     def n(self) -> int:
@@ -664,6 +665,7 @@ class _Plan:
         b = self.cfg.batch_size
         return [slice(i, min(self.n, i + b)) for i in range(0, self.n, b)]
 
+    @overhead.timed("generation")
     def draw(self, spec: CompressionSpec, sl: slice, prompts=None, seeds=None):
         c = self.cfg
         return self.engine.generate_batch(
@@ -1132,6 +1134,7 @@ def _real_phase(plan: _Plan, refs: _Refs, settings_to_do: bool, floor: bool = Tr
     return rows
 
 
+@overhead.tallied(lambda plan, spec, *_: plan.timing.setdefault(spec, {}))
 def _draw_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) -> dict[str, np.ndarray]:
     """One setting's images, drawn and scored shard by shard (each process its own; finished shards on disk),
     then every shard's per-image numbers, gathered in image order on every process."""
@@ -1157,7 +1160,8 @@ def _draw_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) ->
             refs.nonfinite[sl],
         )
         keep = max(0, min(sl.stop, cfg.samples_per_cell) - sl.start)  # the first images of the setting
-        return {"nonfinite": nonfinite, **per, "samples": images[:keep]}
+        # a copy: a slice (even an empty one) is a view that would keep the whole batch alive until the gather
+        return {"nonfinite": nonfinite, **per, "samples": images[:keep].copy()}
 
     store = ShardStore(plan.out / "cells" / f"{key}.shards" if plan.out else None)
     parts = run_shards(
@@ -1166,6 +1170,7 @@ def _draw_phase(plan: _Plan, spec: CompressionSpec, refs: _Refs, work: _Work) ->
     return concat(parts)
 
 
+@overhead.tallied(lambda plan, spec, *_: plan.timing.setdefault(spec, {}), report=True)
 def _measure_phase(plan: _Plan, spec: CompressionSpec, per: dict[str, np.ndarray], refs: _Refs) -> dict:
     """One setting's aggregates from its per-image numbers, its latency and cost; the finished cell is written to
     disk at once (so an interrupted sweep resumes after it) and its shards dropped."""
@@ -1199,6 +1204,7 @@ def _measure_phase(plan: _Plan, spec: CompressionSpec, per: dict[str, np.ndarray
     return cell
 
 
+@overhead.timed("latency")
 def _latency_estimates(plan: _Plan, spec: CompressionSpec) -> list[metrics.Estimate]:
     """Latency of one image (batch 1) and the speed-up, timed in alternating rounds with the baseline so that
     machine load drifts hit both alike."""
@@ -1213,6 +1219,7 @@ def _latency_estimates(plan: _Plan, spec: CompressionSpec) -> list[metrics.Estim
     return pair.sweep_estimates(cfg.steps, cfg.latency_warmup, cfg.n_boot)
 
 
+@overhead.timed("cost")
 def _cost_estimates(plan: _Plan, spec: CompressionSpec, cost, report, comp_seconds: float) -> list[metrics.Estimate]:
     """Measured cost of a setting: MACs, bytes, parameters, sparsity (whole UNet and scope), compression time."""
     est = []
@@ -1275,6 +1282,7 @@ def _outputs(
             "key": plan.keys[s],
             "spec": s.to_dict(),
             "status": "computed" if s.label in computed else "reused",
+            "timing": done[s].get("timing"),  # seconds per phase and metrics / generation (overhead.py)
         }
         for s in plan.specs
     ]

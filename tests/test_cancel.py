@@ -187,7 +187,8 @@ def test_api_cancel_stops_the_sweep_and_the_next_request_runs_alone(lab_app, cap
         before = compare_engine.image_steps, sweep_engine.image_steps
         out = Client(url, verbose=False).predict(prompt=PROMPTS[0], steps=3, api_name="/compare")
         assert out[9]["steps"] == 3
-        assert compare_engine.image_steps - before[0] == 2 * 3 and sweep_engine.image_steps == before[1]
+        timing = 0 if out[9]["numbers"]["latency_cached"] else app.svc.compare_cost(0)  # the warm timing rounds
+        assert compare_engine.image_steps - before[0] == 2 * 3 + timing and sweep_engine.image_steps == before[1]
     assert watch.most == 1  # never two model jobs at once
     assert last_job(app, "compare").started >= stopped.ended
     assert app.JOBS.estimate_seconds(1000) > 0  # the pace measured on finished jobs prices the next ones
@@ -209,7 +210,7 @@ def test_api_cancel_stops_a_running_comparison(lab_app):
             job.cancel()
             assert_stopped(app, compare_engine, "comparison")
             stopped = last_job(app, "compare")
-            assert stopped.outcome == "stopped" and stopped.steps_run < stopped.cost == 200
+            assert stopped.outcome == "stopped" and stopped.steps_run < stopped.cost == app.svc.compare_cost(100)
     assert watch.most == 1
 
 

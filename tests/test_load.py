@@ -286,7 +286,7 @@ def load_run(lab_app) -> LoadRun:
         objects_after,
         biggest[0],
         built,
-        {id(e.unet) for e in engine._unets.values()},
+        {id(e.unet) for e in engine.cache.entries()},
     )
 
 

@@ -44,13 +44,15 @@ def test_identical_sets_give_zero_distances_and_shifted_sets_do_not(tiny_clip, r
     # A resample of identical pairs is still identical: the duplicate-aware KID stays exactly 0.
     assert abs(same["KID-rand"].ci_low) < 1e-9 and abs(same["KID-rand"].ci_high) < 1e-9
     assert far["FD-rand"].value > 5 * floor["FD-rand"].value > 0
-    assert far["FD-rand"].ci_low > floor["FD-rand"].ci_high  # the intervals do not even overlap
+    assert far["KID-rand"].value > floor["KID-rand"].ci_high
     assert far["KID-rand"].value > 100 * abs(floor["KID-rand"].value)
     for est in (*floor.values(), *far.values()):
         assert est.n == 48 and est.reference == "real"
+    for est in (floor["KID-rand"], far["KID-rand"]):
         assert est.ci_low <= est.value <= est.ci_high
-    # 48 images and 16 features: under 5 x 16, so FD says it should not be read.
+    # 48 images and 16 features: under 5 x 16, so FD says it should not be read, and spends nothing on an interval.
     assert metrics.fd_min_n(16) == 80 and "read KID" in far["FD-rand"].note and far["KID-rand"].note == ""
+    assert math.isnan(far["FD-rand"].ci_low) and math.isnan(far["FD-rand"].ci_high)
 
 
 def test_image_level_wrappers_match_feature_level(tiny_clip, real_sets):
@@ -135,6 +137,16 @@ def test_clip_score_range_and_one_text_per_image(tiny_clip, real_sets):
     assert scores.shape == (5,) and ((scores >= 0) & (scores <= 100)).all()
     with pytest.raises(ValueError, match="one text per image"):
         tiny_clip.clip_score(a[:5], ["x"])
+
+
+def test_clip_score_clamps_each_image_then_averages(tiny_clip, real_sets):
+    attrs, a, _, _ = real_sets
+    wrong = [world.caption(x) for x in attrs[1:] + attrs[:1]]  # every image with another image's caption
+    cos = tiny_clip.cosines(a, wrong)
+    scores = tiny_clip.clip_score(a, wrong)
+    assert np.allclose(scores, 100 * np.maximum(cos, 0))  # Hessel et al.'s CLIP-S, weight 100
+    assert (cos < 0).any() and (cos > 0).any()  # so the two forms part:
+    assert scores.mean() > max(100 * cos.mean(), 0)  # torchmetrics' CLIPScore clamps the mean instead
 
 
 def test_dinov2_features_through_transformers():

@@ -13,6 +13,12 @@ from compression import latency, report
 from compression.metrics import LatencyStats
 
 
+def _stats(times: tuple[float, ...]) -> LatencyStats:
+    """Timing rounds as `measure_latency_interleaved` returns them (only the times and their median matter here)."""
+    med = sorted(times)[len(times) // 2 - 1 : len(times) // 2 + 1]
+    return LatencyStats(sum(med) / 2, 0.0, 0.0, 0.0, 0.0, times, 1)
+
+
 def _row(setting, amount, metric, value, lo, hi, n, reference="", unit=""):
     return dict(
         model="tiny-shapes",
@@ -136,11 +142,23 @@ def test_pair_captions_and_sweep_texts():
 
     spec = SimpleNamespace(label="L1 <30%>")
     result = SimpleNamespace(
-        baseline_seconds=0.5, baseline_cached=True, compressed_seconds=0.25, compressed_nonfinite=True, spec=spec
+        baseline_seconds=0.5,
+        baseline_cached=True,
+        compressed_seconds=0.25,
+        compressed_nonfinite=True,
+        spec=spec,
+        steps=10,
+        latency=None,
     )
     base, comp = app_format.pair_captions(result)
-    assert base == "**Baseline** · fp32 · 500 ms (cached)"
-    assert comp == "**L1 &lt;30%&gt;** · 250 ms (0.50× baseline) · NaN/inf"  # a label is escaped, never markup
+    assert base == "**Baseline** · fp32 · 50.0 ms/step (cached)"
+    # a label is escaped, never markup; drawing times are no warm, paired comparison and say so
+    assert comp == "**L1 &lt;30%&gt;** · 25.0 ms/step (0.50× baseline, not timed warm) · NaN/inf"
+    rounds = (0.010, 0.011, 0.012, 0.010, 0.009, 0.010, 0.011, 0.010)
+    timed = latency.PairedLatency(_stats(rounds), _stats(tuple(1.02 * t for t in rounds)))
+    base, comp = app_format.pair_captions(SimpleNamespace(**{**vars(result), "latency": timed}))
+    assert base == "**Baseline** · fp32 · 10.0 ms/step"  # warm medians: the cache no longer matters
+    assert comp == "**L1 &lt;30%&gt;** · 10.2 ms/step (1.02× baseline [1.02, 1.02]) · NaN/inf"
     t = pd.DataFrame(
         [
             dict(metric="non-finite images", value=2.0, n=8, setting="int4"),

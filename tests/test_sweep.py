@@ -144,6 +144,10 @@ def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_pat
     summary = _strict_json(tmp_path / "summary.json")
     assert summary["config"]["n_images"] == 4 and summary["fd_min_n"] == {"rand": 80}
     assert [c["status"] for c in summary["cells"]] == ["computed", "computed"]
+    timing = summary["cells"][1]["timing"]  # where the pruned setting's time went (overhead.py)
+    assert timing["generation_s"] > 0 and timing["metrics_s"] > 0 and timing["budget"] == 0.15
+    assert timing["metrics_share"] == pytest.approx(timing["metrics_s"] / timing["generation_s"], abs=1e-3)
+    assert summary["cells"][0]["timing"]["metrics_share"] is None  # the baseline reuses its images: no drawing
     page = (tmp_path / "report.html").read_text()
     assert "Compression sweep" in page and "plotly" in page.lower() and "data:image/png;base64" in page
 
@@ -151,6 +155,7 @@ def test_tiny_sweep_writes_csv_json_html_and_resumes(engine, metric_set, tmp_pat
     cells = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*.json")}
     again = sweep.run_sweep(engine, specs, WORLD_PROMPTS, metric_set=metric_set, out_dir=tmp_path, **FAST)
     assert again.computed == [] and again.skipped == ["baseline", "L1 50%"]
+    assert [c["timing"] for c in again.summary["cells"]] == [None, None]  # nothing was measured this time
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*.json")} == cells
     pd.testing.assert_frame_equal(
         again.table.reset_index(drop=True), first.table.reset_index(drop=True), check_dtype=False

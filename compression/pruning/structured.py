@@ -36,6 +36,8 @@ def _group_scores(parts: list[tuple[torch.Tensor, int]], channels: int, p: int) 
     """
     total = torch.zeros(channels, dtype=torch.float32)
     for w, dim in parts:
+        if w.device.type == "meta":
+            continue  # sizing a plan on the meta device (budget.py): equal scores, the same counts kept
         w = w.detach().float()
         other = [d for d in range(w.dim()) if d != dim]
         norms = torch.linalg.vector_norm(w, ord=p, dim=other).cpu()
