@@ -166,4 +166,5 @@ def test_the_budget_is_one_constant_that_the_checks_read(lab_app, monkeypatch):
     problems = svc.compare_problems(
         app.LAB, "a red circle", "", 0, 4, 4.0, "tiny-shapes", 30, "l1-unstructured", "all", "fp32", 4, 0, 0
     )
-    assert "costs 8 denoising image-steps" in problems["steps"]
+    # 2 images x 4 steps + the warm timing: 2 UNets x (1 warm-up + 8 rounds) one-step runs = 26
+    assert "costs 26 denoising image-steps" in problems["steps"]
