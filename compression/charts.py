@@ -77,6 +77,18 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _legend_rows(fig: go.Figure, width_px: int = 900) -> int:
+    """Rows a horizontal legend wraps to at about `width_px` (~7 px a character, ~45 px of symbol and gap)."""
+    names = [t.name or "" for t in fig.data if t.showlegend is not False and t.name]
+    rows, used = 1, 0
+    for name in names:
+        w = 45 + 7 * len(name)
+        if used and used + w > width_px:
+            rows, used = rows + 1, 0
+        used += w
+    return rows
+
+
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, notes: Sequence[str] = ()) -> go.Figure:
     notes = [n for n in dict.fromkeys(notes) if n]  # unique, in order
     if x_title:
@@ -84,12 +96,13 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, notes: Seque
     if y_title:
         fig.update_layout(yaxis_title=y_title)
     fig.update_layout(
-        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=16)),
+        title=dict(text=title, x=0.01, xanchor="left", y=0.985, yanchor="top", yref="container", font=dict(size=16)),
         template="plotly_white",
         font=FONT,
         # Legend above the plot: below it, it collided with rotated tick labels and the x-axis title.
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, xanchor="left"),
-        margin=dict(l=70, r=20, t=90, b=110 + 18 * len(notes)),
+        # room for the title and every row of legend entries (many series wrap; they covered the title)
+        margin=dict(l=70, r=20, t=66 + 24 * _legend_rows(fig), b=110 + 18 * len(notes)),
         hovermode="closest",
     )
     for i, note in enumerate(notes):

@@ -230,8 +230,8 @@ def leave_as_raw_http_client(app, url: str, started) -> None:
     heartbeat: only the closed stream tells the server)."""
     import httpx
 
-    # ... n_prompts, steps, guidance, latency repeats, track
-    data = [app.LAB.default_model, *SWEEP.values(), 32, 11, 4.0, 0, False]
+    # ... n_prompts, steps, guidance, latency repeats, recovery steps, track
+    data = [app.LAB.default_model, *SWEEP.values(), 32, 11, 4.0, 0, [0], False]
     with httpx.Client(timeout=30) as http:
         event_id = http.post(f"{url}gradio_api/call/sweep", json={"data": data}).json()["event_id"]
         with http.stream("GET", f"{url}gradio_api/call/sweep/{event_id}"):
