@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from app_args import compare_args
 from gradio_client import Client
 from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image
@@ -230,23 +231,7 @@ def test_the_handler_checks_again_without_the_validator(lab_app):
 
     app, _ = lab_app
     for bad in (dict(prompt=""), dict(seed=3.5), dict(guidance=float("nan")), dict(prune_percent=float("inf"))):
-        args = dict(
-            prompt=PROMPT,
-            negative_prompt="",
-            seed=42,
-            steps=2,
-            guidance=4.0,
-            model="tiny-shapes",
-            prune_percent=30,
-            prune_method="l1-unstructured",
-            prune_scope="all",
-            quant_mode="fp32",
-            bits=4,
-            height=0,
-            width=0,
-            history=[],
-        )
-        args.update(bad)
+        args = compare_args(**{"prompt": PROMPT, "history": [], **bad})
         with pytest.raises(gr.Error):
             app.compare(**args, progress=lambda *a, **k: None)
 

@@ -16,6 +16,7 @@ import time
 
 import httpx
 import pytest
+from app_args import compare_args
 from gradio_client import Client
 from gradio_client.exceptions import AppError, ValidationError
 
@@ -26,23 +27,7 @@ pytestmark = pytest.mark.filterwarnings(
 PROMPT = "a red circle on the left on a blue background"
 REFUSE_WITHIN_S = 2.0
 # /compare's inputs in order (the 15th is the session's history State), at valid values.
-COMPARE = dict(
-    prompt=PROMPT,
-    negative_prompt="",
-    seed=42,
-    steps=2,
-    guidance=4.0,
-    model="tiny-shapes",
-    prune_percent=30,
-    prune_method="l1-unstructured",
-    prune_scope="all",
-    quant_mode="fp32",
-    bits=4,
-    height=0,
-    width=0,
-    recover_steps=0,
-    history=[],
-)
+COMPARE = compare_args(prompt=PROMPT, history=[])
 SWEEP = dict(
     model="tiny-shapes",
     prune_percents=[0, 30],

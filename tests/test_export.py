@@ -7,6 +7,7 @@ import struct
 
 import pytest
 import torch
+from app_args import compare_args
 
 from compression import CompressionSpec, Engine, load_pipeline
 from compression.export import (
@@ -286,21 +287,7 @@ def test_export_endpoint_gives_a_bundle_that_reloads_to_the_api_image(lab_app, e
 
     _, url = lab_app
     client = Client(url, verbose=False)
-    args = dict(
-        prompt=SAMPLE["prompt"],
-        negative_prompt="",
-        seed=5,
-        steps=3,
-        guidance=5.0,
-        model="tiny-shapes",
-        prune_percent=30,
-        prune_method="l1-unstructured",
-        prune_scope="all",
-        quant_mode="int8-weight",
-        bits=4,
-        height=0,
-        width=0,
-    )
+    args = compare_args(prompt=SAMPLE["prompt"], seed=5, steps=3, guidance=5.0, quant_mode="int8-weight")
     file, note = client.predict(api_name="/export", **args)
     assert "ready" in note and "L1 30% + int8 weights" in note
     with zipfile.ZipFile(file) as z:

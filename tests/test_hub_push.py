@@ -13,25 +13,12 @@ import time
 
 import gradio as gr
 import pytest
+from app_args import compare_args
 from hub_standin import start_hub
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*", "ignore::FutureWarning:gradio.*")
 
-SETTING = dict(
-    prompt="a red circle on the left on a blue background",
-    negative_prompt="",
-    seed=3,
-    steps=2,
-    guidance=4.0,
-    model="tiny-shapes",
-    prune_percent=30,
-    prune_method="l1-unstructured",
-    prune_scope="all",
-    quant_mode="int8-weight",
-    bits=4,
-    height=0,
-    width=0,
-)
+SETTING = compare_args(seed=3, quant_mode="int8-weight")
 USER = {"name": "Alice", "preferred_username": "alice", "profile": "", "picture": ""}
 
 

@@ -221,8 +221,8 @@ def load_run(lab_app) -> LoadRun:
     biggest = [max(engine.baseline_cost.bytes, loaded.sweep_engine.baseline_cost.bytes)]
     real_compress = engine.compress
 
-    def tracked(spec, progress=None):
-        entry, cached = real_compress(spec, progress)
+    def tracked(spec, *args, **kwargs):  # (progress, cancel): whatever the engine passes on
+        entry, cached = real_compress(spec, *args, **kwargs)
         if not cached:
             built.append(weakref.ref(entry.unet))
             biggest[0] = max(biggest[0], entry.cost.bytes)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import torch
+from app_args import compare_args
 from gradio_client import Client
 from gradio_client.utils import QueueError
 
@@ -276,22 +277,7 @@ def test_a_full_queue_answers_busy_and_then_drains(lab_app, monkeypatch):
 
     monkeypatch.setattr(engine, "generate_pair", held)
     base = url.rstrip("/") + "/gradio_api"
-    body = dict(
-        prompt=PROMPT,
-        negative_prompt="",
-        seed=0,
-        steps=1,
-        guidance=4.0,
-        model="tiny-shapes",
-        prune_percent=0,
-        prune_method="l1-unstructured",
-        prune_scope="all",
-        quant_mode="fp32",
-        bits=4,
-        height=0,
-        width=0,
-        history=[],
-    )
+    body = compare_args(prompt=PROMPT, seed=0, steps=1, prune_percent=0, history=[])
 
     def join(seed: int) -> httpx.Response:
         return httpx.post(f"{base}/call/compare", json={"data": list({**body, "seed": seed}.values())}, timeout=30)
