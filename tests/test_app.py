@@ -122,6 +122,7 @@ def test_compare_at_defaults_returns_pair_numbers_and_plots(client):
     assert "no speed-up" in out[CHART_NOTES]  # masked pruning: said plainly under the charts
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_baseline_and_compressed_unet_come_from_cache(client, lab_app):
     app, _ = lab_app
     engine = app.LAB.get("tiny-shapes").engine
@@ -144,6 +145,7 @@ def test_baseline_and_compressed_unet_come_from_cache(client, lab_app):
     assert len(engine.cached_specs()) == compressions  # nothing was recompressed
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_history_per_session_charted_and_downloadable_as_csv(lab_app):
     _, url = lab_app
     session = Client(url, verbose=False)  # a new visitor: a history of its own
@@ -175,6 +177,7 @@ def test_history_per_session_charted_and_downloadable_as_csv(lab_app):
     assert {"fp32", "int8-weight"} <= modes  # one line per quantization mode
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_bits_are_passed_only_to_the_simulated_mode(client):
     out = compare(client, prompt=PROMPT, prune_percent=0, quant_mode="int8-weight", bits=3, **FAST)
     assert out[DETAILS]["spec"]["bits"] is None
@@ -214,6 +217,7 @@ def test_bad_input_is_refused_before_the_queue_with_a_plain_message(client, kwar
     assert "<" not in text and "Traceback" not in text  # never the raw input, never a stack trace
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_bad_input_is_refused_at_once_while_the_queue_is_busy(lab_app, client):
     _, url = lab_app
     other = Client(url, verbose=False)
@@ -262,6 +266,7 @@ def test_long_prompt_warns_and_still_runs(client):
     assert Image.open(out[BASELINE]).size == (64, 64)
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_nonfinite_output_is_shown_as_such_and_not_scored(client, lab_app, monkeypatch):
     import dataclasses
 

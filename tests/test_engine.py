@@ -39,6 +39,7 @@ def engine(tiny_pipe):
     return Engine(tiny_pipe, "tiny-test", cache_size=2)
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_baseline_never_changes(tiny_pipe):
     digest = state_dict_digest(tiny_pipe.unet)
     others = {n: state_dict_digest(getattr(tiny_pipe, n)) for n in ("vae", "text_encoder")}
@@ -197,6 +198,7 @@ def test_bad_cache_size(tiny_pipe):
         Engine(tiny_pipe, "tiny-test", cache_size=-1)
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_concurrent_requests_match_sequential_ones(tiny_pipe):
     specs = [SPECS[0], SPECS[2], SPECS[3]]
     sequential = [_pair(Engine(tiny_pipe, "tiny-test"), s) for s in specs]

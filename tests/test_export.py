@@ -67,8 +67,18 @@ def l1_int8_bundle(engine, tmp_path_factory):
     )
 
 
-@pytest.mark.parametrize("pruning", list(PRUNINGS))
-@pytest.mark.parametrize("mode", available_quant_modes("cpu"))
+# Every mode x pruning runs in CI; the quick loop keeps one case per mode family and per pruning.
+QUICK_ROUND_TRIPS = {("fp32", "channels"), ("int8-weight", "l1"), ("int4-weight", "none"), ("simulated-int", "l1")}
+
+
+@pytest.mark.parametrize(
+    ("mode", "pruning"),
+    [
+        pytest.param(m, p, id=f"{m}-{p}", marks=() if (m, p) in QUICK_ROUND_TRIPS else pytest.mark.slow)
+        for p in PRUNINGS
+        for m in available_quant_modes("cpu")
+    ],
+)
 def test_round_trip_gives_the_labs_pixels(engine, tmp_path, mode, pruning):
     spec = _spec(mode, pruning)
     result = save_compressed(tmp_path / "bundle", spec, engine=engine, sample=SAMPLE)

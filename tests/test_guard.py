@@ -60,6 +60,7 @@ def test_valid_non_ascii_text_still_passes_the_checks(lab_app):
         svc.text("negative prompt", "\ud83d", required=False)  # half of a surrogate pair
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_amounts_that_differ_give_two_labels_and_two_rows(lab_app):
     _, url = lab_app
     args = {**SWEEP, "prune_percents": [30, 30.001], "n_prompts": 1, "steps": 1}

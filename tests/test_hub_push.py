@@ -119,7 +119,7 @@ def test_hub_push_is_off_unless_the_flag_builds_it(lab_app, monkeypatch):
     demo = gr.Blocks()  # what app.py builds with APP_HUB_PUSH=1
     try:
         with demo:
-            inputs = [gr.Textbox() for _ in range(13)]
+            inputs = [gr.Textbox() for _ in range(14)]  # Compare's inputs but the session history
             app_hub.wire(app_hub.push_controls(), inputs, {}, app.LAB)
     except ImportError as err:
         # Closing a Blocks builds its server app; its login routes need gradio[oauth], which this venv lacks:

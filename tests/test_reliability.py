@@ -308,6 +308,7 @@ def overflowing_model(lab_app, app_model, monkeypatch):
     yield hot
 
 
+@pytest.mark.slow  # over 3 s: CI runs it, the quick loop does not
 def test_overflow_to_nan_is_reported_not_scored_and_not_shown_as_a_picture(lab_app, overflowing_model):
     _, url = lab_app
     client = Client(url, verbose=False, download_files=False)
