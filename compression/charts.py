@@ -96,13 +96,14 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, notes: Seque
     if y_title:
         fig.update_layout(yaxis_title=y_title)
     fig.update_layout(
-        title=dict(text=title, x=0.01, xanchor="left", y=0.985, yanchor="top", yref="container", font=dict(size=16)),
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=16)),
         template="plotly_white",
         font=FONT,
         # Legend above the plot: below it, it collided with rotated tick labels and the x-axis title.
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, xanchor="left"),
-        # room for the title and every row of legend entries (many series wrap; they covered the title)
-        margin=dict(l=70, r=20, t=66 + 24 * _legend_rows(fig), b=110 + 18 * len(notes)),
+        # The title sits at the middle of the top margin and the legend's rows (~24 px each) grow up from the plot:
+        # a margin of ~48 px a row keeps them apart (six series wrapped to three rows and covered the title).
+        margin=dict(l=70, r=20, t=max(90, 30 + 48 * _legend_rows(fig)), b=110 + 18 * len(notes)),
         hovermode="closest",
     )
     for i, note in enumerate(notes):
