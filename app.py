@@ -610,8 +610,7 @@ def _sweep(
         while not lock.acquire(timeout=app_jobs.POLL_S):
             check(token)
     try:  # one sweep per work folder at a time (svc.sweep_lock): the report copied below is this sweep's
-        cost = svc.sweep_cost(len(req.specs), len(req.prompts), req.steps, req.latency_repeats)
-        cost += sum(svc.recovery_cost(s.recover_steps) for s in req.specs)  # recovered settings train first
+        cost = svc.sweep_price(req.specs, len(req.prompts), req.steps, req.latency_repeats)
         _price(job, cost, f"{len(req.specs)} settings x {len(req.prompts)} prompts", progress)
         with _counted(job, loaded.sweep_engine):  # (in-process runs: a ZeroGPU worker counts its own)
             res = zgpu.unwrap(run_sweep_on_gpu(fields, job.ref if job is not None else None, track))

@@ -97,14 +97,12 @@ def compare_seconds(fields: dict, *rest) -> int:
 def sweep_seconds(fields: dict, *rest) -> int:
     """GPU seconds a sweep asks for: each setting built (and recovered when asked), then (prompts + latency repeats)
     x steps images."""
-    entry = _entry(fields["model"])
-    n = len(fields["specs"])
-    from compression.recover import recovery_cost
+    from app_service import SweepRequest, sweep_price
 
-    images = len(fields["prompts"]) + fields["latency_repeats"]
-    training = sum(recovery_cost(s.get("recover_steps", 0)) for s in fields["specs"])  # in image-steps
-    drawing = n * images * fields["steps"] + training
-    return _clamp(GPU_OVERHEAD_S + n * entry.gpu_build_s + drawing * entry.gpu_image_step_s)
+    entry = _entry(fields["model"])
+    req = SweepRequest.from_fields(fields)
+    image_steps = sweep_price(req.specs, len(req.prompts), req.steps, req.latency_repeats)  # the job's own price
+    return _clamp(GPU_OVERHEAD_S + len(req.specs) * entry.gpu_build_s + image_steps * entry.gpu_image_step_s)
 
 
 def export_seconds(fields: dict, *rest) -> int:

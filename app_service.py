@@ -898,8 +898,7 @@ def _sweep_values(
                 f"{MAX_SWEEP_IMAGES} per sweep. Choose fewer prompts or settings."
             )
         }
-    cost = sweep_cost(len(specs), n, values["steps"], values["latency_repeats"])
-    cost += sum(recovery_cost(s.recover_steps) for s in specs)  # each recovered setting trains first
+    cost = sweep_price(specs, n, values["steps"], values["latency_repeats"])
     if cost > MAX_JOB_STEPS:
         return values, {
             "n_prompts": (
@@ -954,6 +953,13 @@ def sweep_cost(n_settings: int, n_prompts: int, steps: int, latency_repeats: int
     """A sweep's price in denoising image-steps: every setting draws every prompt, then times its latency
     repeats (one image each), all at `steps` steps."""
     return n_settings * steps * (n_prompts + latency_repeats)
+
+
+def sweep_price(specs, n_prompts: int, steps: int, latency_repeats: int) -> int:
+    """A sweep's whole price in denoising image-steps: `sweep_cost`, and the training of each recovered setting
+    (it trains before it draws) at its measured price (`compression.recover.recovery_cost`)."""
+    training = sum(recovery_cost(s.recover_steps) for s in specs)
+    return sweep_cost(len(specs), n_prompts, steps, latency_repeats) + training
 
 
 def max_recover_steps(steps: int = 20, step: int = 50) -> int:
